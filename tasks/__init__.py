@@ -1,0 +1,1 @@
+"""Stages of the VITON-HD preprocessing: pure functions on arrays, plus thin Prefect tasks over shards."""

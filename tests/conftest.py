@@ -1,0 +1,23 @@
+"""Shared fixtures: the real sample photos and the offline switches for Ultralytics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Ultralytics reads these once at import; no test may reach the network.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_DIR = PROJECT_ROOT.parent / "shared" / "samples" / "vitonhd"
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """`../shared/samples/vitonhd` (image/ and cloth/), or a skip saying it is missing."""
+    if not (SAMPLES_DIR / "image").is_dir() or not (SAMPLES_DIR / "cloth").is_dir():
+        pytest.skip(f"sample photos not found at {SAMPLES_DIR} (they live in ../shared, outside the repo)")
+    return SAMPLES_DIR

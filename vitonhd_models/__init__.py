@@ -1,0 +1,1 @@
+"""VITON-HD networks, data loading and training loops (PyTorch; no Prefect imports)."""
