@@ -1,0 +1,173 @@
+"""`vitonprep`: the command line. Each subcommand runs a flow locally and prints what it did."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _offline_environment() -> None:
+    # Set before Ultralytics or Prefect are imported: nothing may reach the network at run time.
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+class ProgressBar(logging.Handler):
+    """Draws the flow's shard progress (records of `vitonprep.progress`) as a tqdm bar on stderr."""
+
+    def __init__(self, enabled: bool):
+        super().__init__()
+        self.enabled = enabled
+        self.bar = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=getattr(record, "total", 0), unit="shard", desc="preprocess", file=sys.stderr)
+        self.bar.n = getattr(record, "done", 0)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        super().close()
+
+
+def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--catalog", required=True, help="catalog root URL (persons/ + garments/, or image/ + cloth/)")
+    parser.add_argument("--out", required=True, help="dataset root URL")
+    parser.add_argument("--parser", default="geometric", help="'geometric' (default) or 'yolo:<weights URL>'")
+    parser.add_argument("--shard-size", type=int, default=64, help="images per task run (default 64)")
+    parser.add_argument("--split", choices=("test", "train"), default="test", help="split to write (default test)")
+    parser.add_argument("--fit", choices=("pad", "crop"), default="pad", help="how other aspect ratios reach 768x1024")
+    parser.add_argument(
+        "--agnostic-recipe", choices=("hrviton", "vitonhd"), default="hrviton", help="clothing-agnostic image recipe"
+    )
+    parser.add_argument("--pose-model", default=None, help="URL of a MediaPipe Tasks .task pose model")
+    parser.add_argument("--cloth-mask-model", default=None, help="URL of a ClothUNet checkpoint")
+    parser.add_argument("--workers", type=int, default=2, help="task runs in flight at once (default 2)")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any):
+    from tasks.config import PreprocessConfig
+
+    values = dict(
+        catalog=args.catalog,
+        out=args.out,
+        parser=args.parser,
+        shard_size=args.shard_size,
+        split=args.split,
+        fit=args.fit,
+        agnostic_recipe=args.agnostic_recipe,
+        pose_model=args.pose_model,
+        cloth_mask_model=args.cloth_mask_model,
+        max_workers=args.workers,
+    )
+    values.update(overrides)
+    return PreprocessConfig(**values)
+
+
+def run_preprocess(config, show_progress: bool) -> dict[str, Any]:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.preprocess import preprocess, progress_logger
+
+    handler = ProgressBar(show_progress)
+    progress_logger.addHandler(handler)
+    progress_logger.setLevel(logging.INFO)
+    try:
+        bounded = preprocess.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.max_workers))
+        return bounded(config)
+    finally:
+        progress_logger.removeHandler(handler)
+        handler.close()
+
+
+def print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    print(f"run {summary['run_id']}: {summary['out']}/{summary['split']}")
+    for kind in ("persons", "garments"):
+        counts = summary[kind]
+        print(f"  {kind:9s} {counts['ok']:5d} ok  {counts['error']:5d} failed  of {counts['total']}")
+    print(f"  pairs     {summary['pairs']:5d} in {summary['split']}_pairs.txt")
+    for stage, stats in summary["stages"].items():
+        print(f"  {stage:10s} {stats['mean_ms']:8.1f} ms/image over {stats['items']} images")
+    print(f"  {summary['seconds']:.1f} s, {summary['images_per_second']:.2f} images/s")
+    for failure in summary["failed"]:
+        print(f"  failed {failure['kind']} {failure['key']}: {failure['error_code']}: {failure['error_message']}")
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    summary = run_preprocess(config, show_progress=not args.no_progress and not args.json)
+    print_summary(summary, args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    result = run_demo(args.out, workers=args.workers, show_progress=not args.no_progress and not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print_summary(result["summary"], as_json=False)
+        print(f"contact sheet: {result['contact_sheet']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitonprep", description="Prepare VITON-HD / HR-VITON try-on datasets from catalog photos."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pre = commands.add_parser("preprocess", help="turn a catalog into a VITON-HD dataset", description=(
+        "Run the preprocess flow locally: pose, parsing, cloth masks and agnostic images for every photo."
+    ))
+    add_preprocess_arguments(pre)
+    pre.set_defaults(func=cmd_preprocess)
+
+    demo = commands.add_parser("demo", help="run the flow end to end on bundled photos", description=(
+        "Assemble a small catalog from photos that installed packages ship plus rendered garments, "
+        "preprocess it on the embedded defaults and write a contact sheet."
+    ))
+    demo.add_argument("--out", default="demo-output", help="output folder (default ./demo-output)")
+    demo.add_argument("--workers", type=int, default=2, help="task runs in flight at once (default 2)")
+    demo.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _offline_environment()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as error:  # the run itself failed: say why, exit non-zero
+        from pydantic import ValidationError
+
+        if isinstance(error, ValidationError):
+            print(f"vitonprep: invalid configuration:\n{error}", file=sys.stderr)
+            return 2
+        print(f"vitonprep: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

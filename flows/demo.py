@@ -1,0 +1,121 @@
+"""`vitonprep demo`: a small real catalog from photos that installed packages ship, run end to end.
+
+Persons: scikit-image's astronaut (a portrait without hips), Ultralytics' bus.jpg (several people,
+full bodies) and zidane.jpg (two people, partial bodies), scikit-image's cat (no person at all).
+Garments: product shots rendered here (plain backgrounds, as catalogs photograph them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tasks import contract
+from tasks.contact_sheet import contact_sheet, overlay_parse
+from tasks.storage import Store
+
+# Garments to render: (name, body colour, background colour, sleeve length as a fraction).
+DEMO_GARMENTS = (
+    ("red-tee", (200, 30, 40), (250, 250, 250), 0.18),
+    ("navy-longsleeve", (30, 40, 90), (235, 235, 235), 0.42),
+    ("cream-tee", (236, 226, 200), (255, 255, 255), 0.2),
+)
+
+
+def render_garment(body_rgb: tuple[int, int, int], background_rgb: tuple[int, int, int], sleeve: float) -> Image.Image:
+    """A front-view top on a plain background, 768x1024, like a catalog product shot."""
+    width, height = contract.IMAGE_SIZE_WH
+    image = Image.new("RGB", (width, height), background_rgb)
+    draw = ImageDraw.Draw(image)
+    cx, top, bottom = width // 2, int(height * 0.18), int(height * 0.85)
+    shoulder, waist = int(width * 0.27), int(width * 0.23)
+    sleeve_drop = int(height * sleeve)
+    outline = [
+        (cx - 70, top), (cx - shoulder, top + 30),
+        (cx - shoulder - 120, top + 60 + sleeve_drop), (cx - shoulder - 40, top + 110 + sleeve_drop),
+        (cx - waist, top + 200), (cx - waist, bottom), (cx + waist, bottom), (cx + waist, top + 200),
+        (cx + shoulder + 40, top + 110 + sleeve_drop), (cx + shoulder + 120, top + 60 + sleeve_drop),
+        (cx + shoulder, top + 30), (cx + 70, top),
+    ]
+    shade = tuple(max(0, c - 35) for c in body_rgb)
+    draw.polygon(outline, fill=body_rgb, outline=shade)
+    draw.chord((cx - 70, top - 50, cx + 70, top + 60), 0, 180, fill=background_rgb)  # the neckline
+    draw.line([(cx, top + 60), (cx, bottom)], fill=shade, width=2)  # a placket seam
+    return image
+
+
+def demo_persons() -> dict[str, bytes]:
+    """Person photos that installed packages ship, as encoded files (key -> bytes)."""
+    import skimage.data
+    import ultralytics
+
+    assets = Path(ultralytics.__file__).parent / "assets"
+    persons = {name: (assets / name).read_bytes() for name in ("bus.jpg", "zidane.jpg")}
+    for name, array in (("astronaut.png", skimage.data.astronaut()), ("cat.png", skimage.data.chelsea())):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        persons[name] = buffer.getvalue()
+    return persons
+
+
+def build_demo_catalog(catalog: Store) -> None:
+    for key, data in demo_persons().items():
+        catalog.write_bytes(f"persons/{key}", data)
+    for name, body, background, sleeve in DEMO_GARMENTS:
+        buffer = io.BytesIO()
+        render_garment(body, background, sleeve).save(buffer, format="PNG")
+        catalog.write_bytes(f"garments/{name}.png", buffer.getvalue())
+
+
+def read_array(store: Store, rel: str | None) -> np.ndarray | None:
+    if not rel or not store.exists(rel):
+        return None
+    with Image.open(io.BytesIO(store.read_bytes(rel))) as image:
+        return np.asarray(image)
+
+
+def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Person rows: photo, skeleton, parse overlay, agnostic. Garment rows: garment, mask."""
+    sheet_rows = []
+    for row in sorted(rows, key=lambda r: (r["kind"], r["key"])):
+        caption = f"{row['kind']} {row['key']}: {row['status']}"
+        if row["status"] != "ok":
+            caption += f" ({row['error_code']})"
+            sheet_rows.append((caption, [None]))
+            continue
+        if row["kind"] == "person":
+            image = read_array(dataset, row["image_path"])
+            labels = read_array(dataset, row["parse_path"])
+            parse_tile = overlay_parse(image, labels) if image is not None and labels is not None else None
+            tiles = [image, read_array(dataset, row["pose_img_path"]), parse_tile, read_array(dataset, row["agnostic_path"])]
+        else:
+            tiles = [read_array(dataset, row["cloth_path"]), read_array(dataset, row["cloth_mask_path"])]
+        sheet_rows.append((caption, tiles))
+    return contact_sheet(sheet_rows)
+
+
+def run_demo(out_dir: str = "demo-output", workers: int = 2, show_progress: bool = True) -> dict[str, Any]:
+    from flows.cli import run_preprocess
+    from tasks.config import PreprocessConfig
+    from tasks.manifest import read_run
+
+    out_dir = os.path.abspath(out_dir)
+    catalog = Store(os.path.join(out_dir, "catalog"))
+    build_demo_catalog(catalog)
+    dataset = Store(os.path.join(out_dir, "dataset"))
+    config = PreprocessConfig(catalog=catalog.url, out=dataset.url, shard_size=4, max_workers=workers)
+    summary = run_preprocess(config, show_progress=show_progress)
+    rows = read_run(dataset, config.split, summary["run_id"]).to_pylist()
+    sheet = dataset_contact_sheet(dataset, rows)
+    buffer = io.BytesIO()
+    Image.fromarray(sheet).save(buffer, format="PNG")
+    sheet_path = os.path.join(out_dir, "contact_sheet.png")
+    Store(out_dir).write_bytes("contact_sheet.png", buffer.getvalue())
+    Store(out_dir).write_text("summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return {"summary": summary, "contact_sheet": sheet_path, "dataset": dataset.url, "catalog": catalog.url}

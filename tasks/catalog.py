@@ -1,0 +1,154 @@
+"""Reading a catalog: where persons and garments live, their stems, who wears what, and shards.
+
+Two layouts are accepted at a catalog root:
+- ours: `persons/` and `garments/` (any depth) and an optional `pairs.csv` (`person,garment`);
+- VITON-HD's: `image/` (persons) and `cloth/` (garments) and an optional `*_pairs.txt`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from tasks.storage import Store
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+PERSON = "person"
+GARMENT = "garment"
+
+_UNSAFE = re.compile(r"[^a-z0-9_-]+")
+STEM_HASH_CHARS = 10  # 40 bits of the key's sha256: enough to keep lossy stems apart
+
+
+@dataclass(frozen=True)
+class CatalogLayout:
+    name: str  # "catalog" or "vitonhd"
+    persons_dir: str
+    garments_dir: str
+    pairs_file: str | None  # relative to the catalog root
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """One input photo. `key` is relative to its kind's folder; `stem` names every output."""
+
+    kind: str
+    key: str
+    rel: str  # relative to the catalog root: the folder and the key
+    url: str
+    size: int
+    stem: str
+
+
+class CatalogError(ValueError):
+    """The catalog as a whole is unusable (no persons/ or image/ folder, a malformed pairs file)."""
+
+
+def detect_layout(store: Store) -> CatalogLayout:
+    if store.isdir("persons") or store.isdir("garments"):
+        pairs = "pairs.csv" if store.exists("pairs.csv") else None
+        return CatalogLayout("catalog", "persons", "garments", pairs)
+    if store.isdir("image") or store.isdir("cloth"):
+        candidates = sorted(
+            posixpath.basename(path) for path in store.fs.ls(store.root, detail=False) if path.endswith("_pairs.txt")
+        )
+        return CatalogLayout("vitonhd", "image", "cloth", candidates[0] if candidates else None)
+    raise CatalogError(
+        f"{store.url} is not a catalog: expected persons/ and garments/ (with an optional pairs.csv), "
+        "or a VITON-HD-style root with image/ and cloth/"
+    )
+
+
+def stem_for_key(key: str) -> str:
+    """A contract-safe, deterministic stem for a catalog key.
+
+    `00034_00.jpg` keeps its name (`00034_00`), so VITON-HD's `split('_')[0]` naming still works.
+    Anything else is made safe (lowercase, `[a-z0-9_-]`, no `image`, no dots) and, because that
+    loses information, suffixed with a hash of the full key so two keys never share a stem.
+    """
+    base, ext = posixpath.splitext(key)
+    safe = _UNSAFE.sub("-", base.lower().replace("/", "--")).strip("-")
+    safe = safe.replace("image", "img") or "item"
+    if safe == base and ext == ".jpg":
+        return safe
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:STEM_HASH_CHARS]
+    return f"{safe[:80]}-{digest}"
+
+
+def list_items(store: Store, layout: CatalogLayout, kind: str, prefix: str = "") -> Iterable[CatalogItem]:
+    """Every image below the kind's folder (any depth), in a stable order."""
+    folder = layout.persons_dir if kind == PERSON else layout.garments_dir
+    for info in store.list_files(folder):
+        if not info.key.lower().endswith(IMAGE_EXTENSIONS) or not info.key.startswith(prefix):
+            continue
+        yield CatalogItem(
+            kind=kind,
+            key=info.key,
+            rel=posixpath.join(folder, info.key),
+            url=info.url,
+            size=info.size,
+            stem=stem_for_key(info.key),
+        )
+
+
+def check_unique_stems(items: Sequence[CatalogItem]) -> None:
+    seen: dict[str, str] = {}
+    for item in items:
+        other = seen.setdefault(item.stem, item.key)
+        if other != item.key:
+            raise CatalogError(f"{item.kind}s {other!r} and {item.key!r} map to the same stem {item.stem!r}")
+
+
+def read_worn_pairs(store: Store, layout: CatalogLayout) -> list[tuple[str, str]]:
+    """(person key, garment key) for each person wearing a known garment, from the pairs file.
+
+    Without a pairs file, a VITON-HD root pairs `image/X.jpg` with `cloth/X.jpg` (its convention);
+    our layout then has no pairs.
+    """
+    if layout.pairs_file is None:
+        return []
+    text = store.read_text(layout.pairs_file)
+    if layout.name == "catalog":
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is None or [f.strip() for f in reader.fieldnames][:2] != ["person", "garment"]:
+            raise CatalogError(f"{layout.pairs_file} must start with the header 'person,garment'")
+        return [(row["person"].strip(), row["garment"].strip()) for row in reader if row.get("person")]
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise CatalogError(f"{layout.pairs_file}:{number}: expected 'person cloth', got {line!r}")
+        pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def plan_shards(items: Sequence[CatalogItem], shard_size: int) -> list[list[CatalogItem]]:
+    """Consecutive runs of `shard_size` items, in the listing order."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    return [list(items[start : start + shard_size]) for start in range(0, len(items), shard_size)]
+
+
+def unworn_pairs(person_stems: Sequence[str], garment_stems: Sequence[str], worn: dict[str, str]) -> list[tuple[str, str]]:
+    """Each person with a garment they do not wear, as the VITON-HD test split does.
+
+    Deterministic: person i (sorted) takes garment (i + 1) mod n, moving on past the one they wear.
+    """
+    garments = sorted(garment_stems)
+    if not garments:
+        return []
+    result = []
+    for index, person in enumerate(sorted(person_stems)):
+        for step in range(len(garments)):
+            garment = garments[(index + 1 + step) % len(garments)]
+            if garment != worn.get(person) or len(garments) == 1:
+                break
+        result.append((person, garment))
+    return result

@@ -1,0 +1,50 @@
+"""Contact sheets: small tiles of a dataset's outputs side by side, for people to look at."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tasks.contract import CIHP_PALETTE
+
+TILE_WH = (192, 256)  # a quarter of 768x1024
+OVERLAY_ALPHA = 0.55
+LABEL_BAND = 18  # pixels of caption above each row
+
+
+def colourise_parse(labels: np.ndarray) -> np.ndarray:
+    """A CIHP label map as RGB with the CIHP palette."""
+    palette = np.asarray(CIHP_PALETTE, dtype=np.uint8)
+    return palette[np.clip(labels, 0, len(CIHP_PALETTE) - 1)]
+
+
+def overlay_parse(image_rgb: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The parse colours blended over the photo where the label is not background."""
+    colours = colourise_parse(labels).astype(np.float32)
+    blended = image_rgb.astype(np.float32)
+    person = labels > 0
+    blended[person] = (1 - alpha) * blended[person] + alpha * colours[person]
+    return blended.round().astype(np.uint8)
+
+
+def tile(array: np.ndarray | None) -> Image.Image:
+    if array is None:
+        return Image.new("RGB", TILE_WH, (40, 40, 40))
+    image = Image.fromarray(array)
+    return image.convert("RGB").resize(TILE_WH, Image.Resampling.BILINEAR)
+
+
+def contact_sheet(rows: Sequence[tuple[str, Sequence[np.ndarray | None]]]) -> np.ndarray:
+    """Rows of (caption, tiles) as one RGB image; a None tile is drawn as a dark placeholder."""
+    columns = max((len(tiles) for _, tiles in rows), default=1)
+    width, height = TILE_WH
+    sheet = Image.new("RGB", (columns * width, max(1, len(rows)) * (height + LABEL_BAND)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for index, (caption, tiles) in enumerate(rows):
+        top = index * (height + LABEL_BAND)
+        draw.text((4, top + 3), caption, fill=(0, 0, 0))
+        for column, array in enumerate(tiles):
+            sheet.paste(tile(array), (column * width, top + LABEL_BAND))
+    return np.asarray(sheet)

@@ -1,0 +1,120 @@
+"""The catalog: layouts, stems, pairs and shards."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tasks.catalog import (
+    GARMENT,
+    PERSON,
+    CatalogError,
+    check_unique_stems,
+    detect_layout,
+    list_items,
+    plan_shards,
+    read_worn_pairs,
+    stem_for_key,
+    unworn_pairs,
+)
+from tasks.storage import Store
+
+SAFE_STEM = re.compile(r"^[a-z0-9_-]+$")
+
+
+def make_catalog(root, files: dict[str, bytes]) -> Store:
+    store = Store(str(root))
+    for rel, data in files.items():
+        store.write_bytes(rel, data)
+    return store
+
+
+def test_vitonhd_names_keep_their_stem():
+    assert stem_for_key("00034_00.jpg") == "00034_00"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["a/b.JPG", "image_01.jpg", "x.png", "My Photo.v2.jpeg", "persons/Image/IMG.webp", "über/шуба.jpg", ".jpg"],
+)
+def test_stems_are_contract_safe(key):
+    stem = stem_for_key(key)
+    assert SAFE_STEM.match(stem), f"{key!r} -> {stem!r} has unsafe characters"
+    assert "image" not in stem, f"{key!r} -> {stem!r} contains 'image' (HR-VITON's loader replaces it)"
+    assert "." not in stem
+
+
+def test_stems_are_deterministic_and_distinct_for_lossy_keys():
+    keys = ["x.jpg", "x.png", "X.jpg", "a/b.jpg", "a-b.jpg", "a--b.jpg"]
+    stems = [stem_for_key(k) for k in keys]
+    assert stems == [stem_for_key(k) for k in keys]
+    assert len(set(stems)) == len(keys), f"collision among {dict(zip(keys, stems))}"
+
+
+def test_detects_our_layout_and_lists_nested_images_only(tmp_path):
+    store = make_catalog(
+        tmp_path,
+        {
+            "persons/a/p1.jpg": b"1",
+            "persons/p2.PNG": b"2",
+            "persons/notes.txt": b"x",
+            "persons/.hidden.jpg": b"x",
+            "garments/g1.webp": b"3",
+            "pairs.csv": b"person,garment\na/p1.jpg,g1.webp\n",
+        },
+    )
+    layout = detect_layout(store)
+    assert (layout.name, layout.pairs_file) == ("catalog", "pairs.csv")
+    persons = list(list_items(store, layout, PERSON))
+    assert [p.key for p in persons] == ["p2.PNG", "a/p1.jpg"], "expected a folder's files before its subfolders"
+    assert {p.rel for p in persons} == {"persons/a/p1.jpg", "persons/p2.PNG"}
+    assert [g.key for g in list_items(store, layout, GARMENT)] == ["g1.webp"]
+    assert read_worn_pairs(store, layout) == [("a/p1.jpg", "g1.webp")]
+
+
+def test_detects_vitonhd_layout_with_its_pairs_file(tmp_path):
+    store = make_catalog(
+        tmp_path, {"image/00001_00.jpg": b"1", "cloth/00001_00.jpg": b"2", "test_pairs.txt": b"00001_00.jpg 00001_00.jpg\n"}
+    )
+    layout = detect_layout(store)
+    assert (layout.name, layout.persons_dir, layout.garments_dir, layout.pairs_file) == (
+        "vitonhd", "image", "cloth", "test_pairs.txt",
+    )
+    assert read_worn_pairs(store, layout) == [("00001_00.jpg", "00001_00.jpg")]
+
+
+def test_a_folder_without_either_layout_is_rejected(tmp_path):
+    store = make_catalog(tmp_path, {"photos/a.jpg": b"1"})
+    with pytest.raises(CatalogError, match="persons/ and garments/"):
+        detect_layout(store)
+
+
+def test_pairs_csv_needs_its_header(tmp_path):
+    store = make_catalog(tmp_path, {"persons/a.jpg": b"1", "pairs.csv": b"a.jpg,g.jpg\n"})
+    with pytest.raises(CatalogError, match="person,garment"):
+        read_worn_pairs(store, detect_layout(store))
+
+
+def test_shards_cover_every_item_once_in_order():
+    items = list(range(10))
+    shards = plan_shards(items, 4)
+    assert shards == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_stem_collisions_are_refused(tmp_path):
+    store = make_catalog(tmp_path, {"persons/a.jpg": b"1"})
+    item = next(iter(list_items(store, detect_layout(store), PERSON)))
+    twin = type(item)(**{**item.__dict__, "key": "other.jpg"})
+    with pytest.raises(CatalogError, match="same stem"):
+        check_unique_stems([item, twin])
+
+
+def test_test_pairs_never_give_a_person_what_they_wear():
+    persons = ["p1", "p2", "p3"]
+    garments = ["g1", "g2", "g3"]
+    worn = {"p1": "g2", "p2": "g3", "p3": "g1"}
+    pairs = unworn_pairs(persons, garments, worn)
+    assert [p for p, _ in pairs] == persons
+    assert all(worn[p] != g for p, g in pairs), pairs
+    assert pairs == unworn_pairs(list(reversed(persons)), garments, worn), "not deterministic"
