@@ -1,0 +1,73 @@
+"""Storage: atomic writes, listings and local copies through fsspec."""
+
+from __future__ import annotations
+
+import os
+
+from tasks.storage import Store, local_file
+
+
+def test_write_then_read_round_trips_through_file_urls(tmp_path):
+    store = Store(f"file://{tmp_path}")
+    store.write_bytes("a/b/c.bin", b"\x00\x01")
+    assert store.read_bytes("a/b/c.bin") == b"\x00\x01"
+    assert (tmp_path / "a/b/c.bin").read_bytes() == b"\x00\x01"
+    assert store.url_of("a/b/c.bin") == f"file://{tmp_path}/a/b/c.bin"
+
+
+def test_a_write_leaves_no_temporary_file_behind(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("x/y.jpg", b"data")
+    store.write_bytes("x/y.jpg", b"newer")
+    assert sorted(os.listdir(tmp_path / "x")) == ["y.jpg"]
+    assert store.read_bytes("x/y.jpg") == b"newer"
+
+
+def test_a_failed_write_keeps_the_old_file_whole(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+    store.write_bytes("f.txt", b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    try:
+        store.write_bytes("f.txt", b"new")
+    except OSError:
+        pass
+    monkeypatch.undo()
+    assert store.read_bytes("f.txt") == b"old"
+    assert os.listdir(tmp_path) == ["f.txt"], "the temporary file was left behind"
+
+
+def test_listing_recurses_skips_hidden_names_and_gives_relative_keys(tmp_path):
+    store = Store(str(tmp_path))
+    for rel in ("top.jpg", "sub/deep/a.png", ".hidden/b.jpg", "sub/.c.jpg.tmp"):
+        store.write_bytes(rel, b"x")
+    listed = {info.key: info.size for info in store.list_files()}
+    assert listed == {"top.jpg": 1, "sub/deep/a.png": 1}
+
+
+def test_listing_a_missing_folder_is_empty(tmp_path):
+    assert list(Store(str(tmp_path)).list_files("nope")) == []
+
+
+def test_remove_is_quiet_for_missing_files(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("a.txt", b"x")
+    store.remove("a.txt")
+    store.remove("a.txt")
+    assert not store.exists("a.txt")
+
+
+def test_local_file_of_a_local_url_is_the_file_itself(tmp_path):
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    assert local_file(f"file://{tmp_path}/w.pt") == f"{tmp_path}/w.pt"
+
+
+def test_local_file_of_a_remote_url_is_a_cached_copy(tmp_path):
+    # fsspec's in-memory filesystem stands for any remote protocol here.
+    remote = Store("memory://models")
+    remote.write_bytes("w.pt", b"weights")
+    path = local_file("memory://models/w.pt", cache_dir=str(tmp_path))
+    assert path.startswith(str(tmp_path)) and open(path, "rb").read() == b"weights"
