@@ -73,13 +73,12 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         agnostic_recipe=args.agnostic_recipe,
         pose_model=args.pose_model,
         cloth_mask_model=args.cloth_mask_model,
-        max_workers=args.workers,
     )
     values.update(overrides)
     return PreprocessConfig(**values)
 
 
-def run_preprocess(config, show_progress: bool) -> dict[str, Any]:
+def run_flow(config, workers: int = 2, show_progress: bool = True) -> dict[str, Any]:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.preprocess import preprocess, progress_logger
@@ -88,8 +87,8 @@ def run_preprocess(config, show_progress: bool) -> dict[str, Any]:
     progress_logger.addHandler(handler)
     progress_logger.setLevel(logging.INFO)
     try:
-        bounded = preprocess.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.max_workers))
-        return bounded(config)
+        bounded = preprocess.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+        return bounded(**config.model_dump())
     finally:
         progress_logger.removeHandler(handler)
         handler.close()
@@ -113,7 +112,7 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    summary = run_preprocess(config, show_progress=not args.no_progress and not args.json)
+    summary = run_flow(config, workers=args.workers, show_progress=not args.no_progress and not args.json)
     print_summary(summary, args.json)
     return 0
 

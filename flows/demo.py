@@ -101,7 +101,7 @@ def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndar
 
 
 def run_demo(out_dir: str = "demo-output", workers: int = 2, show_progress: bool = True) -> dict[str, Any]:
-    from flows.cli import run_preprocess
+    from flows.cli import run_flow
     from tasks.config import PreprocessConfig
     from tasks.manifest import read_run
 
@@ -109,8 +109,8 @@ def run_demo(out_dir: str = "demo-output", workers: int = 2, show_progress: bool
     catalog = Store(os.path.join(out_dir, "catalog"))
     build_demo_catalog(catalog)
     dataset = Store(os.path.join(out_dir, "dataset"))
-    config = PreprocessConfig(catalog=catalog.url, out=dataset.url, shard_size=4, max_workers=workers)
-    summary = run_preprocess(config, show_progress=show_progress)
+    config = PreprocessConfig(catalog=catalog.url, out=dataset.url, shard_size=4)
+    summary = run_flow(config, workers=workers, show_progress=show_progress)
     rows = read_run(dataset, config.split, summary["run_id"]).to_pylist()
     sheet = dataset_contact_sheet(dataset, rows)
     buffer = io.BytesIO()

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -31,7 +31,7 @@ from tasks.catalog import (
     read_worn_pairs,
     unworn_pairs,
 )
-from tasks.config import PreprocessConfig
+from tasks.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, PreprocessConfig
 from tasks.manifest import STAGES, write_summary
 from tasks.shards import agnostic_shard, cloth_mask_shard, finish_shard, ingest_shard, parse_shard, pose_shard
 from tasks.storage import Store
@@ -46,8 +46,55 @@ def new_run_id() -> str:
 
 
 @flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
-def preprocess(config: PreprocessConfig) -> dict[str, Any]:
-    """Turn the catalog at `config.catalog` into a VITON-HD dataset at `config.out`; return the run summary."""
+def preprocess(
+    catalog: str,
+    out: str,
+    split: Literal["test", "train"] = "test",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    parser: str = "geometric",
+    fit: Literal["pad", "crop"] = "pad",
+    agnostic_recipe: Literal["hrviton", "vitonhd"] = "hrviton",
+    pose_model: str | None = None,
+    cloth_mask_model: str | None = None,
+    visibility_threshold: float = 0.5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Turn the catalog at `catalog` into a VITON-HD dataset at `out`; return the run summary.
+
+    Args:
+        catalog: catalog root URL: persons/ + garments/ (+ pairs.csv), or image/ + cloth/.
+        out: dataset root URL; outputs go under <out>/<split>/.
+        split: the dataset split to write.
+        shard_size: images per task run.
+        parser: 'geometric' (bundled, approximate) or 'yolo:<weights URL>'.
+        fit: how other aspect ratios reach 768x1024: pad with the background, or crop around the person.
+        agnostic_recipe: the clothing-agnostic image recipe, HR-VITON's or VITON-HD's.
+        pose_model: URL of a MediaPipe Tasks .task pose model; empty for the bundled model.
+        cloth_mask_model: URL of a ClothUNet checkpoint; empty for classical background removal.
+        visibility_threshold: joints MediaPipe sees less well than this are written as 0,0,0.
+        max_pixels: larger images are rejected as decompression bombs.
+        storage_options: fsspec options for every URL (endpoint_url, profile, ...).
+    """
+    config = PreprocessConfig(
+        catalog=catalog,
+        out=out,
+        split=split,
+        shard_size=shard_size,
+        parser=parser,
+        fit=fit,
+        agnostic_recipe=agnostic_recipe,
+        pose_model=pose_model,
+        cloth_mask_model=cloth_mask_model,
+        visibility_threshold=visibility_threshold,
+        max_pixels=max_pixels,
+        storage_options=storage_options or {},
+    )
+    return run_preprocess(config)
+
+
+def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
+    """The flow's body: list, plan, map the stages over shards, collect, write pairs and summary."""
     logger = get_run_logger()
     started = time.perf_counter()
     run_id = new_run_id()

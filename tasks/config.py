@@ -30,7 +30,6 @@ class PreprocessConfig(BaseModel):
     cloth_mask_model: str | None = Field(None, description="URL of a ClothUNet checkpoint; None = classical")
     visibility_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Larger images are rejected as bombs")
-    max_workers: int = Field(2, ge=1, description="Task runs in flight at once")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
 
     @field_validator("parser")
