@@ -21,3 +21,13 @@ def samples_dir() -> Path:
     if not (SAMPLES_DIR / "image").is_dir() or not (SAMPLES_DIR / "cloth").is_dir():
         pytest.skip(f"sample photos not found at {SAMPLES_DIR} (they live in ../shared, outside the repo)")
     return SAMPLES_DIR
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect API server (SQLite in a temp folder) for flow tests; one per session."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
