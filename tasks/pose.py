@@ -1,10 +1,33 @@
-"""Pose: MediaPipe BlazePose landmarks mapped to OpenPose BODY_25, its JSON and its rendered skeleton."""
+"""Pose: MediaPipe BlazePose landmarks mapped to OpenPose BODY_25, its JSON and its rendered skeleton.
+
+Pure functions on numpy arrays plus `PoseEstimator`, a small wrapper around MediaPipe (no file I/O).
+
+Decisions (peers.md §3 lists the choices the MediaPipe -> BODY_25 converters disagree on):
+- Neck and MidHip are the midpoints of the shoulders / hips; their confidence is the min of the two parents.
+- A joint below the visibility threshold, or outside the image, is OpenPose's "missing" value 0, 0, 0, so
+  the agnostic masks never reach for a hallucinated wrist (contract §0 item 7, peers.md §3 point 3).
+- The small toes (20, 23), which MediaPipe lacks, are always 0, 0, 0 (never duplicated, never NaN).
+- Coordinates are float pixels of the image the estimator was given (contract §0 item 3).
+- Several people: the solutions pose graph returns one person per call, so `PoseEstimator` finds people
+  one at a time (paint the found one over with the backdrop colour, run again), counts them, and keeps
+  the biggest, most central one. (MediaPipe's face detector was tried for this and dropped: on a
+  768x1024 image it missed one of two people in 8 of 24 test composites and its box sizes picked the
+  smaller person in 3 more; tiling it fixed recall but raised a false face on a hand.)
+"""
 
 from __future__ import annotations
 
+import io
+import math
+import os
+import zipfile
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+
+from tasks.contract import BODY25_COUNT, IMAGE_HEIGHT, IMAGE_WIDTH, OPENPOSE_JSON_VERSION, Body25
+from tasks.errors import NO_PERSON, ItemError
 
 
 @dataclass(frozen=True)
@@ -23,3 +46,574 @@ class PoseResult:
     landmarks_px: np.ndarray
     segmentation: np.ndarray | None
     persons_detected: int
+
+
+# ---------------------------------------------------------------------------------------------------
+# MediaPipe 33 -> BODY_25
+# ---------------------------------------------------------------------------------------------------
+
+# MediaPipe Pose landmark ids (google/mediapipe docs/solutions/pose.md, "Pose Landmark Model").
+# "Left"/"right" are the person's own sides, as in OpenPose.
+MP_LANDMARK_COUNT = 33
+MP_NOSE = 0
+MP_LEFT_EYE = 2
+MP_RIGHT_EYE = 5
+MP_LEFT_EAR = 7
+MP_RIGHT_EAR = 8
+MP_LEFT_SHOULDER = 11
+MP_RIGHT_SHOULDER = 12
+MP_LEFT_ELBOW = 13
+MP_RIGHT_ELBOW = 14
+MP_LEFT_WRIST = 15
+MP_RIGHT_WRIST = 16
+MP_LEFT_HIP = 23
+MP_RIGHT_HIP = 24
+MP_LEFT_KNEE = 25
+MP_RIGHT_KNEE = 26
+MP_LEFT_ANKLE = 27
+MP_RIGHT_ANKLE = 28
+MP_LEFT_HEEL = 29
+MP_RIGHT_HEEL = 30
+MP_LEFT_FOOT_INDEX = 31  # tip of the foot: OpenPose's big toe
+MP_RIGHT_FOOT_INDEX = 32
+
+# BODY_25 joint <- the MediaPipe landmark it copies (peers.md §3: the map all three converters share).
+BODY25_FROM_MEDIAPIPE: dict[Body25, int] = {
+    Body25.NOSE: MP_NOSE,
+    Body25.R_SHOULDER: MP_RIGHT_SHOULDER,
+    Body25.R_ELBOW: MP_RIGHT_ELBOW,
+    Body25.R_WRIST: MP_RIGHT_WRIST,
+    Body25.L_SHOULDER: MP_LEFT_SHOULDER,
+    Body25.L_ELBOW: MP_LEFT_ELBOW,
+    Body25.L_WRIST: MP_LEFT_WRIST,
+    Body25.R_HIP: MP_RIGHT_HIP,
+    Body25.R_KNEE: MP_RIGHT_KNEE,
+    Body25.R_ANKLE: MP_RIGHT_ANKLE,
+    Body25.L_HIP: MP_LEFT_HIP,
+    Body25.L_KNEE: MP_LEFT_KNEE,
+    Body25.L_ANKLE: MP_LEFT_ANKLE,
+    Body25.R_EYE: MP_RIGHT_EYE,
+    Body25.L_EYE: MP_LEFT_EYE,
+    Body25.R_EAR: MP_RIGHT_EAR,
+    Body25.L_EAR: MP_LEFT_EAR,
+    Body25.L_BIG_TOE: MP_LEFT_FOOT_INDEX,
+    Body25.L_HEEL: MP_LEFT_HEEL,
+    Body25.R_BIG_TOE: MP_RIGHT_FOOT_INDEX,
+    Body25.R_HEEL: MP_RIGHT_HEEL,
+}
+
+# BODY_25 joints MediaPipe has no landmark for, synthesised as the midpoint of two landmarks.
+BODY25_MIDPOINTS: dict[Body25, tuple[int, int]] = {
+    Body25.NECK: (MP_LEFT_SHOULDER, MP_RIGHT_SHOULDER),
+    Body25.MID_HIP: (MP_LEFT_HIP, MP_RIGHT_HIP),
+}
+
+# BODY_25 joints MediaPipe cannot provide at all: always written 0, 0, 0.
+BODY25_ALWAYS_MISSING = (Body25.L_SMALL_TOE, Body25.R_SMALL_TOE)
+
+DEFAULT_VISIBILITY_THRESHOLD = 0.5
+
+
+def _inside(x: float, y: float, width: int, height: int) -> bool:
+    return bool(np.isfinite(x) and np.isfinite(y) and 0.0 <= x < width and 0.0 <= y < height)
+
+
+def _check_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape != (MP_LANDMARK_COUNT, 4):
+        raise ValueError(f"landmarks must be ({MP_LANDMARK_COUNT}, 4) x_px, y_px, z, visibility; got {lm.shape}")
+    return lm
+
+
+def mediapipe_to_body25(
+    landmarks: np.ndarray,
+    width: int,
+    height: int,
+    visibility_threshold: float = DEFAULT_VISIBILITY_THRESHOLD,
+) -> np.ndarray:
+    """MediaPipe's 33 landmarks (x_px, y_px, z, visibility) -> OpenPose BODY_25 (25, 3) float32.
+
+    Confidence is MediaPipe's visibility. A joint whose visibility is below `visibility_threshold`, or
+    whose pixel lies outside the `width` x `height` image, is 0, 0, 0. Neck / MidHip are the midpoints
+    of the shoulders / hips with the smaller of the two visibilities, and 0, 0, 0 when either parent is
+    below the threshold (or the midpoint falls outside the image). The small toes are always 0, 0, 0.
+    """
+    lm = _check_landmarks(landmarks)
+    out = np.zeros((BODY25_COUNT, 3), dtype=np.float32)
+
+    def put(joint: Body25, x: float, y: float, confidence: float) -> None:
+        if confidence >= visibility_threshold and _inside(x, y, width, height):
+            out[joint] = (x, y, min(max(confidence, 0.0), 1.0))
+
+    for joint, mp_index in BODY25_FROM_MEDIAPIPE.items():
+        x, y, _, visibility = lm[mp_index]
+        put(joint, x, y, visibility)
+    for joint, (a, b) in BODY25_MIDPOINTS.items():
+        if lm[a, 3] >= visibility_threshold and lm[b, 3] >= visibility_threshold:
+            put(joint, (lm[a, 0] + lm[b, 0]) / 2.0, (lm[a, 1] + lm[b, 1]) / 2.0, min(lm[a, 3], lm[b, 3]))
+    # BODY25_ALWAYS_MISSING stay 0, 0, 0.
+    return out
+
+
+def _check_body25(keypoints_body25: np.ndarray) -> np.ndarray:
+    kp = np.asarray(keypoints_body25, dtype=np.float32)
+    if kp.shape == (BODY25_COUNT * 3,):
+        kp = kp.reshape(BODY25_COUNT, 3)
+    if kp.shape != (BODY25_COUNT, 3):
+        raise ValueError(f"BODY_25 keypoints must be ({BODY25_COUNT}, 3); got {kp.shape}")
+    if not np.all(np.isfinite(kp)):
+        raise ValueError("BODY_25 keypoints hold NaN or infinity (OpenPose writes 0, 0, 0 for missing joints)")
+    return kp
+
+
+# ---------------------------------------------------------------------------------------------------
+# OpenPose JSON (contract §1.5)
+# ---------------------------------------------------------------------------------------------------
+
+_JSON_DECIMALS = 4
+
+
+def openpose_json(keypoints_body25: np.ndarray) -> dict:
+    """One person's BODY_25 keypoints as an OpenPose 1.3 `_keypoints.json` document (plain Python types)."""
+    kp = _check_body25(keypoints_body25)
+    flat = [round(float(v), _JSON_DECIMALS) for v in kp.reshape(-1)]
+    person = {
+        "person_id": [-1],
+        "pose_keypoints_2d": flat,
+        "face_keypoints_2d": [],
+        "hand_left_keypoints_2d": [],
+        "hand_right_keypoints_2d": [],
+        "pose_keypoints_3d": [],
+        "face_keypoints_3d": [],
+        "hand_left_keypoints_3d": [],
+        "hand_right_keypoints_3d": [],
+    }
+    return {"version": OPENPOSE_JSON_VERSION, "people": [person]}
+
+
+def keypoints_from_openpose_json(document: dict) -> np.ndarray:
+    """The first person's `pose_keypoints_2d` as (25, 3) float32, as VITON-HD reads it (people[0]).
+
+    Raises ValueError when the document holds no person or its pose is not BODY_25 (75 numbers).
+    """
+    if not isinstance(document, dict):
+        raise ValueError(f"an OpenPose document is a JSON object; got {type(document).__name__}")
+    people = document.get("people")
+    if not isinstance(people, list) or not people:
+        raise ValueError("the OpenPose document holds no person (`people` is missing or empty)")
+    first = people[0]
+    flat = first.get("pose_keypoints_2d") if isinstance(first, dict) else None
+    if not isinstance(flat, list):
+        raise ValueError("people[0] has no `pose_keypoints_2d` list")
+    if len(flat) != BODY25_COUNT * 3:
+        raise ValueError(
+            f"pose_keypoints_2d has {len(flat)} numbers; BODY_25 has {BODY25_COUNT * 3} "
+            f"(COCO-18 has 54, and would put the hips at the knees: contract §0 item 6)"
+        )
+    try:
+        return _check_body25(np.asarray(flat, dtype=np.float32))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"pose_keypoints_2d is not 75 finite numbers: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendered skeleton (`openpose_img/*_rendered.png`)
+# ---------------------------------------------------------------------------------------------------
+
+# Source: CMU-Perceptual-Computing-Lab/openpose include/openpose/pose/poseParametersRender.hpp,
+# POSE_BODY_25_PAIRS_RENDER_GPU (the limbs drawn, in drawing order).
+BODY25_LIMB_PAIRS: tuple[tuple[int, int], ...] = (
+    (1, 8), (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (8, 9), (9, 10), (10, 11), (8, 12), (12, 13),
+    (13, 14), (1, 0), (0, 15), (15, 17), (0, 16), (16, 18), (14, 19), (19, 20), (14, 21), (11, 22),
+    (22, 23), (11, 24),
+)  # fmt: skip
+
+# Source: same file, POSE_BODY_25_COLORS_RENDER_GPU: one colour per keypoint, in R, G, B order
+# (src/openpose/utilities/keypoint.cpp renderKeypointsCpu builds cv::Scalar{c[i+2], c[i+1], c[i]} for
+# its BGR frame). A keypoint's circle takes its own colour; a limb takes the colour of its *second*
+# keypoint (`colorIndex = pairs[pair+1]*3`, in both the CPU and the GPU renderer).
+BODY25_COLORS_RGB: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 85), (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
+    (0, 255, 0), (255, 0, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
+    (0, 0, 255), (255, 0, 170), (170, 0, 255), (255, 0, 255), (85, 0, 255), (0, 0, 255), (0, 0, 255),
+    (0, 0, 255), (0, 255, 255), (0, 255, 255), (0, 255, 255),
+)  # fmt: skip
+
+# Source: openpose src/openpose/pose/renderPose.cpp renderPoseKeypointsCpu, and the `render_threshold`
+# flag default (include/openpose/flags.hpp).
+RENDER_THICKNESS_CIRCLE_RATIO = 1.0 / 75.0
+RENDER_THICKNESS_LINE_RATIO_WRT_CIRCLE = 0.75
+RENDER_THRESHOLD = 0.05  # a keypoint is drawn when its confidence is above this
+RENDER_RECTANGLE_THRESHOLD = 0.1  # keypoints that size the person (keypoint.cpp, thresholdRectangle)
+
+
+def _round_px(value: float) -> int:
+    # OpenPose's positiveIntRound: int(v + 0.5).
+    return int(value + 0.5)
+
+
+def render_body25(
+    keypoints_body25: np.ndarray, width: int = IMAGE_WIDTH, height: int = IMAGE_HEIGHT
+) -> np.ndarray:
+    """The BODY_25 skeleton on black, as OpenPose's CPU renderer draws it with `--disable_blending`.
+
+    Returns (height, width, 3) uint8 RGB. Follows openpose `renderKeypointsCpu`: the line/circle size
+    scales with the person's keypoint box relative to the image; limbs are 8-connected `cv::line`s
+    coloured by their second keypoint, then every keypoint gets a circle in its own colour. Joints with
+    confidence <= RENDER_THRESHOLD (our missing joints have 0) are skipped with every limb that touches
+    them. Like OpenPose, nothing is drawn when the confident keypoints span no area.
+    """
+    kp = _check_body25(keypoints_body25)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+
+    sized = kp[kp[:, 2] > RENDER_RECTANGLE_THRESHOLD]
+    if len(sized) == 0:
+        return canvas
+    box_w = float(sized[:, 0].max() - sized[:, 0].min())
+    box_h = float(sized[:, 1].max() - sized[:, 1].min())
+    if box_w * box_h <= 0:
+        return canvas
+    ratio_areas = min(1.0, max(box_w / width, box_h / height))
+    thickness_ratio = max(_round_px(math.sqrt(width * height) * RENDER_THICKNESS_CIRCLE_RATIO * ratio_areas), 2)
+    thickness_circle = max(1, thickness_ratio if ratio_areas > 0.05 else -1)
+    thickness_line = max(1, _round_px(thickness_ratio * RENDER_THICKNESS_LINE_RATIO_WRT_CIRCLE))
+    radius = thickness_ratio // 2
+
+    drawn = kp[:, 2] > RENDER_THRESHOLD
+    points = [(_round_px(float(x)), _round_px(float(y))) for x, y in kp[:, :2]]
+    for a, b in BODY25_LIMB_PAIRS:
+        if drawn[a] and drawn[b]:
+            cv2.line(canvas, points[a], points[b], BODY25_COLORS_RGB[b], thickness_line, cv2.LINE_8)
+    for part in range(BODY25_COUNT):
+        if drawn[part]:
+            cv2.circle(canvas, points[part], radius, BODY25_COLORS_RGB[part], thickness_circle, cv2.LINE_8)
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing one person among several
+# ---------------------------------------------------------------------------------------------------
+
+# How much being off-centre costs: a box in a corner scores (1 - CENTRE_WEIGHT) of the same box centred.
+CENTRE_WEIGHT = 0.5
+# People are found one at a time (the solutions graph returns one pose): after each, the person is painted
+# over with the background colour and the pose model runs again, up to this many people.
+MAX_PERSONS = 4
+# Painting a person over: their pose mask above this, grown by this fraction of the image's shorter side
+# (hair and edges); without a mask, their landmark box grown by ERASE_BOX_MARGIN of its size.
+ERASE_MASK_THRESHOLD = 0.2
+ERASE_GROW_FRACTION = 0.03
+ERASE_BOX_MARGIN = 0.15
+# A later pose counts as another person only with both shoulders visible, and at most this fraction of
+# its visible landmarks on someone already painted over (a left-over of them rather than a new person).
+MAX_OVERLAP_WITH_FOUND = 0.5
+# Tasks backend: how many poses PoseLandmarker may return (it finds several people itself).
+TASKS_MAX_POSES = MAX_PERSONS
+
+Box = tuple[int, int, int, int]
+
+
+def person_score(box: Box, width: int, height: int) -> float:
+    """Bigger and more central is better: sqrt(relative area) x (1 - CENTRE_WEIGHT x off-centre)."""
+    x0, y0, x1, y1 = box
+    area = max(0, x1 - x0) * max(0, y1 - y0)
+    size = math.sqrt(area / float(width * height))
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    off_centre = math.hypot(cx - width / 2.0, cy - height / 2.0) / math.hypot(width / 2.0, height / 2.0)
+    return size * (1.0 - CENTRE_WEIGHT * min(off_centre, 1.0))
+
+
+def choose_person(boxes: list[Box], width: int, height: int) -> int:
+    """Index of the (body) box of the person to keep: the best `person_score`."""
+    if not boxes:
+        raise ValueError("no boxes to choose from")
+    scores = [person_score(box, width, height) for box in boxes]
+    return int(np.argmax(scores))
+
+
+def _landmark_box(landmarks: np.ndarray, width: int, height: int, threshold: float) -> Box | None:
+    lm = np.asarray(landmarks)
+    keep = lm[:, 3] >= threshold
+    if not np.any(keep):
+        return None
+    xs = np.clip(lm[keep, 0], 0, width - 1)
+    ys = np.clip(lm[keep, 1], 0, height - 1)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def box_from_pose(
+    result: PoseResult, width: int, height: int, visibility_threshold: float = DEFAULT_VISIBILITY_THRESHOLD
+) -> Box | None:
+    """(x0, y0, x1, y1) pixel box of the person, x1/y1 exclusive (so `image[y0:y1, x0:x1]` is the crop).
+
+    The union of the visible landmarks (clipped to the image) and the parts of the segmentation mask
+    (> 0.5) that hold at least one of those landmarks; other blobs (another person, a mirror) are left out.
+    """
+    landmark_box = _landmark_box(result.landmarks_px, width, height, visibility_threshold)
+    if landmark_box is None:
+        return None
+    x0, y0, x1, y1 = landmark_box
+    seg = result.segmentation
+    if seg is not None and seg.shape == (height, width):
+        mask = (seg > 0.5).astype(np.uint8)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        lm = result.landmarks_px
+        visible = lm[:, 3] >= visibility_threshold
+        xs = np.clip(lm[visible, 0], 0, width - 1).astype(int)
+        ys = np.clip(lm[visible, 1], 0, height - 1).astype(int)
+        for label in set(int(v) for v in labels[ys, xs]) - {0}:
+            left, top, w, h = (int(v) for v in stats[label, :4])
+            x0, y0 = min(x0, left), min(y0, top)
+            x1, y1 = max(x1, left + w), max(y1, top + h)
+    return x0, y0, x1, y1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The estimator
+# ---------------------------------------------------------------------------------------------------
+
+
+def _landmark_list_to_array(landmarks, width: int, height: int) -> np.ndarray:
+    """MediaPipe normalised landmarks (solutions or tasks objects) -> (33, 4) x_px, y_px, z, visibility."""
+    out = np.zeros((MP_LANDMARK_COUNT, 4), dtype=np.float32)
+    for i, lm in enumerate(landmarks):
+        if i >= MP_LANDMARK_COUNT:
+            break
+        visibility = getattr(lm, "visibility", None)
+        out[i] = (lm.x * width, lm.y * height, lm.z, 0.0 if visibility is None else visibility)
+    return out
+
+
+def _check_image(image_rgb: np.ndarray) -> np.ndarray:
+    image = np.asarray(image_rgb)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image; got shape {image.shape}, dtype {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
+def _border_colour(image: np.ndarray) -> np.ndarray:
+    """The median colour of the image's outer rows and columns: the backdrop, in catalog photos."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return np.median(border, axis=0).astype(np.uint8)
+
+
+def _erase_region(
+    landmarks: np.ndarray, segmentation: np.ndarray | None, width: int, height: int, threshold: float
+) -> np.ndarray:
+    """Where one found person is, generously: (H, W) bool."""
+    if segmentation is not None and np.any(segmentation > ERASE_MASK_THRESHOLD):
+        grow = max(3, int(round(ERASE_GROW_FRACTION * min(width, height)))) | 1
+        mask = (segmentation > ERASE_MASK_THRESHOLD).astype(np.uint8)
+        return cv2.dilate(mask, np.ones((grow, grow), np.uint8)).astype(bool)
+    region = np.zeros((height, width), dtype=bool)
+    box = _landmark_box(landmarks, width, height, threshold)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        mx, my = ERASE_BOX_MARGIN * (x1 - x0), ERASE_BOX_MARGIN * (y1 - y0)
+        region[max(0, int(y0 - my)) : int(y1 + my), max(0, int(x0 - mx)) : int(x1 + mx)] = True
+    return region
+
+
+def _is_another_person(landmarks: np.ndarray, found_region: np.ndarray, threshold: float) -> bool:
+    """A pose found after painting people over is a new person, not a left-over of one already found."""
+    height, width = found_region.shape
+    lm = np.asarray(landmarks)
+    visible = (lm[:, 3] >= threshold) & (lm[:, 0] >= 0) & (lm[:, 0] < width) & (lm[:, 1] >= 0) & (lm[:, 1] < height)
+    if not (visible[MP_LEFT_SHOULDER] and visible[MP_RIGHT_SHOULDER]):
+        return False
+    xs, ys = lm[visible, 0].astype(int), lm[visible, 1].astype(int)
+    return float(found_region[ys, xs].mean()) <= MAX_OVERLAP_WITH_FOUND
+
+
+class PoseEstimator:
+    """MediaPipe pose of one chosen person per image, in pixel space, plus a people count.
+
+    Default backend: the legacy `mediapipe.solutions.pose` graph (model_complexity=1, i.e. the bundled
+    pose_landmark_full model; nothing is downloaded). It returns one person per call, so people are
+    found one at a time: each found person is painted over with the backdrop colour and the model runs
+    again (MAX_PERSONS at most). With `task_model_path`, MediaPipe Tasks `PoseLandmarker` from a local
+    `.task` bundle instead, which returns several people in one call. Either way the pose kept is the
+    biggest, most central person (`choose_person` on the landmark boxes).
+
+    Not thread-safe: use one estimator per thread/process. Use as a context manager or call `close()`.
+    """
+
+    def __init__(
+        self,
+        task_model_path: str | None = None,
+        visibility_threshold: float = DEFAULT_VISIBILITY_THRESHOLD,
+        segmentation: bool = True,
+    ):
+        import mediapipe as mp
+
+        self.visibility_threshold = float(visibility_threshold)
+        self.segmentation = bool(segmentation)
+        self._mp = mp
+        self._pose = None
+        self._landmarker = None
+        self._task_model_path = task_model_path
+        if task_model_path is not None:
+            if not os.path.isfile(task_model_path):
+                raise FileNotFoundError(f"pose landmarker model not found: {task_model_path}")
+            from mediapipe.tasks.python import BaseOptions, vision
+
+            options = vision.PoseLandmarkerOptions(
+                base_options=BaseOptions(model_asset_path=task_model_path),
+                running_mode=vision.RunningMode.IMAGE,
+                num_poses=TASKS_MAX_POSES,
+                output_segmentation_masks=self.segmentation,
+            )
+            self._landmarker = vision.PoseLandmarker.create_from_options(options)
+        else:
+            self._pose = mp.solutions.pose.Pose(
+                static_image_mode=True, model_complexity=1, enable_segmentation=self.segmentation
+            )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        for name in ("_pose", "_landmarker"):
+            backend = getattr(self, name, None)
+            if backend is not None:
+                backend.close()
+                setattr(self, name, None)
+
+    def __enter__(self) -> PoseEstimator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def backend_id(self) -> str:
+        """Which model made the poses, for the manifest."""
+        if self._task_model_path is not None:
+            return f"mediapipe-tasks/{os.path.basename(self._task_model_path)}"
+        return f"mediapipe-{self._mp.__version__}/pose_landmark_full"
+
+    # -- public ---------------------------------------------------------------------------------
+    def estimate(self, image_rgb: np.ndarray) -> PoseResult:
+        """Pose of the chosen person in `image_rgb` (HxWx3 uint8 RGB); keypoints in its pixels.
+
+        Raises ItemError(NO_PERSON) when no pose is found.
+        """
+        image = _check_image(image_rgb)
+        if self._pose is None and self._landmarker is None:
+            raise RuntimeError("PoseEstimator is closed")
+        height, width = image.shape[:2]
+        people = self._find_people_tasks(image) if self._landmarker is not None else self._find_people(image)
+        if not people:
+            raise ItemError(NO_PERSON, "the pose model found no person in the image")
+        boxes = [_landmark_box(lm, width, height, self.visibility_threshold) or (0, 0, 0, 0) for lm, _ in people]
+        landmarks, segmentation = people[choose_person(boxes, width, height)]
+        keypoints = mediapipe_to_body25(landmarks, width, height, self.visibility_threshold)
+        if not np.any(keypoints[:, 2] > 0):
+            raise ItemError(
+                NO_PERSON,
+                f"the pose model found no joint with visibility >= {self.visibility_threshold} inside the image",
+            )
+        return PoseResult(
+            keypoints_body25=keypoints,
+            landmarks_px=landmarks,
+            segmentation=segmentation,
+            persons_detected=len(people),
+        )
+
+    def person_box(self, image_rgb: np.ndarray) -> Box | None:
+        """(x0, y0, x1, y1) box of the chosen person (x1/y1 exclusive), or None when there is no person."""
+        image = _check_image(image_rgb)
+        try:
+            result = self.estimate(image)
+        except ItemError as exc:
+            if exc.code == NO_PERSON:
+                return None
+            raise
+        height, width = image.shape[:2]
+        return box_from_pose(result, width, height, self.visibility_threshold)
+
+    # -- backends -------------------------------------------------------------------------------
+    def _solutions_pose(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
+        height, width = image.shape[:2]
+        result = self._pose.process(image)
+        if result.pose_landmarks is None:
+            return None
+        landmarks = _landmark_list_to_array(result.pose_landmarks.landmark, width, height)
+        mask = result.segmentation_mask
+        segmentation = None if mask is None else np.array(mask, dtype=np.float32, copy=True)
+        return landmarks, segmentation
+
+    def _find_people(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Every person the solutions graph finds, painting each over before looking again."""
+        height, width = image.shape[:2]
+        people: list[tuple[np.ndarray, np.ndarray | None]] = []
+        work = image
+        found_region = np.zeros((height, width), dtype=bool)
+        backdrop = _border_colour(image)
+        while len(people) < MAX_PERSONS:
+            found = self._solutions_pose(work)
+            if found is None:
+                break
+            landmarks, segmentation = found
+            if people and not _is_another_person(landmarks, found_region, self.visibility_threshold):
+                break
+            people.append(found)
+            region = _erase_region(landmarks, segmentation, width, height, self.visibility_threshold)
+            found_region |= region
+            if len(people) < MAX_PERSONS:
+                work = work.copy() if work is image else work
+                work[region] = backdrop
+        return people
+
+    def _find_people_tasks(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        height, width = image.shape[:2]
+        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=image)
+        result = self._landmarker.detect(mp_image)
+        masks = result.segmentation_masks or []
+        people = []
+        for i, pose in enumerate(result.pose_landmarks):
+            segmentation = None
+            if i < len(masks):
+                segmentation = np.array(masks[i].numpy_view(), dtype=np.float32, copy=True).squeeze()
+                if segmentation.shape != (height, width):
+                    segmentation = cv2.resize(segmentation, (width, height), interpolation=cv2.INTER_LINEAR)
+            people.append((_landmark_list_to_array(pose, width, height), segmentation))
+        return people
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cache of the pose model's outputs, for the parse stage
+# ---------------------------------------------------------------------------------------------------
+
+_NPZ_FORMAT = 1
+
+
+def pose_to_npz_bytes(result: PoseResult) -> bytes:
+    """`PoseResult` as compressed .npz bytes; the segmentation is stored as uint8 0..255."""
+    arrays = {
+        "format": np.int32(_NPZ_FORMAT),
+        "keypoints_body25": np.asarray(result.keypoints_body25, dtype=np.float32),
+        "landmarks_px": np.asarray(result.landmarks_px, dtype=np.float32),
+        "persons_detected": np.int32(result.persons_detected),
+    }
+    if result.segmentation is not None:
+        seg = np.clip(np.asarray(result.segmentation, dtype=np.float32), 0.0, 1.0)
+        arrays["segmentation_u8"] = np.round(seg * 255.0).astype(np.uint8)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def pose_from_npz_bytes(data: bytes) -> PoseResult:
+    """Inverse of `pose_to_npz_bytes` (segmentation back to float32 0..1, within 1/510)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            if int(npz["format"]) != _NPZ_FORMAT:
+                raise ValueError(f"unknown pose npz format {int(npz['format'])}")
+            seg_u8 = npz["segmentation_u8"] if "segmentation_u8" in npz.files else None
+            return PoseResult(
+                keypoints_body25=_check_body25(npz["keypoints_body25"]),
+                landmarks_px=_check_landmarks(npz["landmarks_px"]).astype(np.float32),
+                segmentation=None if seg_u8 is None else seg_u8.astype(np.float32) / 255.0,
+                persons_detected=int(npz["persons_detected"]),
+            )
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # not an npz, or a field missing
+        raise ValueError(f"not a pose npz: {exc}") from exc

@@ -1,0 +1,364 @@
+"""Cloth mask: the garment's silhouette in a product shot, as a 1-channel 0/255 mask.
+
+Pure functions on numpy arrays (no file paths, no storage, no Prefect).
+
+Default (`cloth_mask_classical`): background removal for product shots on plain backgrounds.
+1. The background colour is modelled from the image border (median and 75th-percentile spread in
+   CIE Lab, on a median-filtered copy that flattens JPEG ringing).
+2. A pixel is garment when its colour is far from that model *or* it lies on an edge (Canny on the
+   lightness, thresholds relative to the border's own gradients): white garments on white-ish
+   backgrounds differ by 1-3 Lab units inside, but keep a visible outline.
+3. Close, fill holes, open, keep the largest component, fill holes. The hole fill is what turns a
+   white garment's outline back into a solid silhouette, and what puts a neck opening's visible inner
+   back into the mask, as in the VITON-HD masks.
+4. The outer band of the mask is re-decided where garment and background contrast strongly: a pixel
+   stays garment when it is closer to the nearby garment colour than to the background. This trims
+   the halo that low thresholds and JPEG ringing leave around dark garments.
+Limits: one garment per image (the largest component wins: a detached belt is dropped); a background
+that is not plain (a gradient, a room) raises the thresholds with the border spread and may lose a
+white garment, or yield NO_GARMENT.
+
+Option (`UNetClothMasker`): a small U-Net (`ClothUNet`) from a checkpoint (a strict state dict), with
+the same post-processing.
+
+Output contract (contract §1.1, §5): `cloth-mask/<stem>.jpg`, a single-channel JPEG that the loaders
+read as `np.array(mask) >= 128`; `encode_cloth_mask` writes one that thresholds back to the same mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.errors import NO_GARMENT, ItemError
+from tasks.normalize import border_pixels, encode_jpeg
+
+# ---------------------------------------------------------------------------------------------------
+# Thresholds (each with why)
+# ---------------------------------------------------------------------------------------------------
+
+MIN_COVERAGE = 0.01  # below 1% of the frame there is no garment to speak of (a speck, dust, a label)
+MAX_COVERAGE = 0.98  # above 98% the "background" model failed: no plain background, or a full-bleed crop
+
+GRADIENT_BLUR_SIGMA = 1.0  # just enough blur that single-pixel JPEG noise is not an edge
+MEDIAN_RADIUS_FRACTION = 0.004  # 7x7 median at 768 wide: flattens JPEG ringing, keeps edges
+DELTA_E_FLOOR = 0.6  # Lab distance a flat (retouched) studio background stays under, JPEG noise included
+BORDER_SPREAD_PERCENTILE = 75  # the border's spread, robust to a garment cut by the frame (up to 1/4 of it)
+BORDER_SPREAD_FACTOR = 4.0  # on a noisy/textured background, 4x that spread (~6 sigma of Gaussian noise)
+GRADIENT_FLOOR = 0.35  # Lab L per pixel: a faint white-on-white outline is ~1, a flat background ~0.1
+GRADIENT_SPREAD_FACTOR = 4.0  # likewise relative to the border's gradients (same percentile)
+CANNY_HIGH_FACTOR = 1.5  # Canny's hysteresis: an edge starts at 1.5x the threshold and continues down to 1x
+CLOSE_RADIUS_FRACTION = 0.006  # ~5 px at 768 wide: bridges gaps in a faint white-garment outline
+OPEN_RADIUS_FRACTION = 0.003  # ~2 px at 768 wide: removes specks and 1-px lines, keeps thin straps
+BAND_RADIUS_FRACTION = 0.012  # ~9 px at 768 wide: the outer band re-decided per pixel (ringing + closing)
+BAND_RADIUS_MIN = 8  # JPEG ringing spreads up to one 8x8 block from an edge, whatever the image size
+REFINE_MIN_CONTRAST = 10.0  # Lab units between garment and background below which the band is kept as is
+LOCAL_COLOUR_MIN_WEIGHT = 0.05  # below this share of interior pixels nearby, no local garment colour: keep
+
+MASK_THRESHOLD = 128  # contract §1.1: the loaders read `np.array(mask) >= 128`
+CLOTH_MASK_JPEG_QUALITY = 100  # edges of a 0/255 mask ring least at 100; decoded, nothing crosses 128
+
+
+# ---------------------------------------------------------------------------------------------------
+# Classical path
+# ---------------------------------------------------------------------------------------------------
+
+
+def cloth_mask_classical(cloth_rgb: np.ndarray, *, check: bool = True) -> np.ndarray:
+    """The garment mask of a product shot on a plain background: (H, W) uint8, values 0 and 255.
+
+    Raises ItemError(NO_GARMENT) when the mask covers less than MIN_COVERAGE or more than
+    MAX_COVERAGE of the image (`check=False` returns such a mask instead, for diagnostics).
+    """
+    _check_rgb(cloth_rgb)
+    height, width = cloth_rgb.shape[:2]
+    short_side = min(height, width)
+    median_k = 2 * max(1, int(round(MEDIAN_RADIUS_FRACTION * short_side))) + 1
+    smooth = cv2.medianBlur(np.ascontiguousarray(cloth_rgb), median_k)
+    lab = cv2.cvtColor(smooth.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)  # L 0..100, a/b ~ -128..127
+
+    # Colour distance from the border's colour model.
+    border_lab = border_pixels(lab)
+    background = np.median(border_lab, axis=0)
+    distance = np.linalg.norm(lab - background, axis=2)
+    border_distance = np.linalg.norm(border_lab - background, axis=1)
+    distance_spread = float(np.percentile(border_distance, BORDER_SPREAD_PERCENTILE))
+    distance_threshold = max(DELTA_E_FLOOR, BORDER_SPREAD_FACTOR * distance_spread)
+
+    # Edges: the outline a white garment keeps even where its fabric matches the background. Canny's
+    # thin, non-maximum-suppressed edges sit on the outline itself, not a blur-width outside it. A thin
+    # faint outline (a white strap's edge) survives a light Gaussian blur, not the median.
+    lightness = cv2.cvtColor(
+        cv2.GaussianBlur(cloth_rgb, (0, 0), GRADIENT_BLUR_SIGMA).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB
+    )[:, :, 0]
+    grad_x = cv2.Sobel(lightness, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    grad_y = cv2.Sobel(lightness, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    gradient = cv2.magnitude(grad_x, grad_y)
+    gradient_spread = float(np.percentile(border_pixels(gradient), BORDER_SPREAD_PERCENTILE))
+    gradient_threshold = max(GRADIENT_FLOOR, GRADIENT_SPREAD_FACTOR * gradient_spread)
+    # Canny on L in 0..255 with a 3x3 Sobel: its magnitude is 8 * 2.55 times ours (L units per pixel).
+    canny_scale = 8.0 * 2.55
+    lightness8 = np.clip(np.rint(lightness * 2.55), 0, 255).astype(np.uint8)
+    edges = cv2.Canny(
+        lightness8,
+        gradient_threshold * canny_scale,
+        CANNY_HIGH_FACTOR * gradient_threshold * canny_scale,
+        apertureSize=3,
+        L2gradient=True,
+    )
+
+    raw = (distance > distance_threshold) | (edges > 0)
+    close_r = max(1, int(round(CLOSE_RADIUS_FRACTION * short_side)))
+    open_r = max(1, int(round(OPEN_RADIUS_FRACTION * short_side)))
+    band_r = max(BAND_RADIUS_MIN, int(round(BAND_RADIUS_FRACTION * short_side)))
+
+    mask = raw.astype(np.uint8) * 255
+    mask = _morph(mask, cv2.MORPH_CLOSE, close_r)
+    mask = fill_holes(mask)
+    mask = _morph(mask, cv2.MORPH_OPEN, open_r)
+    mask = largest_component(mask)
+    mask = fill_holes(mask)
+    if np.count_nonzero(mask) >= MIN_COVERAGE * mask.size:
+        mask = _refine_boundary(mask, lab, background, band_r)
+        mask = _morph(mask, cv2.MORPH_OPEN, open_r)
+        mask = fill_holes(largest_component(mask))
+    if check:
+        check_coverage(mask)
+    return mask
+
+
+def _refine_boundary(mask: np.ndarray, lab: np.ndarray, background: np.ndarray, band_r: int) -> np.ndarray:
+    """Re-decide the pixels of the mask's outer band: garment where closer to the nearby garment colour
+    than to the background colour. Trims the halo of JPEG ringing and low thresholds around dark
+    garments, and leaves white garments (whose colour is close to the background's) nearly as they are."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_r + 1, 2 * band_r + 1))
+    inner = cv2.erode(mask, kernel) > 0
+    band = (mask > 0) & ~inner
+    weight = _wide_blur(inner.astype(np.float32), 2.0 * band_r)
+    local = _wide_blur(lab * inner[:, :, None], 2.0 * band_r)
+    known = weight > LOCAL_COLOUR_MIN_WEIGHT
+    local = local / np.maximum(weight, 1e-6)[:, :, None]
+    to_garment = np.linalg.norm(lab - local, axis=2)
+    to_background = np.linalg.norm(lab - background, axis=2)
+    # Only where garment and background differ clearly: a low-contrast (white-on-white) edge has no
+    # ringing halo to trim, and its faint pixels would be lost to the background side.
+    contrast = np.linalg.norm(local - background, axis=2)
+    decided = known & (contrast > REFINE_MIN_CONTRAST)
+    keep = inner | (band & (~decided | (to_garment <= to_background)))
+    return keep.astype(np.uint8) * 255
+
+
+def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur with a large sigma, computed at a quarter of the size (it is smooth anyway)."""
+    height, width = image.shape[:2]
+    factor = 4 if sigma >= 8 and min(height, width) >= 64 else 1
+    if factor == 1:
+        return cv2.GaussianBlur(image, (0, 0), sigma)
+    small = cv2.resize(image, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / factor)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _morph(mask: np.ndarray, op: int, radius: int) -> np.ndarray:
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    # OpenCV's default border: neutral for each step (outside never adds to a dilation nor eats into an
+    # erosion), so a garment cut by the frame edge keeps its edge pixels.
+    return cv2.morphologyEx(mask, op, kernel)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Set every background region not connected to the image border to 255."""
+    height, width = mask.shape
+    padded = np.zeros((height + 2, width + 2), dtype=np.uint8)
+    padded[1:-1, 1:-1] = (mask > 0).astype(np.uint8) * 255
+    flood_mask = np.zeros((height + 4, width + 4), dtype=np.uint8)
+    # Flood the background from the padded corner: it reaches every region that touches the border.
+    cv2.floodFill(padded, flood_mask, (0, 0), 128)
+    return np.where(padded[1:-1, 1:-1] == 128, 0, 255).astype(np.uint8)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected foreground component (all zeros stays all zeros)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return np.zeros_like(mask, dtype=np.uint8)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return np.where(labels == largest, 255, 0).astype(np.uint8)
+
+
+def check_coverage(mask: np.ndarray) -> float:
+    """The mask's foreground fraction; ItemError(NO_GARMENT) outside MIN_COVERAGE..MAX_COVERAGE."""
+    coverage = float(np.count_nonzero(mask)) / mask.size
+    if coverage < MIN_COVERAGE:
+        raise ItemError(
+            NO_GARMENT,
+            f"the garment mask covers {coverage:.2%} of the image (< {MIN_COVERAGE:.0%}): "
+            "nothing stands out from the background",
+        )
+    if coverage > MAX_COVERAGE:
+        raise ItemError(
+            NO_GARMENT,
+            f"the garment mask covers {coverage:.2%} of the image (> {MAX_COVERAGE:.0%}): "
+            "no plain background to separate the garment from",
+        )
+    return coverage
+
+
+def encode_cloth_mask(mask: np.ndarray) -> bytes:
+    """A (H, W) 0/255 (or bool) mask as a 1-channel (mode L) JPEG that thresholds back at >= 128."""
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {getattr(mask, 'shape', None)}")
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8) * 255
+    if mask.dtype != np.uint8 or not np.isin(mask, (0, 255)).all():
+        raise ValueError("expected a uint8 mask holding only 0 and 255 (or a bool mask)")
+    return encode_jpeg(mask, quality=CLOTH_MASK_JPEG_QUALITY)
+
+
+def _check_rgb(cloth_rgb: np.ndarray) -> None:
+    if not isinstance(cloth_rgb, np.ndarray) or cloth_rgb.ndim != 3 or cloth_rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {getattr(cloth_rgb, 'shape', None)}")
+    if cloth_rgb.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB array, got dtype {cloth_rgb.dtype}")
+
+
+def postprocess_probability(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """A (H, W) garment probability map -> 0/255 mask: threshold, largest component, holes filled."""
+    mask = np.where(probability >= threshold, 255, 0).astype(np.uint8)
+    return fill_holes(largest_component(mask))
+
+
+# ---------------------------------------------------------------------------------------------------
+# U-Net option
+# ---------------------------------------------------------------------------------------------------
+
+UNET_THRESHOLD = 0.5  # the sigmoid's decision point, what a BCE-trained mask model is calibrated for
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the usual normalisation of an ImageNet-style encoder's input
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ClothUNet(nn.Module):
+    """A small U-Net: 3-channel RGB in, 1-channel garment probability (sigmoid) out, same size.
+
+    `depth` poolings of 2, so height and width must be multiples of 2**depth (16 by default).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 16, depth: int = 4):
+        super().__init__()
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.encoders = nn.ModuleList()
+        previous = in_channels
+        for width in widths:
+            self.encoders.append(_DoubleConv(previous, width))
+            previous = width
+        self.pool = nn.MaxPool2d(2)
+        self.upsamples = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            self.upsamples.append(nn.ConvTranspose2d(width * 2, width, kernel_size=2, stride=2))
+            self.decoders.append(_DoubleConv(width * 2, width))
+        self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for index, encoder in enumerate(self.encoders):
+            x = encoder(x)
+            if index < self.depth:
+                skips.append(x)
+                x = self.pool(x)
+        for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([upsample(x), skip], dim=1))
+        return torch.sigmoid(self.head(x))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not a ClothUNet state dict (wrong keys, wrong shapes, not a dict)."""
+
+
+class UNetClothMasker:
+    """Garment masks from a trained `ClothUNet` checkpoint (a state dict saved with torch.save).
+
+    input_size is (height, width) of the network input; 320x240 keeps the 3:4 catalog aspect.
+    """
+
+    def __init__(self, checkpoint_path: str, device: str = "cpu", input_size: tuple[int, int] = (320, 240)):
+        height, width = (int(v) for v in input_size)
+        if height <= 0 or width <= 0 or height % 16 or width % 16:
+            raise ValueError(f"input_size {input_size!r} must be positive multiples of 16 (height, width)")
+        self.input_size = (height, width)
+        self.device = torch.device(device)
+        with open(checkpoint_path, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()
+        self.model_id = f"{os.path.basename(checkpoint_path)}@sha256:{digest[:12]}"
+        try:
+            state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unpickling refused or a corrupt file: say which file
+            raise CheckpointError(
+                f"cannot load checkpoint {checkpoint_path!r} as a state dict: {exc}"
+            ) from exc
+        if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+            state = state["state_dict"]  # the usual {"state_dict": ...} wrapper
+        if not isinstance(state, Mapping):
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path!r} holds a {type(state).__name__}, not a ClothUNet state dict"
+            )
+        model = ClothUNet()
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            expected = set(model.state_dict())
+            found = set(state)
+            missing = sorted(expected - found)
+            unexpected = sorted(found - expected)
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path!r} does not match ClothUNet: "
+                f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
+                f"{unexpected[:5]}; details: {str(exc)[:500]}"
+            ) from exc
+        self.model = model.to(self.device).eval()
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+
+    def predict(self, cloth_rgb: np.ndarray) -> np.ndarray:
+        """The garment probability at every pixel of the input: (H, W) float32 in 0..1."""
+        _check_rgb(cloth_rgb)
+        height, width = cloth_rgb.shape[:2]
+        in_h, in_w = self.input_size
+        shrinking = in_h < height or in_w < width
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        small = cv2.resize(cloth_rgb, (in_w, in_h), interpolation=interpolation)
+        tensor = torch.from_numpy(small).to(self.device).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        tensor = (tensor - self._mean) / self._std
+        with torch.inference_mode():
+            probability = self.model(tensor)[0, 0].float().cpu().numpy()
+        return cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    def mask(self, cloth_rgb: np.ndarray, *, check: bool = True) -> np.ndarray:
+        """(H, W) uint8 0/255: probability >= 0.5, largest component, holes filled.
+
+        Like the classical path, raises ItemError(NO_GARMENT) for an implausible coverage unless
+        `check=False`.
+        """
+        mask = postprocess_probability(self.predict(cloth_rgb), UNET_THRESHOLD)
+        if check:
+            check_coverage(mask)
+        return mask

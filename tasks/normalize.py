@@ -1,0 +1,429 @@
+"""Normalise: decode catalog bytes to RGB, fit them onto the 768x1024 canvas, encode deterministically.
+
+Pure functions on bytes and numpy arrays (no file paths, no storage, no Prefect).
+
+Decisions:
+- Every per-input problem is an `ItemError` with a stable code (tasks/errors.py); the message says why.
+- The pixel-count limit is checked from the header, before any pixel is decoded, and PIL's own
+  decompression-bomb guard is turned into the same error. PIL's global `MAX_IMAGE_PIXELS` and
+  `LOAD_TRUNCATED_IMAGES` are never changed: a truncated file must fail, not decode half grey.
+- EXIF orientation is applied, so the output is the image as a viewer shows it.
+- Transparency is composited over white (catalog shots are on white), never dropped to black.
+- 16-bit greyscale (`I;16*`) is scaled by its full 16-bit range (v / 257); 32-bit int (`I`) and float
+  (`F`) greyscale have no fixed range and are stretched from their own min..max to 0..255. Nothing clips.
+- An embedded ICC profile is converted to sRGB where it is not sRGB already (CMYK and wide-gamut
+  photos otherwise come out with wrong colours); a profile PIL cannot use is ignored.
+- Canvas: exactly 768 (W) x 1024 (H) (contract §1.2: `Resize(768)` is a no-op only for 768x1024). The
+  resampling maps source to output by exactly `out = src * scale + offset` (PIL's `box` argument), so
+  `FitRecord` can move coordinates between the two without a half-pixel drift.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from tasks.contract import IMAGE_HEIGHT, IMAGE_WIDTH, JPEG_QUALITY
+from tasks.errors import (
+    DECOMPRESSION_BOMB,
+    EMPTY_FILE,
+    NOT_AN_IMAGE,
+    TOO_SMALL,
+    TRUNCATED,
+    UNSUPPORTED_MODE,
+    ItemError,
+)
+
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000: above any real catalog photo, far below a memory problem
+DEFAULT_MIN_SIDE = 64  # smaller than this cannot hold a usable garment or person at 768x1024
+
+# Exceptions PIL (and the codecs under it) raise on a file whose pixel data cannot be read to the end.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
+
+WHITE = (255, 255, 255)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------------
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> Image.Image:
+    """Decode image bytes (JPEG, PNG, WebP, anything PIL reads) to an RGB image, EXIF orientation applied.
+
+    Raises `ItemError` with EMPTY_FILE, NOT_AN_IMAGE, DECOMPRESSION_BOMB, TOO_SMALL, TRUNCATED or
+    UNSUPPORTED_MODE. Multi-frame files (GIF, APNG, MPO) give their first frame.
+    """
+    if not data:
+        raise ItemError(EMPTY_FILE, "the file is empty (0 bytes)")
+
+    # PIL's own guard raises DecompressionBombError past 2x MAX_IMAGE_PIXELS (and warns past 1x, which
+    # is an error only where a warnings filter says so). Both are caught; the global filters and limits
+    # are left alone (changing them is not thread-safe), and our own header check below is the real limit.
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ItemError(DECOMPRESSION_BOMB, f"the header declares too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ItemError(
+            NOT_AN_IMAGE, f"not an image PIL can identify ({len(data)} bytes, starts {data[:8]!r})"
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise ItemError(NOT_AN_IMAGE, f"cannot read the image header: {exc}") from exc
+
+    fmt = image.format or "image"
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ItemError(
+            DECOMPRESSION_BOMB,
+            f"the {fmt} header declares {width}x{height} = {width * height} pixels, "
+            f"more than the limit of {max_pixels}",
+        )
+    if min(width, height) < min_side:
+        raise ItemError(
+            TOO_SMALL, f"the {fmt} is {width}x{height}; both sides must be at least {min_side} pixels"
+        )
+
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ItemError(DECOMPRESSION_BOMB, f"too many pixels: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise ItemError(TRUNCATED, f"the {fmt} pixel data is truncated or corrupt: {exc}") from exc
+
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the photo; keep it unrotated
+        pass
+
+    try:
+        rgb = _to_rgb(image)
+    except ItemError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any conversion failure is this item's problem
+        raise ItemError(UNSUPPORTED_MODE, f"cannot convert {fmt} mode {image.mode!r} to RGB: {exc}") from exc
+    if rgb.mode != "RGB":
+        raise ItemError(UNSUPPORTED_MODE, f"{fmt} mode {image.mode!r} converted to {rgb.mode!r}, not RGB")
+    return rgb
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return _grey_array_to_rgb(np.asarray(image).astype(np.float64) / 257.0)
+    if mode in ("I", "F"):
+        return _grey_array_to_rgb(_stretch(np.asarray(image).astype(np.float64)))
+    if mode == "CMYK" or (mode == "RGB" and "icc_profile" in image.info):
+        image = _icc_to_srgb(image)
+        mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if _has_transparency(image):
+        rgba = image.convert("RGBA")
+        if rgba.mode != "RGBA":
+            raise ItemError(UNSUPPORTED_MODE, f"mode {mode!r} with transparency did not convert to RGBA")
+        canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Map the finite min..max of `values` to 0..255 (a constant image keeps its value, clipped)."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros_like(values)
+    lo = float(values[finite].min())
+    hi = float(values[finite].max())
+    out = np.where(finite, values, lo)
+    if hi == lo:
+        return np.full_like(out, min(max(lo, 0.0), 255.0))
+    return (out - lo) * (255.0 / (hi - lo))
+
+
+def _grey_array_to_rgb(grey: np.ndarray) -> Image.Image:
+    grey8 = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey8[:, :, None], 3, axis=2), mode="RGB")
+
+
+_SRGB_PROFILE = None
+
+
+def _icc_to_srgb(image: Image.Image) -> Image.Image:
+    """Convert RGB/CMYK with an embedded non-sRGB ICC profile to sRGB; without one, leave it to PIL."""
+    global _SRGB_PROFILE
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return image.convert("RGB")
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = (ImageCms.getProfileDescription(source) or "").lower()
+        if image.mode == "RGB" and "srgb" in description:
+            return image
+        if _SRGB_PROFILE is None:
+            _SRGB_PROFILE = ImageCms.createProfile("sRGB")
+        converted = ImageCms.profileToProfile(image, source, _SRGB_PROFILE, outputMode="RGB")
+    except Exception:  # noqa: BLE001 - an unusable profile: PIL's plain conversion is the fallback
+        return image.convert("RGB")
+    if converted is None or converted.mode != "RGB":
+        return image.convert("RGB")
+    converted.info.pop("icc_profile", None)
+    return converted
+
+
+# ---------------------------------------------------------------------------------------------------
+# Background estimate
+# ---------------------------------------------------------------------------------------------------
+
+BORDER_STRIP_FRACTION = 0.01  # 1% of the short side: thin enough to miss the subject in a framed shot
+BORDER_STRIP_MIN = 2  # at least two pixels, so one dirty edge row does not decide
+
+
+def border_strip_width(height: int, width: int) -> int:
+    return max(BORDER_STRIP_MIN, int(round(min(height, width) * BORDER_STRIP_FRACTION)))
+
+
+def border_pixels(image: np.ndarray) -> np.ndarray:
+    """The pixels of the thin strip along all four edges, as (N, C) (or (N,) for a 2-D array)."""
+    height, width = image.shape[:2]
+    strip = min(border_strip_width(height, width), height, width)
+    parts = [
+        image[:strip],
+        image[height - strip :],
+        image[strip : height - strip, :strip],
+        image[strip : height - strip, width - strip :],
+    ]
+    tail = image.shape[2:]
+    return np.concatenate([part.reshape((-1,) + tail) for part in parts], axis=0)
+
+
+def estimate_background_rgb(image_rgb: np.ndarray) -> tuple[int, int, int]:
+    """The per-channel median of a thin border strip, as ints: the colour a product shot sits on."""
+    _check_rgb(image_rgb)
+    median = np.median(border_pixels(image_rgb).astype(np.float64), axis=0)
+    return tuple(int(v) for v in np.clip(np.rint(median), 0, 255))  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fitting onto the canvas
+# ---------------------------------------------------------------------------------------------------
+
+FIT_METHODS = ("pad", "crop")
+CANVAS_ASPECT = IMAGE_WIDTH / IMAGE_HEIGHT  # 3:4, width over height
+CROP_MARGIN_FRACTION = 0.05  # room around the person box (of its larger side): no limb touches the edge
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """How a source image was placed on the canvas: `out = src * scale + offset` (pixel-edge coordinates).
+
+    background_rgb is the fill colour where the canvas holds padding, None where it holds none.
+    """
+
+    method: str
+    scale: float
+    offset_x: float
+    offset_y: float
+    source_width: int
+    source_height: int
+    background_rgb: tuple[int, int, int] | None = None
+
+    def to_output(self, x: float, y: float) -> tuple[float, float]:
+        return x * self.scale + self.offset_x, y * self.scale + self.offset_y
+
+    def to_source(self, x: float, y: float) -> tuple[float, float]:
+        return (x - self.offset_x) / self.scale, (y - self.offset_y) / self.scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the manifest (JSON/Parquet friendly)."""
+        return {
+            "method": self.method,
+            "scale": float(self.scale),
+            "offset_x": float(self.offset_x),
+            "offset_y": float(self.offset_y),
+            "source_width": int(self.source_width),
+            "source_height": int(self.source_height),
+            "background_rgb": None if self.background_rgb is None else [int(v) for v in self.background_rgb],
+        }
+
+
+def fit_to_canvas(
+    image_rgb: np.ndarray,
+    method: str = "pad",
+    person_box: tuple[int, int, int, int] | None = None,
+) -> tuple[np.ndarray, FitRecord]:
+    """Place an (H, W, 3) uint8 RGB image on the 1024x768x3 canvas.
+
+    "pad": scale to fit inside, keep the aspect ratio, centre, fill with the border's background colour.
+    "crop": the largest 3:4 window of the image, centred on `person_box` (x0, y0, x1, y1 in source
+    pixels) and holding it with a margin; a centred window without a box. A box the largest window
+    cannot hold gets a larger window that reaches past the image, filled with the background colour.
+    A 768x1024 input comes back unchanged (bit-exact) with either method.
+    """
+    _check_rgb(image_rgb)
+    if method not in FIT_METHODS:
+        raise ValueError(f"unknown fit method {method!r}; expected one of {FIT_METHODS}")
+    height, width = image_rgb.shape[:2]
+    if (width, height) == (IMAGE_WIDTH, IMAGE_HEIGHT):
+        return np.array(image_rgb, dtype=np.uint8, copy=True, order="C"), FitRecord(
+            method, 1.0, 0.0, 0.0, width, height, None
+        )
+    if method == "pad":
+        return _fit_pad(image_rgb)
+    return _fit_crop(image_rgb, person_box)
+
+
+def _fit_pad(image_rgb: np.ndarray) -> tuple[np.ndarray, FitRecord]:
+    height, width = image_rgb.shape[:2]
+    scale = min(IMAGE_WIDTH / width, IMAGE_HEIGHT / height)
+    new_w = min(IMAGE_WIDTH, max(1, int(round(width * scale))))
+    new_h = min(IMAGE_HEIGHT, max(1, int(round(height * scale))))
+    # The source region that maps exactly onto new_w x new_h at `scale` (a hair off the full image).
+    box = (0.0, 0.0, new_w / scale, new_h / scale)
+    resized = _resize(image_rgb, (new_w, new_h), box)
+    off_x = (IMAGE_WIDTH - new_w) // 2
+    off_y = (IMAGE_HEIGHT - new_h) // 2
+    padded = new_w != IMAGE_WIDTH or new_h != IMAGE_HEIGHT
+    background = estimate_background_rgb(image_rgb) if padded else None
+    canvas = np.empty((IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
+    canvas[:] = background if background is not None else WHITE
+    canvas[off_y : off_y + new_h, off_x : off_x + new_w] = resized
+    return canvas, FitRecord("pad", float(scale), float(off_x), float(off_y), width, height, background)
+
+
+def _fit_crop(
+    image_rgb: np.ndarray, person_box: tuple[int, int, int, int] | None
+) -> tuple[np.ndarray, FitRecord]:
+    height, width = image_rgb.shape[:2]
+    # The largest 3:4 window inside the image.
+    if width / height > CANVAS_ASPECT:
+        win_h = float(height)
+        win_w = win_h * CANVAS_ASPECT
+    else:
+        win_w = float(width)
+        win_h = win_w / CANVAS_ASPECT
+
+    if person_box is None:
+        cx, cy = width / 2.0, height / 2.0
+        need_w = need_h = 0.0
+    else:
+        x0, y0, x1, y1 = _check_box(person_box, width, height)
+        margin = CROP_MARGIN_FRACTION * max(x1 - x0, y1 - y0)
+        need_w = (x1 - x0) + 2 * margin
+        need_h = (y1 - y0) + 2 * margin
+        cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+
+    if need_w <= win_w and need_h <= win_h:
+        # Centre on the box, then slide back inside the image (the box still fits: it is inside too).
+        left = min(max(cx - win_w / 2.0, 0.0), width - win_w)
+        top = min(max(cy - win_h / 2.0, 0.0), height - win_h)
+        background = None
+    else:
+        # The box (with margin) is wider or taller than any window inside the image: grow the window
+        # past the image, centred on the box, and fill the outside with the background colour.
+        win_w = max(need_w, need_h * CANVAS_ASPECT)
+        win_h = win_w / CANVAS_ASPECT
+        left = cx - win_w / 2.0
+        top = cy - win_h / 2.0
+        background = estimate_background_rgb(image_rgb)
+
+    scale = IMAGE_WIDTH / win_w
+    if background is None:
+        out = _resize(image_rgb, (IMAGE_WIDTH, IMAGE_HEIGHT), (left, top, left + win_w, top + win_h))
+    else:
+        pad_l = int(np.ceil(max(0.0, -left)))
+        pad_t = int(np.ceil(max(0.0, -top)))
+        pad_r = int(np.ceil(max(0.0, left + win_w - width)))
+        pad_b = int(np.ceil(max(0.0, top + win_h - height)))
+        big = np.empty((height + pad_t + pad_b, width + pad_l + pad_r, 3), dtype=np.uint8)
+        big[:] = background
+        big[pad_t : pad_t + height, pad_l : pad_l + width] = image_rgb
+        box = (left + pad_l, top + pad_t, left + pad_l + win_w, top + pad_t + win_h)
+        out = _resize(big, (IMAGE_WIDTH, IMAGE_HEIGHT), box)
+    record = FitRecord("crop", float(scale), -left * scale, -top * scale, width, height, background)
+    return out, record
+
+
+def _resize(
+    image_rgb: np.ndarray, size_wh: tuple[int, int], box: tuple[float, float, float, float]
+) -> np.ndarray:
+    """Resample the float `box` of the image to `size_wh` with Lanczos (antialiased when shrinking)."""
+    pil = Image.fromarray(np.ascontiguousarray(image_rgb), mode="RGB")
+    out = pil.resize(size_wh, Image.Resampling.LANCZOS, box=box)
+    return np.asarray(out, dtype=np.uint8).copy()
+
+
+def _check_box(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
+    if len(box) != 4:
+        raise ValueError(f"person_box must be (x0, y0, x1, y1), got {box!r}")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = max(0.0, x0), min(float(width), x1)
+    y0, y1 = max(0.0, y0), min(float(height), y1)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"person_box {tuple(box)!r} is empty or outside the {width}x{height} image")
+    return x0, y0, x1, y1
+
+
+def _check_rgb(image_rgb: np.ndarray) -> None:
+    if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        shape = getattr(image_rgb, "shape", None)
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {shape}")
+    if image_rgb.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB array, got dtype {image_rgb.dtype}")
+    if image_rgb.shape[0] == 0 or image_rgb.shape[1] == 0:
+        raise ValueError(f"expected a non-empty image, got shape {image_rgb.shape}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoding (deterministic: no timestamps, no EXIF, no ICC; the same array gives the same bytes)
+# ---------------------------------------------------------------------------------------------------
+
+
+def encode_jpeg(image_rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """Encode an (H, W, 3) RGB or (H, W) greyscale uint8 array as baseline JPEG, no metadata."""
+    pil = _array_to_pil(image_rgb, allow=("RGB", "L"))
+    buffer = io.BytesIO()
+    pil.save(buffer, format="JPEG", quality=int(quality), optimize=False, progressive=False)
+    return buffer.getvalue()
+
+
+def encode_png(array: np.ndarray, palette: Sequence[int] | None = None) -> bytes:
+    """Encode a uint8 array as PNG: (H, W) -> L (or P with `palette`, a flat RGB list), (H, W, 3) -> RGB,
+    (H, W, 4) -> RGBA. No tIME or text chunks, fixed compression."""
+    pil = _array_to_pil(array, allow=("L", "RGB", "RGBA"))
+    if palette is not None:
+        if pil.mode != "L":
+            raise ValueError("a palette needs a 2-D index array")
+        pil = pil.copy()
+        pil.putpalette(list(palette))  # turns the L image into P with these colours
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def _array_to_pil(array: np.ndarray, allow: tuple[str, ...]) -> Image.Image:
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 array, got {getattr(array, 'dtype', type(array))}")
+    if array.ndim == 2:
+        mode = "L"
+    elif array.ndim == 3 and array.shape[2] == 3:
+        mode = "RGB"
+    elif array.ndim == 3 and array.shape[2] == 4:
+        mode = "RGBA"
+    else:
+        raise ValueError(f"cannot encode an array of shape {array.shape}")
+    if mode not in allow:
+        raise ValueError(f"cannot encode a {mode} array of shape {array.shape} here; allowed {allow}")
+    return Image.fromarray(np.ascontiguousarray(array), mode=mode)

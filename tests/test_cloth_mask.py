@@ -1,0 +1,233 @@
+"""tasks/cloth_mask.py: classical garment masks, the 1-channel JPEG encoding, the U-Net option.
+
+Synthetic garments are painted here (small images, JPEG round trip for realistic edges); the real
+product photos come from the `samples_dir` fixture.
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tasks import errors
+from tasks.cloth_mask import (
+    MASK_THRESHOLD,
+    CheckpointError,
+    ClothUNet,
+    UNetClothMasker,
+    cloth_mask_classical,
+    encode_cloth_mask,
+)
+from tasks.errors import ItemError
+
+HEIGHT, WIDTH = 320, 240  # the 3:4 catalog aspect, small enough to keep the tests quick
+
+# A T-shirt outline with a V-shaped collar gap cut into the neckline (x, y in a 240x320 frame).
+SHIRT = np.array(
+    [
+        (92, 30), (120, 78), (148, 30),  # collar gap
+        (188, 42), (228, 104), (202, 128), (182, 110),  # right shoulder and sleeve
+        (182, 292), (58, 292),  # hem
+        (58, 110), (38, 128), (12, 104), (52, 42),  # left sleeve and shoulder
+    ],
+    dtype=np.int32,
+)
+
+
+def _shirt_truth() -> np.ndarray:
+    truth = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    cv2.fillPoly(truth, [SHIRT], 255)
+    return truth > 0
+
+
+def _paint_shirt(background, fill, outline=None, noise_sigma: float = 0.0, seed: int = 0) -> np.ndarray:
+    """The shirt on a plain background, anti-aliased, optionally outlined, then through JPEG q90."""
+    image = np.empty((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    image[:] = background
+    if noise_sigma:
+        noise = np.random.default_rng(seed).normal(0, noise_sigma, image.shape)
+        image = np.clip(image + noise, 0, 255).astype(np.uint8)
+    cv2.fillPoly(image, [SHIRT], fill, lineType=cv2.LINE_AA)
+    if outline is not None:
+        cv2.polylines(image, [SHIRT], True, outline, thickness=2, lineType=cv2.LINE_AA)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    return np.array(Image.open(buffer).convert("RGB"))
+
+
+def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
+    predicted = mask > 0
+    return float((predicted & truth).sum()) / float((predicted | truth).sum())
+
+
+def _assert_binary_mask(mask: np.ndarray, shape) -> None:
+    assert mask.shape == shape, f"mask shape {mask.shape}, expected {shape} (one channel)"
+    assert mask.dtype == np.uint8, f"mask dtype {mask.dtype}, expected uint8"
+    values = set(np.unique(mask).tolist())
+    assert values <= {0, 255}, f"mask values {sorted(values)}, expected only 0 and 255"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Classical masks on synthetic garments
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "background, fill, outline, noise_sigma",
+    [
+        ((255, 255, 255), (200, 40, 60), None, 0.0),
+        ((236, 236, 236), (245, 245, 243), (200, 200, 200), 0.0),
+        ((255, 255, 255), (25, 25, 40), None, 0.0),
+        ((170, 190, 210), (120, 60, 30), None, 6.0),
+    ],
+    ids=["red-on-white", "whiteish-outlined-on-light-grey", "dark-on-white", "on-noisy-blue-grey"],
+)
+def test_synthetic_shirt_mask_matches_the_painted_shape(background, fill, outline, noise_sigma):
+    image = _paint_shirt(background, fill, outline, noise_sigma)
+    mask = cloth_mask_classical(image)
+    _assert_binary_mask(mask, (HEIGHT, WIDTH))
+    iou = _iou(mask, _shirt_truth())
+    assert iou > 0.9, f"IoU with the painted shirt is {iou:.3f}, expected > 0.9"
+
+
+def test_collar_gap_stays_background():
+    mask = cloth_mask_classical(_paint_shirt((255, 255, 255), (200, 40, 60)))
+    assert mask[45, 120] == 0, "the V-shaped collar gap (open to the outside) should not be filled"
+
+
+def test_enclosed_print_is_filled():
+    image = _paint_shirt((255, 255, 255), (250, 250, 250), (190, 190, 190))
+    cv2.circle(image, (120, 180), 25, (255, 255, 255), -1)  # a background-coloured print inside the shirt
+    mask = cloth_mask_classical(image)
+    assert mask[180, 120] == 255, "a region enclosed by the garment is garment (holes are filled)"
+
+
+def test_blank_image_has_no_garment():
+    with pytest.raises(ItemError) as info:
+        cloth_mask_classical(np.full((HEIGHT, WIDTH, 3), 250, dtype=np.uint8))
+    assert info.value.code == errors.NO_GARMENT
+
+
+def test_speck_is_no_garment():
+    image = np.full((HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
+    image[100:105, 100:105] = 0  # 25 px of 76800: far under 1%
+    with pytest.raises(ItemError) as info:
+        cloth_mask_classical(image)
+    assert info.value.code == errors.NO_GARMENT and "covers" in info.value.message
+
+
+def test_check_false_returns_an_implausible_mask():
+    mask = cloth_mask_classical(np.full((HEIGHT, WIDTH, 3), 250, dtype=np.uint8), check=False)
+    _assert_binary_mask(mask, (HEIGHT, WIDTH))
+    assert not mask.any()
+
+
+def test_non_rgb_input_is_rejected():
+    with pytest.raises(ValueError, match="RGB"):
+        cloth_mask_classical(np.zeros((HEIGHT, WIDTH), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoding (contract §1.1: 1-channel JPEG read back as np.array(mask) >= 128)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_encoded_mask_decodes_to_mode_l_and_thresholds_back():
+    mask = cloth_mask_classical(_paint_shirt((255, 255, 255), (200, 40, 60)))
+    decoded = Image.open(io.BytesIO(encode_cloth_mask(mask)))
+    assert decoded.format == "JPEG" and decoded.mode == "L", f"got {decoded.format} {decoded.mode}"
+    recovered = np.asarray(decoded) >= MASK_THRESHOLD
+    agreement = float((recovered == (mask > 0)).mean())
+    assert agreement >= 0.999, f"only {agreement:.4%} of pixels survive the JPEG round trip"
+
+
+def test_encode_rejects_a_non_binary_mask():
+    with pytest.raises(ValueError, match="0 and 255"):
+        encode_cloth_mask(np.full((8, 8), 7, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real product photos
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_real_garment_masks_are_plausible(samples_dir):
+    paths = sorted((samples_dir / "cloth").glob("*.jpg"))
+    assert paths, f"no cloth photos under {samples_dir / 'cloth'}"
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        mask = cloth_mask_classical(image)
+        _assert_binary_mask(mask, image.shape[:2])
+        coverage = float((mask > 0).mean())
+        assert 0.10 <= coverage <= 0.90, f"{path.name}: mask covers {coverage:.1%}, expected 10%..90%"
+        height, width = mask.shape
+        # A product shot centres its garment: the image centre is garment.
+        assert mask[height // 2, width // 2] == 255, f"{path.name}: the garment's centre is not in the mask"
+
+
+# ---------------------------------------------------------------------------------------------------
+# U-Net option
+# ---------------------------------------------------------------------------------------------------
+
+
+def _save_state(tmp_path, state, name="cloth_unet.pt"):
+    path = tmp_path / name
+    torch.save(state, path)
+    return str(path)
+
+
+def test_unet_loads_a_fresh_state_dict_and_gives_a_binary_mask(tmp_path):
+    torch.manual_seed(0)
+    path = _save_state(tmp_path, ClothUNet().state_dict())
+    masker = UNetClothMasker(path)
+    image = _paint_shirt((255, 255, 255), (200, 40, 60))
+
+    probability = masker.predict(image)
+    mask = masker.mask(image, check=False)  # untrained weights: any coverage goes
+
+    assert probability.shape == (HEIGHT, WIDTH) and probability.dtype == np.float32
+    assert 0.0 <= probability.min() and probability.max() <= 1.0, "the sigmoid output should lie in 0..1"
+    _assert_binary_mask(mask, (HEIGHT, WIDTH))
+    assert masker.model_id.startswith("cloth_unet.pt@sha256:"), masker.model_id
+
+
+def test_unet_mask_that_covers_everything_is_no_garment(tmp_path):
+    model = ClothUNet()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(10.0)  # sigmoid(10): garment everywhere
+    masker = UNetClothMasker(_save_state(tmp_path, model.state_dict()))
+    with pytest.raises(ItemError) as info:
+        masker.mask(_paint_shirt((255, 255, 255), (200, 40, 60)))
+    assert info.value.code == errors.NO_GARMENT
+
+
+def test_unet_model_id_changes_with_the_weights(tmp_path):
+    first = UNetClothMasker(_save_state(tmp_path, ClothUNet().state_dict(), "a.pt")).model_id
+    second = UNetClothMasker(_save_state(tmp_path, ClothUNet().state_dict(), "b.pt")).model_id
+    assert first.split("@")[1] != second.split("@")[1], "different weights should give a different sha256"
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        lambda: ClothUNet(base_channels=8).state_dict(),  # same keys, other shapes
+        lambda: torch.nn.Linear(3, 1).state_dict(),  # other keys
+    ],
+    ids=["other-widths", "other-network"],
+)
+def test_unet_rejects_a_checkpoint_of_another_network(tmp_path, state):
+    path = _save_state(tmp_path, state())
+    with pytest.raises(CheckpointError, match="does not match ClothUNet"):
+        UNetClothMasker(path)
+
+
+def test_unet_rejects_a_checkpoint_that_is_not_a_state_dict(tmp_path):
+    path = _save_state(tmp_path, [torch.zeros(3)])
+    with pytest.raises(CheckpointError, match="not a ClothUNet state dict"):
+        UNetClothMasker(path)

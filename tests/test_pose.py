@@ -1,0 +1,386 @@
+"""Pose stage: MediaPipe -> BODY_25 mapping, OpenPose JSON, rendered skeleton, the estimator on real photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tasks.contract import AGNOSTIC_REQUIRED_KEYPOINTS, IMAGE_HEIGHT, IMAGE_WIDTH, OPENPOSE_JSON_VERSION, Body25
+from tasks.errors import NO_PERSON, ItemError
+from tasks.pose import (
+    PoseEstimator,
+    PoseResult,
+    box_from_pose,
+    choose_person,
+    keypoints_from_openpose_json,
+    mediapipe_to_body25,
+    openpose_json,
+    pose_from_npz_bytes,
+    pose_to_npz_bytes,
+    render_body25,
+)
+
+W, H = IMAGE_WIDTH, IMAGE_HEIGHT
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic landmarks
+# ---------------------------------------------------------------------------------------------------
+
+
+def _landmarks(visibility: float = 0.9) -> np.ndarray:
+    """33 landmarks, each at its own pixel (x = 100 + 10 i, y = 200 + 20 i), all equally visible."""
+    lm = np.zeros((33, 4), dtype=np.float32)
+    for i in range(33):
+        lm[i] = (100 + 10 * i, 200 + 20 * i, -0.1, visibility)
+    return lm
+
+
+# The specification, written out rather than imported: BODY_25 joint <- MediaPipe landmark.
+EXPECTED_MAP = {
+    0: 0,  # nose
+    2: 12, 3: 14, 4: 16,  # right shoulder, elbow, wrist
+    5: 11, 6: 13, 7: 15,  # left shoulder, elbow, wrist
+    9: 24, 10: 26, 11: 28,  # right hip, knee, ankle
+    12: 23, 13: 25, 14: 27,  # left hip, knee, ankle
+    15: 5, 16: 2,  # right eye, left eye
+    17: 8, 18: 7,  # right ear, left ear
+    19: 31, 21: 29,  # left big toe, left heel
+    22: 32, 24: 30,  # right big toe, right heel
+}  # fmt: skip
+
+
+def test_mapping_copies_each_mediapipe_landmark_to_its_body25_joint_in_pixels():
+    lm = _landmarks()
+    kp = mediapipe_to_body25(lm, W, H)
+    assert kp.shape == (25, 3) and kp.dtype == np.float32, f"got {kp.shape} {kp.dtype}"
+    for joint, mp_index in EXPECTED_MAP.items():
+        assert kp[joint, 0] == pytest.approx(lm[mp_index, 0]) and kp[joint, 1] == pytest.approx(lm[mp_index, 1]), (
+            f"BODY_25 {Body25(joint).name} should be MediaPipe landmark {mp_index} at {lm[mp_index, :2]}, "
+            f"got {kp[joint, :2]}"
+        )
+        assert kp[joint, 2] == pytest.approx(0.9), f"{Body25(joint).name} confidence should be the visibility"
+
+
+def test_neck_is_the_shoulder_midpoint_with_the_smaller_visibility():
+    lm = _landmarks()
+    lm[11] = (500, 300, 0, 0.8)  # left shoulder
+    lm[12] = (300, 320, 0, 0.6)  # right shoulder
+    kp = mediapipe_to_body25(lm, W, H)
+    np.testing.assert_allclose(kp[Body25.NECK], (400, 310, 0.6), rtol=1e-6, err_msg="neck = midpoint, min visibility")
+
+
+def test_midhip_is_the_hip_midpoint_with_the_smaller_visibility():
+    lm = _landmarks()
+    lm[23] = (450, 700, 0, 0.7)  # left hip
+    lm[24] = (250, 720, 0, 0.95)  # right hip
+    kp = mediapipe_to_body25(lm, W, H)
+    np.testing.assert_allclose(kp[Body25.MID_HIP], (350, 710, 0.7), rtol=1e-6, err_msg="midhip = midpoint, min vis")
+
+
+def test_a_midpoint_is_missing_when_either_parent_is_below_the_threshold():
+    lm = _landmarks()
+    lm[12, 3] = 0.3  # right shoulder barely visible
+    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.5)
+    assert kp[Body25.NECK].tolist() == [0, 0, 0], f"neck with a hidden parent should be 0,0,0, got {kp[Body25.NECK]}"
+    assert kp[Body25.MID_HIP, 2] > 0, "midhip (both parents visible) should still be present"
+
+
+def test_a_joint_below_the_visibility_threshold_is_written_as_zeros():
+    lm = _landmarks()
+    lm[16, 3] = 0.49  # right wrist
+    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.5)
+    assert kp[Body25.R_WRIST].tolist() == [0, 0, 0], f"hidden right wrist should be 0,0,0, got {kp[Body25.R_WRIST]}"
+    assert kp[Body25.L_WRIST, 2] > 0, "the visible left wrist should stay"
+
+
+def test_a_joint_outside_the_image_is_written_as_zeros():
+    lm = _landmarks()
+    lm[26, :2] = (300, H + 40)  # right knee below the frame, yet "visible"
+    lm[15, :2] = (-5, 600)  # left wrist left of the frame
+    kp = mediapipe_to_body25(lm, W, H)
+    assert kp[Body25.R_KNEE].tolist() == [0, 0, 0], f"out-of-frame knee should be 0,0,0, got {kp[Body25.R_KNEE]}"
+    assert kp[Body25.L_WRIST].tolist() == [0, 0, 0], f"out-of-frame wrist should be 0,0,0, got {kp[Body25.L_WRIST]}"
+
+
+def test_small_toes_are_always_zeros_because_mediapipe_has_none():
+    kp = mediapipe_to_body25(_landmarks(visibility=1.0), W, H)
+    assert kp[Body25.L_SMALL_TOE].tolist() == [0, 0, 0] and kp[Body25.R_SMALL_TOE].tolist() == [0, 0, 0]
+
+
+def test_mapping_rejects_landmarks_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="33"):
+        mediapipe_to_body25(np.zeros((25, 4)), W, H)
+
+
+# ---------------------------------------------------------------------------------------------------
+# OpenPose JSON
+# ---------------------------------------------------------------------------------------------------
+
+
+def _body25(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    kp = np.zeros((25, 3), dtype=np.float32)
+    kp[:, 0] = rng.uniform(0, W, 25)
+    kp[:, 1] = rng.uniform(0, H, 25)
+    kp[:, 2] = rng.uniform(0.5, 1.0, 25)
+    kp[[Body25.L_SMALL_TOE, Body25.R_SMALL_TOE]] = 0
+    return kp
+
+
+def test_openpose_json_is_version_1_3_with_one_body25_person_of_75_plain_floats():
+    doc = openpose_json(_body25())
+    assert doc["version"] == OPENPOSE_JSON_VERSION == 1.3
+    assert len(doc["people"]) == 1, "one person per image"
+    person = doc["people"][0]
+    assert person["person_id"] == [-1]
+    assert len(person["pose_keypoints_2d"]) == 75, "BODY_25 is 25 x (x, y, confidence)"
+    assert all(type(v) is float for v in person["pose_keypoints_2d"]), "values must be plain Python floats"
+    for key in ("face_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d", "pose_keypoints_3d",
+                "face_keypoints_3d", "hand_left_keypoints_3d", "hand_right_keypoints_3d"):  # fmt: skip
+        assert person[key] == [], f"{key} should be present and empty"
+    json.dumps(doc)  # serialisable as is
+
+
+def test_openpose_json_round_trips_through_text():
+    kp = _body25(1)
+    back = keypoints_from_openpose_json(json.loads(json.dumps(openpose_json(kp))))
+    assert back.shape == (25, 3) and back.dtype == np.float32
+    np.testing.assert_allclose(back, kp, atol=1e-3, err_msg="keypoints changed on the JSON round trip")
+
+
+def test_reading_json_rejects_coco18_and_empty_people():
+    coco = {"version": 1.3, "people": [{"pose_keypoints_2d": [0.0] * 54}]}
+    with pytest.raises(ValueError, match="BODY_25"):
+        keypoints_from_openpose_json(coco)
+    with pytest.raises(ValueError, match="no person"):
+        keypoints_from_openpose_json({"version": 1.3, "people": []})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendered skeleton
+# ---------------------------------------------------------------------------------------------------
+
+
+def _right_arm_only() -> np.ndarray:
+    """Neck, right shoulder and right elbow present; the right wrist (and everything else) missing."""
+    kp = np.zeros((25, 3), dtype=np.float32)
+    kp[Body25.NECK] = (400, 300, 0.9)
+    kp[Body25.R_SHOULDER] = (300, 310, 0.9)
+    kp[Body25.R_ELBOW] = (280, 520, 0.9)
+    return kp
+
+
+def test_render_is_an_rgb_uint8_image_on_black():
+    img = render_body25(_right_arm_only())
+    assert img.shape == (H, W, 3) and img.dtype == np.uint8, f"got {img.shape} {img.dtype}"
+    assert img[0, 0].tolist() == [0, 0, 0] and img[H - 1, W - 1].tolist() == [0, 0, 0], "background must be black"
+    assert (img.any(axis=2)).mean() < 0.05, "only the skeleton should be drawn"
+
+
+def test_render_colours_a_limb_with_openpose_rgb_colour_of_its_second_keypoint():
+    img = render_body25(_right_arm_only())
+    # Limb 2-3 (right shoulder -> right elbow) takes keypoint 3's colour, RGB (255, 170, 0) (orange).
+    mid = img[(310 + 520) // 2, (300 + 280) // 2]
+    assert mid.tolist() == [255, 170, 0], f"right upper arm midpoint should be OpenPose orange (RGB), got {mid}"
+    # Limb 1-2 (neck -> right shoulder) takes keypoint 2's colour, RGB (255, 85, 0).
+    mid = img[(300 + 310) // 2, (400 + 300) // 2]
+    assert mid.tolist() == [255, 85, 0], f"neck-shoulder midpoint should be RGB (255, 85, 0), got {mid}"
+
+
+def test_render_draws_each_keypoint_circle_in_its_own_colour():
+    img = render_body25(_right_arm_only())
+    assert img[310, 300].tolist() == [255, 85, 0], "right shoulder circle: keypoint 2's colour"
+    assert img[300, 400].tolist() == [255, 0, 0], "neck circle: keypoint 1's colour"
+
+
+def test_render_draws_nothing_for_a_missing_joint():
+    img = render_body25(_right_arm_only())
+    wrist_colour = np.array([255, 255, 0])  # keypoint 4 (right wrist) and limb 3-4
+    assert not np.any(np.all(img == wrist_colour, axis=2)), "the missing right wrist must not be drawn"
+    assert img[:20, :20].max() == 0, "no limb may run to the origin (0, 0)"
+
+
+def test_render_of_no_keypoints_is_all_black():
+    assert render_body25(np.zeros((25, 3), np.float32)).max() == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing a person (pure)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_choose_person_prefers_the_clearly_bigger_box_even_off_centre():
+    big_off_centre = (20, 300, 220, 560)
+    small_central = (354, 480, 414, 540)
+    assert choose_person([small_central, big_off_centre], W, H) == 1
+
+
+def test_choose_person_prefers_the_central_box_among_equal_sizes():
+    corner, centre = (0, 0, 100, 100), (334, 462, 434, 562)
+    assert choose_person([corner, centre], W, H) == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The estimator on real photos
+# ---------------------------------------------------------------------------------------------------
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert bgr is not None, f"cannot read {path}"
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    with PoseEstimator() as est:
+        yield est
+
+
+@pytest.fixture(scope="module")
+def sample_images(samples_dir) -> dict[str, np.ndarray]:
+    paths = sorted((samples_dir / "image").glob("*.jpg"))
+    assert paths, "no sample person photos"
+    return {p.name: _read_rgb(p) for p in paths}
+
+
+@pytest.fixture(scope="module")
+def sample_poses(estimator, sample_images) -> dict[str, PoseResult]:
+    return {name: estimator.estimate(img) for name, img in sample_images.items()}
+
+
+def test_sample_photos_have_every_keypoint_the_agnostic_masks_need(sample_poses):
+    for name, result in sample_poses.items():
+        missing = [Body25(j).name for j in AGNOSTIC_REQUIRED_KEYPOINTS if result.keypoints_body25[j, 2] <= 0]
+        assert not missing, f"{name}: missing {missing}"
+
+
+def test_sample_photos_have_shoulders_above_hips(sample_poses):
+    for name, result in sample_poses.items():
+        kp = result.keypoints_body25
+        lowest_shoulder = max(kp[Body25.R_SHOULDER, 1], kp[Body25.L_SHOULDER, 1])
+        highest_hip = min(kp[Body25.R_HIP, 1], kp[Body25.L_HIP, 1])
+        assert lowest_shoulder < highest_hip, f"{name}: shoulders {kp[[2, 5], 1]} should be above hips {kp[[9, 12], 1]}"
+        assert kp[Body25.R_SHOULDER, 0] < kp[Body25.L_SHOULDER, 0], f"{name}: right shoulder on image left"
+
+
+def test_sample_photo_keypoints_lie_inside_the_image_and_mostly_inside_the_person_mask(sample_poses):
+    for name, result in sample_poses.items():
+        kp = result.keypoints_body25
+        present = kp[kp[:, 2] > 0]
+        assert np.all((present[:, 0] >= 0) & (present[:, 0] < W) & (present[:, 1] >= 0) & (present[:, 1] < H)), name
+        seg = result.segmentation
+        assert seg is not None and seg.shape == (H, W) and seg.dtype == np.float32, f"{name}: segmentation {seg}"
+        inside = seg[present[:, 1].astype(int), present[:, 0].astype(int)] > 0.5
+        assert inside.mean() >= 0.8, f"{name}: only {inside.mean():.0%} of keypoints inside the person mask"
+
+
+def test_sample_photos_hold_exactly_one_person(sample_poses):
+    counts = {name: r.persons_detected for name, r in sample_poses.items()}
+    assert all(c == 1 for c in counts.values()), f"each sample shows one person: {counts}"
+
+
+def test_sample_pose_landmarks_are_in_pixels(sample_poses):
+    for name, result in sample_poses.items():
+        lm = result.landmarks_px
+        assert lm.shape == (33, 4) and lm.dtype == np.float32
+        assert lm[11, 0] > 1 and lm[11, 1] > 1, f"{name}: landmarks look normalised, not pixels: {lm[11]}"
+
+
+def test_person_box_holds_the_torso_keypoints(estimator, sample_images, sample_poses):
+    name = next(iter(sample_images))
+    box = estimator.person_box(sample_images[name])
+    assert box is not None, "a person is in the photo"
+    x0, y0, x1, y1 = box
+    assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H, f"box {box} must lie inside the image"
+    kp = sample_poses[name].keypoints_body25
+    for joint in AGNOSTIC_REQUIRED_KEYPOINTS:
+        x, y = kp[joint, :2]
+        assert x0 <= x < x1 and y0 <= y < y1, f"{Body25(joint).name} {x, y} outside the person box {box}"
+    assert (x1 - x0) < W or (y1 - y0) < H, "the box should be tighter than the whole image"
+
+
+def test_a_blank_grey_image_has_no_person(estimator):
+    grey = np.full((H, W, 3), 128, dtype=np.uint8)
+    with pytest.raises(ItemError) as err:
+        estimator.estimate(grey)
+    assert err.value.code == NO_PERSON
+    assert estimator.person_box(grey) is None, "person_box reports 'no person' as None"
+
+
+def test_estimate_rejects_an_image_that_is_not_hxwx3_uint8(estimator):
+    with pytest.raises(ValueError, match="uint8"):
+        estimator.estimate(np.zeros((H, W), dtype=np.float32))
+
+
+@pytest.mark.parametrize("big_on_left", [True, False], ids=["big-left", "big-right"])
+def test_two_people_are_counted_and_the_bigger_one_is_posed(estimator, sample_images, big_on_left):
+    first, second = list(sample_images.values())[:2]
+    canvas = np.full((H, W, 3), 235, dtype=np.uint8)
+
+    def paste(img: np.ndarray, scale: float, on_left: bool) -> tuple[int, int, int, int]:
+        small = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        h, w = small.shape[:2]
+        x0 = 10 if on_left else W - w - 10
+        canvas[H - h :, x0 : x0 + w] = small
+        return x0, H - h, x0 + w, H
+
+    big = paste(first, 0.6, on_left=big_on_left)
+    paste(second, 0.4, on_left=not big_on_left)
+    result = estimator.estimate(canvas)
+    assert result.persons_detected == 2, f"two people pasted, {result.persons_detected} detected"
+    kp = result.keypoints_body25
+    for joint in (Body25.NECK, Body25.R_SHOULDER, Body25.L_SHOULDER, Body25.R_HIP, Body25.L_HIP):
+        x, y, c = kp[joint]
+        assert c > 0 and big[0] <= x < big[2] and big[1] <= y < big[3], (
+            f"{joint.name} at {x:.0f},{y:.0f} should be on the bigger person {big}"
+        )
+    seg = result.segmentation
+    assert seg is not None and seg.shape == (H, W), "the mask covers the full image"
+    assert seg[:, big[0] : big[2]].sum() > 0.9 * seg.sum(), "the mask is of the chosen (bigger) person"
+
+
+def test_backend_id_names_mediapipe_and_the_model(estimator):
+    assert estimator.backend_id.startswith("mediapipe-0.10.21/") and "pose_landmark_full" in estimator.backend_id
+
+
+def test_a_missing_task_model_file_is_reported_by_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.task"):
+        PoseEstimator(task_model_path=str(tmp_path / "nope.task"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The npz cache
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_npz_round_trip_keeps_keypoints_landmarks_count_and_mask(sample_poses):
+    result = next(iter(sample_poses.values()))
+    back = pose_from_npz_bytes(pose_to_npz_bytes(result))
+    np.testing.assert_array_equal(back.keypoints_body25, result.keypoints_body25)
+    np.testing.assert_array_equal(back.landmarks_px, result.landmarks_px)
+    assert back.persons_detected == result.persons_detected
+    assert back.segmentation.dtype == np.float32 and back.segmentation.shape == result.segmentation.shape
+    assert np.abs(back.segmentation - result.segmentation).max() <= 0.5 / 255 + 1e-6, "mask kept to 8 bits"
+
+
+def test_npz_round_trip_without_segmentation():
+    result = PoseResult(_body25(), np.zeros((33, 4), np.float32), None, 3)
+    back = pose_from_npz_bytes(pose_to_npz_bytes(result))
+    assert back.segmentation is None and back.persons_detected == 3
+    np.testing.assert_array_equal(back.keypoints_body25, result.keypoints_body25)
+
+
+def test_npz_is_small_because_the_mask_is_stored_as_8_bits(sample_poses):
+    result = next(iter(sample_poses.values()))
+    assert len(pose_to_npz_bytes(result)) < 200_000, "a 768x1024 float mask would be 3 MB"
+
+
+def test_reading_bytes_that_are_not_a_pose_npz_raises_value_error():
+    with pytest.raises(ValueError):
+        pose_from_npz_bytes(b"not an npz")
