@@ -78,7 +78,8 @@ def decode_image(
             NOT_AN_IMAGE, f"not an image PIL can identify ({len(data)} bytes, starts {data[:8]!r})"
         ) from exc
     except _DECODE_ERRORS as exc:
-        raise ItemError(NOT_AN_IMAGE, f"cannot read the image header: {exc}") from exc
+        # PIL recognised the format but the header itself is cut short or broken.
+        raise ItemError(TRUNCATED, f"the image header is truncated or corrupt: {exc}") from exc
 
     fmt = image.format or "image"
     width, height = image.size
