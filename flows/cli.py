@@ -17,6 +17,9 @@ def _offline_environment() -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # MediaPipe's native logging (TFLite feedback warnings) otherwise floods stderr.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class ProgressBar(logging.Handler):

@@ -247,6 +247,25 @@ class FitRecord:
     def to_source(self, x: float, y: float) -> tuple[float, float]:
         return (x - self.offset_x) / self.scale, (y - self.offset_y) / self.scale
 
+    def content_box(self) -> tuple[float, float, float, float]:
+        """Where the photo itself lies on the canvas (x0, y0, x1, y1), padding excluded."""
+        x0, y0 = self.to_output(0, 0)
+        x1, y1 = self.to_output(self.source_width, self.source_height)
+        return max(0.0, x0), max(0.0, y0), min(float(IMAGE_WIDTH), x1), min(float(IMAGE_HEIGHT), y1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitRecord:
+        background = data.get("background_rgb")
+        return cls(
+            method=data["method"],
+            scale=float(data["scale"]),
+            offset_x=float(data["offset_x"]),
+            offset_y=float(data["offset_y"]),
+            source_width=int(data["source_width"]),
+            source_height=int(data["source_height"]),
+            background_rgb=None if background is None else tuple(int(v) for v in background),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the manifest (JSON/Parquet friendly)."""
         return {
@@ -292,7 +311,8 @@ def _fit_pad(image_rgb: np.ndarray) -> tuple[np.ndarray, FitRecord]:
     new_w = min(IMAGE_WIDTH, max(1, int(round(width * scale))))
     new_h = min(IMAGE_HEIGHT, max(1, int(round(height * scale))))
     # The source region that maps exactly onto new_w x new_h at `scale` (a hair off the full image).
-    box = (0.0, 0.0, new_w / scale, new_h / scale)
+    # Rounding can push it a fraction of a pixel past the image, which PIL refuses: clamp.
+    box = (0.0, 0.0, min(float(width), new_w / scale), min(float(height), new_h / scale))
     resized = _resize(image_rgb, (new_w, new_h), box)
     off_x = (IMAGE_WIDTH - new_w) // 2
     off_y = (IMAGE_HEIGHT - new_h) // 2

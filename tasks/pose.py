@@ -130,6 +130,7 @@ def mediapipe_to_body25(
     width: int,
     height: int,
     visibility_threshold: float = DEFAULT_VISIBILITY_THRESHOLD,
+    valid_box: tuple[float, float, float, float] | None = None,
 ) -> np.ndarray:
     """MediaPipe's 33 landmarks (x_px, y_px, z, visibility) -> OpenPose BODY_25 (25, 3) float32.
 
@@ -137,19 +138,31 @@ def mediapipe_to_body25(
     whose pixel lies outside the `width` x `height` image, is 0, 0, 0. Neck / MidHip are the midpoints
     of the shoulders / hips with the smaller of the two visibilities, and 0, 0, 0 when either parent is
     below the threshold (or the midpoint falls outside the image). The small toes are always 0, 0, 0.
+
+    `valid_box` (x0, y0, x1, y1), when given, is where the photo itself lies on a padded canvas: a
+    joint outside it is 0, 0, 0 too, so a hip guessed into the padding below a portrait is "missing".
     """
     lm = _check_landmarks(landmarks)
     out = np.zeros((BODY25_COUNT, 3), dtype=np.float32)
+    x_min, y_min, x_max, y_max = valid_box if valid_box is not None else (0.0, 0.0, float(width), float(height))
+
+    def usable(x: float, y: float, confidence: float) -> bool:
+        return (
+            confidence >= visibility_threshold
+            and _inside(x, y, width, height)
+            and x_min <= x < x_max
+            and y_min <= y < y_max
+        )
 
     def put(joint: Body25, x: float, y: float, confidence: float) -> None:
-        if confidence >= visibility_threshold and _inside(x, y, width, height):
+        if usable(x, y, confidence):
             out[joint] = (x, y, min(max(confidence, 0.0), 1.0))
 
     for joint, mp_index in BODY25_FROM_MEDIAPIPE.items():
         x, y, _, visibility = lm[mp_index]
         put(joint, x, y, visibility)
     for joint, (a, b) in BODY25_MIDPOINTS.items():
-        if lm[a, 3] >= visibility_threshold and lm[b, 3] >= visibility_threshold:
+        if usable(lm[a, 0], lm[a, 1], lm[a, 3]) and usable(lm[b, 0], lm[b, 1], lm[b, 3]):
             put(joint, (lm[a, 0] + lm[b, 0]) / 2.0, (lm[a, 1] + lm[b, 1]) / 2.0, min(lm[a, 3], lm[b, 3]))
     # BODY25_ALWAYS_MISSING stay 0, 0, 0.
     return out
@@ -491,9 +504,12 @@ class PoseEstimator:
         return f"mediapipe-{self._mp.__version__}/pose_landmark_full"
 
     # -- public ---------------------------------------------------------------------------------
-    def estimate(self, image_rgb: np.ndarray) -> PoseResult:
+    def estimate(
+        self, image_rgb: np.ndarray, valid_box: tuple[float, float, float, float] | None = None
+    ) -> PoseResult:
         """Pose of the chosen person in `image_rgb` (HxWx3 uint8 RGB); keypoints in its pixels.
 
+        `valid_box` is where the photo lies on a padded canvas (joints outside it are missing).
         Raises ItemError(NO_PERSON) when no pose is found.
         """
         image = _check_image(image_rgb)
@@ -505,7 +521,7 @@ class PoseEstimator:
             raise ItemError(NO_PERSON, "the pose model found no person in the image")
         boxes = [_landmark_box(lm, width, height, self.visibility_threshold) or (0, 0, 0, 0) for lm, _ in people]
         landmarks, segmentation = people[choose_person(boxes, width, height)]
-        keypoints = mediapipe_to_body25(landmarks, width, height, self.visibility_threshold)
+        keypoints = mediapipe_to_body25(landmarks, width, height, self.visibility_threshold, valid_box)
         if not np.any(keypoints[:, 2] > 0):
             raise ItemError(
                 NO_PERSON,

@@ -141,7 +141,7 @@ def ingest_shard(config: PreprocessConfig, items: list[CatalogItem]) -> StageRes
 def pose_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream: Mapping[str, Fields]) -> StageResult:
     from tasks.agnostic import check_agnostic_keypoints
     from tasks.pose import PoseEstimator, openpose_json, pose_to_npz_bytes, render_body25
-    from tasks.normalize import encode_png
+    from tasks.normalize import FitRecord, encode_png
 
     out = Store(config.out, config.storage_options)
     model_path = local_file(config.pose_model, config.storage_options) if config.pose_model else None
@@ -150,7 +150,8 @@ def pose_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream:
         def process(item: CatalogItem, fields: Fields) -> None:
             image = decode_rgb(out.read_bytes(split_path(config, contract.DIR_IMAGE, contract.person_image_name(item.stem))))
             fields["pose_model"] = estimator.backend_id
-            pose = guarded("pose", lambda: estimator.estimate(image))
+            fit = FitRecord.from_dict(json.loads(upstream[item.stem]["fit"]))
+            pose = guarded("pose", lambda: estimator.estimate(image, valid_box=fit.content_box()))
             fields.update(
                 persons_detected=int(pose.persons_detected),
                 keypoint_confidences=[float(c) for c in pose.keypoints_body25[:, 2]],

@@ -362,3 +362,11 @@ def test_encode_png_with_palette_writes_p_mode_indices():
     decoded = Image.open(io.BytesIO(encode_png(index, palette=palette)))
     assert decoded.mode == "P", f"a palette PNG should read back as P, got {decoded.mode}"
     assert np.array_equal(np.asarray(decoded), index), "the indices should survive unchanged"
+
+
+@pytest.mark.parametrize("width, height", [(451, 300), (300, 451), (1001, 999), (769, 1023), (3, 2000)])
+def test_pad_handles_sizes_whose_scaled_side_rounds_up(width, height):
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    canvas, record = fit_to_canvas(image, method="pad")
+    assert canvas.shape == (1024, 768, 3), f"{width}x{height} gave {canvas.shape}"
+    assert record.method == "pad"

@@ -384,3 +384,17 @@ def test_npz_is_small_because_the_mask_is_stored_as_8_bits(sample_poses):
 def test_reading_bytes_that_are_not_a_pose_npz_raises_value_error():
     with pytest.raises(ValueError):
         pose_from_npz_bytes(b"not an npz")
+
+
+def test_joints_in_the_padding_around_a_photo_are_missing():
+    """A portrait padded onto the canvas: hips guessed into the padding must not count as seen."""
+    landmarks = np.zeros((33, 4), np.float32)
+    landmarks[:, 3] = 0.99
+    landmarks[:, 0] = 384
+    landmarks[:, 1] = 300
+    landmarks[[23, 24], 1] = 950  # hips, below the photo
+    landmarks[23, 0], landmarks[24, 0] = 420, 340
+    keypoints = mediapipe_to_body25(landmarks, 768, 1024, 0.5, valid_box=(0, 128, 768, 896))
+    assert keypoints[Body25.R_HIP].tolist() == [0, 0, 0] and keypoints[Body25.L_HIP].tolist() == [0, 0, 0]
+    assert keypoints[Body25.MID_HIP].tolist() == [0, 0, 0], "a midpoint of missing hips must be missing"
+    assert keypoints[Body25.NOSE][2] > 0, "joints inside the photo are kept"
