@@ -31,3 +31,6 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+from tests.yolo_weights import no_network, yolo_weights  # noqa: E402,F401  (shared session fixtures)
