@@ -38,6 +38,7 @@ from tasks.storage import Store
 
 # The CLI listens here to draw its progress bar; records carry `done` and `total` shards.
 progress_logger = logging.getLogger("vitonprep.progress")
+progress_logger.propagate = False  # for progress bars, not for the console log
 
 
 def new_run_id() -> str:
