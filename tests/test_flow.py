@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -29,6 +32,7 @@ BAD_PERSONS = {
     "bad/truncated.jpg": lambda: jpeg_bytes(np.full((400, 300, 3), 120, np.uint8))[:300],
     "bad/tiny.png": lambda: png_bytes(np.zeros((8, 8, 3), np.uint8)),
     "bad/nobody.jpg": lambda: jpeg_bytes(np.full((1024, 768, 3), (90, 140, 200), np.uint8)),
+    "bad/bomb.png": lambda: png_claiming(30000, 30000),
 }
 EXPECTED_CODES = {
     "bad/empty.jpg": "empty_file",
@@ -36,12 +40,28 @@ EXPECTED_CODES = {
     "bad/truncated.jpg": "truncated_image",
     "bad/tiny.png": "image_too_small",
     "bad/nobody.jpg": "no_person",
+    "bad/bomb.png": "decompression_bomb",
+    "bad/head-and-shoulders.jpg": "missing_keypoints",
 }
 
 
 def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height: a decompression bomb, as far as headers go."""
+    data = bytearray(png_bytes(np.zeros((16, 16), np.uint8)))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def saved(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -57,6 +77,15 @@ def catalog(tmp_path_factory, samples_dir):
         root.write_bytes(f"garments/{path.name}", path.read_bytes())
     for key, make in BAD_PERSONS.items():
         root.write_bytes(f"persons/{key}", make())
+    with Image.open(persons[0]) as photo:
+        photo.load()
+    # A partial body: the top third of a photo, no hips in it.
+    root.write_bytes("persons/bad/head-and-shoulders.jpg", saved(photo.crop((0, 0, 768, 340)), "JPEG"))
+    # Odd but valid encodings of a real photo: CMYK, and pixels stored sideways with an EXIF rotation.
+    root.write_bytes("persons/odd/cmyk.jpg", saved(photo.convert("CMYK"), "JPEG", quality=95))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    root.write_bytes("persons/odd/sideways.jpg", saved(photo.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif))
     root.write_bytes("garments/blank.png", png_bytes(np.full((1024, 768, 3), 255, np.uint8)))
     pairs = "person,garment\n" + "".join(
         f"models/{p.name},{g.name}\n" for p, g in zip(persons, garments)
@@ -81,7 +110,7 @@ def test_every_input_gets_exactly_one_manifest_row(run, catalog):
         ("garment", f.key) for f in catalog.list_files("garments")
     }
     assert set(rows) == listed
-    assert summary["persons"]["total"] == 9 and summary["garments"]["total"] == 5
+    assert summary["persons"]["total"] == 13 and summary["garments"]["total"] == 5
 
 
 def test_real_photos_yield_every_output(run):
@@ -122,8 +151,6 @@ def test_manifest_rows_carry_provenance_and_timings(run, catalog):
     _, _, rows = run
     row = next(r for (kind, key), r in rows.items() if kind == "person" and key.startswith("models/"))
     data = catalog.read_bytes(f"persons/{row['key']}")
-    import hashlib
-
     assert row["sha256"] == hashlib.sha256(data).hexdigest()
     assert row["source_url"].endswith(f"persons/{row['key']}")
     assert (row["source_width"], row["source_height"]) == (768, 1024)
@@ -157,3 +184,43 @@ def test_the_run_summary_is_written(run):
     written = json.loads(out.read_text(f"manifests/train/run={summary['run_id']}/summary.json"))
     assert written["persons"] == summary["persons"]
     assert written["errors"]["no_person"] == 1
+
+
+def test_exif_rotation_is_applied_before_anything_else(run, catalog):
+    out, _, rows = run
+    sideways = rows["person", "odd/sideways.jpg"]
+    assert sideways["status"] == "ok", sideways["error_message"]
+    assert (sideways["source_width"], sideways["source_height"]) == (768, 1024), "EXIF orientation not applied"
+    first_photo = min(key for (kind, key) in rows if key.startswith("models/"))  # the one turned sideways
+    original = rows["person", first_photo]
+    a = np.asarray(Image.open(io.BytesIO(out.read_bytes(sideways["image_path"]))), dtype=np.int16)
+    b = np.asarray(Image.open(io.BytesIO(out.read_bytes(original["image_path"]))), dtype=np.int16)
+    assert np.abs(a - b).mean() < 4, "the rotated copy does not match the upright photo"
+
+
+def test_a_cmyk_photo_is_converted_and_processed(run):
+    row = run[2]["person", "odd/cmyk.jpg"]
+    assert row["status"] == "ok", row["error_message"]
+
+
+@pytest.fixture(scope="module")
+def yolo_run(samples_dir, tmp_path_factory, prefect_server, yolo_weights):
+    from flows.preprocess import preprocess
+
+    catalog = Store(str(tmp_path_factory.mktemp("yolo-catalog")))
+    for path in sorted((samples_dir / "image").glob("*.jpg"))[:2]:
+        catalog.write_bytes(f"image/{path.name}", path.read_bytes())
+    out = Store(str(tmp_path_factory.mktemp("yolo-dataset")))
+    summary = preprocess(catalog=catalog.url, out=out.url, parser=f"yolo:file://{yolo_weights}")
+    return out, summary, read_run(out, "test", summary["run_id"]).to_pylist()
+
+
+def test_the_yolo_parser_runs_in_the_flow_and_is_named_in_the_manifest(yolo_run, yolo_weights):
+    out, summary, rows = yolo_run
+    digest = hashlib.sha256(yolo_weights.read_bytes()).hexdigest()[:12]
+    assert summary["persons"]["ok"] == 2, summary["failed"]
+    for row in rows:
+        assert row["parser_id"] == f"yolo:{yolo_weights.name}:{digest}"
+        with Image.open(io.BytesIO(out.read_bytes(row["parse_path"]))) as parse:
+            assert parse.mode == "P" and parse.size == (768, 1024)
+            assert int(np.asarray(parse).max()) <= 19
