@@ -12,7 +12,6 @@ Prints per-stage ms/image and end-to-end images/s for each, and the flow's overh
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -26,7 +25,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from tasks.storage import Store  # noqa: E402
 

@@ -19,8 +19,7 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import contract
-from tasks import errors
+from tasks import contract, errors
 from tasks.catalog import PERSON, CatalogItem
 from tasks.config import PreprocessConfig
 from tasks.errors import ItemError
@@ -140,8 +139,8 @@ def ingest_shard(config: PreprocessConfig, items: list[CatalogItem]) -> StageRes
 
 def pose_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream: Mapping[str, Fields]) -> StageResult:
     from tasks.agnostic import check_agnostic_keypoints
-    from tasks.pose import PoseEstimator, openpose_json, pose_to_npz_bytes, render_body25
     from tasks.normalize import FitRecord, encode_png
+    from tasks.pose import PoseEstimator, openpose_json, pose_to_npz_bytes, render_body25
 
     out = Store(config.out, config.storage_options)
     model_path = local_file(config.pose_model, config.storage_options) if config.pose_model else None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import socket
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -15,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.yolo_weights import TINY_IMGSZ as _TINY
 from tasks.contract import CIHP_NUM_LABELS, Body25, Cihp, cihp_palette_flat
 from tasks.parse import (
     DEFAULT_YOLO_CLASS_TO_CIHP,
@@ -27,6 +24,7 @@ from tasks.parse import (
     encode_parse_png,
     parser_from_spec,
 )
+from tests.yolo_weights import TINY_IMGSZ as _TINY
 
 # ---------------------------------------------------------------------------------------------
 # The parse PNG

@@ -14,7 +14,6 @@ from tasks.errors import NO_PERSON, ItemError
 from tasks.pose import (
     PoseEstimator,
     PoseResult,
-    box_from_pose,
     choose_person,
     keypoints_from_openpose_json,
     mediapipe_to_body25,

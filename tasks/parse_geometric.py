@@ -1,0 +1,660 @@
+"""The geometric parser backend (the default): an approximate CIHP map from MediaPipe's own outputs.
+
+It needs no weights: the person silhouette comes from MediaPipe Pose's segmentation, the face from
+MediaPipe Face Mesh, and body parts from the BODY_25 skeleton. Colour models (skin from the face,
+upper and lower clothes from the middle of the torso and from just below the hips) decide skin
+against sleeve, bare leg against trousers and where the top ends. `parser_id` says it is approximate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from tasks.contract import Body25, Cihp
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tasks.pose import PoseResult
+
+# ---------------------------------------------------------------------------------------------
+# Geometric backend: MediaPipe silhouette + face mesh + skeleton, approximate
+# ---------------------------------------------------------------------------------------------
+
+# MediaPipe Pose landmark ids used beside BODY_25: the face (for a fallback face ellipse) and the hands.
+_MP_LEFT_EAR, _MP_RIGHT_EAR = 7, 8
+_MP_LEFT_HAND = (15, 17, 19, 21)  # wrist, pinky, index, thumb
+_MP_RIGHT_HAND = (16, 18, 20, 22)
+
+# Part ids of the internal partition of the silhouette (not CIHP ids).
+_HEAD, _TORSO, _L_ARM, _R_ARM, _L_LEG, _R_LEG, _L_HAND, _R_HAND = range(8)
+
+
+class _ColourModel:
+    """A Gaussian over Lab pixels, with a variance floor so shading does not break it."""
+
+    def __init__(self, pixels_lab: np.ndarray, floor: tuple[float, float, float] = (6.0, 3.0, 3.0)):
+        pixels = pixels_lab.reshape(-1, 3).astype(np.float64)
+        mean = np.median(pixels, axis=0)
+        for _ in range(2):  # trim outliers (eyes, lips, prints), then refit
+            cov = np.cov(pixels.T) + np.diag(np.square(floor))
+            distance = _mahalanobis(pixels, mean, np.linalg.inv(cov))
+            keep = distance <= np.percentile(distance, 90)
+            if keep.sum() >= 20:
+                pixels = pixels[keep]
+            mean = pixels.mean(axis=0)
+        self.mean = mean
+        self.cov = np.cov(pixels.T) + np.diag(np.square(floor))
+        self.inv_cov = np.linalg.inv(self.cov)
+        self.log_det = float(np.linalg.slogdet(self.cov)[1])
+
+    def distance(self, pixels_lab: np.ndarray) -> np.ndarray:
+        return _mahalanobis(pixels_lab.reshape(-1, 3).astype(np.float64), self.mean, self.inv_cov)
+
+    def log_likelihood(self, pixels_lab: np.ndarray) -> np.ndarray:
+        return -0.5 * (np.square(self.distance(pixels_lab)) + self.log_det)
+
+    def separation(self, other: _ColourModel) -> float:
+        """How far apart two models are: the smaller of each mean's distance under the other model."""
+        return float(min(other.distance(self.mean[None])[0], self.distance(other.mean[None])[0]))
+
+
+def _mahalanobis(pixels: np.ndarray, mean: np.ndarray, inv_cov: np.ndarray) -> np.ndarray:
+    delta = pixels - mean
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", delta, inv_cov, delta), 0.0))
+
+
+def _fit_model(lab: np.ndarray, region: np.ndarray, min_pixels: int = 200, **kwargs) -> _ColourModel | None:
+    if region is None or int(region.sum()) < min_pixels:
+        return None
+    return _ColourModel(lab[region], **kwargs)
+
+
+@dataclass
+class _Skeleton:
+    """The keypoints the parser trusts, in pixels, plus the body's scale."""
+
+    points: dict[int, np.ndarray]  # BODY_25 id -> (x, y), only confident joints inside the image
+    hands: dict[str, np.ndarray]  # "left"/"right" -> hand tip (x, y) from MediaPipe's hand landmarks
+    shoulder_width: float
+    axis: np.ndarray  # unit vector from mid-shoulder towards mid-hip (image down when unknown)
+    torso_length: float
+    mid_shoulder: np.ndarray | None
+
+    def get(self, joint: int) -> np.ndarray | None:
+        return self.points.get(int(joint))
+
+
+@dataclass
+class _Face:
+    polygon: np.ndarray  # (K, 2) int32 convex outline of the face
+    mask: np.ndarray  # (H, W) bool
+    width: float
+    chin: np.ndarray  # (x, y), the lowest point of the outline
+
+
+class GeometricParser:
+    """Approximate CIHP parsing from MediaPipe's own outputs (no trained parser needed).
+
+    Labels: 13 face (Face Mesh oval), 2 hair (head silhouette outside the face), 10 neck/torso
+    skin, 5 upper clothes, 14/15 arms (skin only; sleeves count as upper clothes), 9 pants, 16/17
+    legs (bare skin below the hips), 18/19 shoes (near visible feet). Never labels a pixel outside
+    the person silhouette. Dresses, skirts, coats, hats, scarves, gloves, socks and sunglasses are
+    not told apart (they land in the nearest of the labels above).
+
+    Holds a MediaPipe Face Mesh graph: one parser per thread; `close()` it or use it as a context manager.
+    """
+
+    parser_id = "geometric-v1"
+
+    def __init__(
+        self,
+        segmentation_threshold: float = 0.5,
+        min_keypoint_confidence: float = 0.3,
+        use_colour: bool = True,
+    ):
+        self.segmentation_threshold = segmentation_threshold
+        self.min_keypoint_confidence = min_keypoint_confidence
+        self.use_colour = use_colour
+        self._face_mesh = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def _mesh(self):
+        if self._face_mesh is None:
+            import mediapipe as mp
+
+            self._face_mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=1, refine_landmarks=False
+            )
+        return self._face_mesh
+
+    def close(self) -> None:
+        if self._face_mesh is not None:
+            self._face_mesh.close()
+            self._face_mesh = None
+
+    def __enter__(self) -> GeometricParser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the parse ----------------------------------------------------------------------------
+
+    def parse(self, image_rgb: np.ndarray, pose: PoseResult) -> np.ndarray:
+        image_rgb = np.ascontiguousarray(image_rgb)
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image; got {image_rgb.shape}")
+        shape = image_rgb.shape[:2]
+        skeleton = _skeleton(pose, shape, self.min_keypoint_confidence)
+        face = self._face(image_rgb, pose, skeleton)
+        silhouette = _silhouette(pose, shape, skeleton, face, self.segmentation_threshold)
+        parts = _partition(silhouette, skeleton, face)
+
+        axial = _axial(shape, skeleton)
+        lab = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB)
+        models = _colour_models(lab, parts, skeleton, face, axial) if self.use_colour else _Models()
+        skin = _skin_mask(lab, parts, models)
+        waist = _waist_cut(lab, parts, axial, models, skin)
+
+        labels = np.zeros(shape, dtype=np.uint8)
+        _label_torso(labels, parts, skin, waist)
+        _label_arms(labels, parts, skin, waist, lab, models)
+        _label_legs(labels, parts, skin, waist, axial, skeleton)
+        _label_head(labels, parts, face, skin)
+        _label_neck(labels, parts, silhouette, skeleton, face, skin)
+        _label_shoes(labels, parts, skin, skeleton)
+        labels[~silhouette] = 0
+        return labels
+
+    def _face(self, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton) -> _Face | None:
+        """Face Mesh's oval when it belongs to the posed person, else an ellipse from the pose's face."""
+        polygon = _face_mesh_polygon(self._mesh(), image_rgb)
+        if polygon is not None and not _face_matches_pose(polygon, skeleton):
+            polygon = None  # Face Mesh found someone else's face (another person, a poster)
+        if polygon is None:
+            polygon = _face_ellipse_from_pose(pose, image_rgb.shape[:2], skeleton)
+        if polygon is None:
+            return None
+        mask = np.zeros(image_rgb.shape[:2], dtype=np.uint8)
+        cv2.fillConvexPoly(mask, polygon, 1)
+        chin = polygon[np.argmax(polygon[:, 1])].astype(np.float64)
+        width = float(polygon[:, 0].max() - polygon[:, 0].min())
+        return _Face(polygon, mask.astype(bool), max(width, 1.0), chin)
+
+
+# -- geometry helpers ------------------------------------------------------------------------
+
+
+def _skeleton(pose: PoseResult, shape: tuple[int, int], min_confidence: float) -> _Skeleton:
+    height, width = shape
+    keypoints = np.asarray(pose.keypoints_body25, dtype=np.float64).reshape(-1, 3)
+    points: dict[int, np.ndarray] = {}
+    for joint, (x, y, confidence) in enumerate(keypoints):
+        if confidence >= min_confidence and 0 <= x < width and 0 <= y < height and (x, y) != (0.0, 0.0):
+            points[joint] = np.array([x, y])
+
+    hands: dict[str, np.ndarray] = {}
+    landmarks = None if pose.landmarks_px is None else np.asarray(pose.landmarks_px, dtype=np.float64)
+    if landmarks is not None and landmarks.shape[0] >= 23:
+        for side, ids in (("left", _MP_LEFT_HAND), ("right", _MP_RIGHT_HAND)):
+            wrist = landmarks[ids[0]]
+            fingers = [landmarks[i] for i in ids[1:] if _landmark_ok(landmarks[i], shape, min_confidence)]
+            if fingers and _landmark_ok(wrist, shape, min_confidence):
+                tip = np.mean([f[:2] for f in fingers], axis=0)
+                hands[side] = wrist[:2] + 1.6 * (tip - wrist[:2])  # fingertips lie past the knuckles
+
+    left, right = points.get(Body25.L_SHOULDER), points.get(Body25.R_SHOULDER)
+    mid_shoulder = (left + right) / 2 if left is not None and right is not None else points.get(Body25.NECK)
+    shoulder_width = float(np.linalg.norm(left - right)) if left is not None and right is not None else 0.0
+    hips = [points[j] for j in (Body25.L_HIP, Body25.R_HIP) if j in points]
+    mid_hip = np.mean(hips, axis=0) if hips else None
+    if mid_shoulder is not None and mid_hip is not None and np.linalg.norm(mid_hip - mid_shoulder) > 1:
+        axis_vector = mid_hip - mid_shoulder
+        torso_length = float(np.linalg.norm(axis_vector))
+        axis = axis_vector / torso_length
+    else:
+        axis = np.array([0.0, 1.0])
+        torso_length = 1.7 * shoulder_width
+    if shoulder_width <= 1:  # one shoulder or none: fall back on the torso, then on the image
+        shoulder_width = torso_length / 1.7 if torso_length > 1 else width / 3
+        torso_length = torso_length if torso_length > 1 else 1.7 * shoulder_width
+    return _Skeleton(points, hands, shoulder_width, axis, torso_length, mid_shoulder)
+
+
+def _landmark_ok(landmark: np.ndarray, shape: tuple[int, int], min_confidence: float) -> bool:
+    x, y, _, visibility = landmark[:4]
+    return visibility >= min_confidence and 0 <= x < shape[1] and 0 <= y < shape[0]
+
+
+def _face_mesh_polygon(face_mesh, image_rgb: np.ndarray) -> np.ndarray | None:
+    """The Face Mesh oval (FACEMESH_FACE_OVAL) as a convex polygon in pixels, or None if no face."""
+    import mediapipe as mp
+
+    result = face_mesh.process(image_rgb)
+    if not result.multi_face_landmarks:
+        return None
+    height, width = image_rgb.shape[:2]
+    landmarks = result.multi_face_landmarks[0].landmark
+    oval_ids = sorted({i for edge in mp.solutions.face_mesh.FACEMESH_FACE_OVAL for i in edge})
+    points = np.array([[landmarks[i].x * width, landmarks[i].y * height] for i in oval_ids])
+    return cv2.convexHull(np.round(points).astype(np.int32)).reshape(-1, 2)
+
+
+def _face_matches_pose(polygon: np.ndarray, skeleton: _Skeleton) -> bool:
+    """The pose's nose lies in (or next to) the face outline; without a nose, trust the mesh."""
+    nose = skeleton.get(Body25.NOSE)
+    if nose is None:
+        return True
+    width = float(polygon[:, 0].max() - polygon[:, 0].min())
+    inside = cv2.pointPolygonTest(polygon.reshape(-1, 1, 2).astype(np.int32), _pt(nose), True)
+    return inside >= -0.25 * width
+
+
+def _face_ellipse_from_pose(pose: PoseResult, shape: tuple[int, int], skeleton: _Skeleton) -> np.ndarray | None:
+    """A face-sized ellipse around the nose when Face Mesh finds no face (profile, blur, small face)."""
+    landmarks = None if pose.landmarks_px is None else np.asarray(pose.landmarks_px, dtype=np.float64)
+    nose = skeleton.get(Body25.NOSE)
+    if nose is None:
+        return None
+    face_width = 0.45 * skeleton.shoulder_width
+    if landmarks is not None and landmarks.shape[0] > _MP_RIGHT_EAR:
+        ears = [landmarks[i] for i in (_MP_LEFT_EAR, _MP_RIGHT_EAR)]
+        if all(_landmark_ok(e, shape, 0.3) for e in ears):
+            face_width = float(np.linalg.norm(ears[0][:2] - ears[1][:2])) or face_width
+    half_w, half_h = face_width / 2, 0.65 * face_width
+    centre = (int(round(nose[0])), int(round(nose[1] - 0.1 * half_h)))
+    return cv2.ellipse2Poly(centre, (max(int(half_w), 1), max(int(half_h), 1)), 0, 0, 360, 10).astype(np.int32)
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every pixel to the nearest pixel of `mask` (0 inside it)."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf, dtype=np.float32)
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+
+
+def _distance_to_segment(shape: tuple[int, int], p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
+    canvas = np.zeros(shape, dtype=np.uint8)
+    cv2.line(canvas, _pt(p0), _pt(p1), 1, 1)
+    return _distance_to(canvas.astype(bool))
+
+
+def _pt(point: np.ndarray) -> tuple[int, int]:
+    return int(round(float(point[0]))), int(round(float(point[1])))
+
+
+def _chain(skeleton: _Skeleton, joints: Sequence[int]) -> list[np.ndarray]:
+    return [skeleton.get(j) for j in joints if skeleton.get(j) is not None]
+
+
+def _torso_polygon(skeleton: _Skeleton) -> np.ndarray | None:
+    """Shoulders to hips; a missing hip is placed one torso length below its shoulder."""
+    corners = []
+    for shoulder, hip in ((Body25.L_SHOULDER, Body25.L_HIP), (Body25.R_SHOULDER, Body25.R_HIP)):
+        s, h = skeleton.get(shoulder), skeleton.get(hip)
+        if s is None:
+            return None
+        corners.append((s, h if h is not None else s + skeleton.axis * skeleton.torso_length))
+    (ls, lh), (rs, rh) = corners
+    return np.array([_pt(ls), _pt(rs), _pt(rh), _pt(lh)], dtype=np.int32)
+
+
+_ARM_JOINTS = {
+    "left": (Body25.L_SHOULDER, Body25.L_ELBOW, Body25.L_WRIST),
+    "right": (Body25.R_SHOULDER, Body25.R_ELBOW, Body25.R_WRIST),
+}
+_LEG_JOINTS = {
+    "left": (Body25.L_HIP, Body25.L_KNEE, Body25.L_ANKLE, (Body25.L_BIG_TOE, Body25.L_SMALL_TOE, Body25.L_HEEL)),
+    "right": (Body25.R_HIP, Body25.R_KNEE, Body25.R_ANKLE, (Body25.R_BIG_TOE, Body25.R_SMALL_TOE, Body25.R_HEEL)),
+}
+
+
+def _arm_chain(skeleton: _Skeleton, side: str) -> list[np.ndarray]:
+    """Shoulder -> elbow -> wrist -> hand tip, skipping missing joints."""
+    chain = _chain(skeleton, _ARM_JOINTS[side])
+    if side in skeleton.hands and skeleton.get(_ARM_JOINTS[side][2]) is not None:
+        chain.append(skeleton.hands[side])
+    return chain
+
+
+def _leg_chain(skeleton: _Skeleton, side: str) -> list[np.ndarray]:
+    """Hip -> knee -> ankle -> foot; a knee out of frame is extrapolated down the body axis."""
+    hip, knee, ankle, foot = _LEG_JOINTS[side]
+    chain = _chain(skeleton, (hip, knee, ankle))
+    if skeleton.get(hip) is not None and skeleton.get(knee) is None:
+        chain = [skeleton.get(hip), skeleton.get(hip) + skeleton.axis * 1.2 * skeleton.torso_length]
+    feet = _chain(skeleton, foot)
+    if feet and skeleton.get(ankle) is not None:
+        chain.append(np.mean(feet, axis=0))
+    return chain
+
+
+# -- silhouette and partition ------------------------------------------------------------------
+
+
+def _silhouette(
+    pose: PoseResult, shape: tuple[int, int], skeleton: _Skeleton, face: _Face | None, threshold: float
+) -> np.ndarray:
+    """Person pixels: MediaPipe's segmentation when there is one, else polygons from the skeleton."""
+    if pose.segmentation is not None:
+        segmentation = np.asarray(pose.segmentation, dtype=np.float32)
+        if segmentation.shape != shape:
+            segmentation = cv2.resize(segmentation, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        return segmentation > threshold
+    return _silhouette_from_skeleton(shape, skeleton, face)
+
+
+def _silhouette_from_skeleton(shape: tuple[int, int], skeleton: _Skeleton, face: _Face | None) -> np.ndarray:
+    sw = skeleton.shoulder_width
+    canvas = np.zeros(shape, dtype=np.uint8)
+    torso = _torso_polygon(skeleton)
+    if torso is not None:
+        cv2.fillConvexPoly(canvas, torso, 1)
+        cv2.polylines(canvas, [torso], True, 1, max(int(0.2 * sw), 1))
+    if face is not None:
+        centre = face.polygon.mean(axis=0)
+        cv2.ellipse(canvas, _pt(centre), (int(0.7 * face.width), int(0.85 * face.width)), 0, 0, 360, 1, -1)
+        if skeleton.mid_shoulder is not None:
+            cv2.line(canvas, _pt(face.chin), _pt(skeleton.mid_shoulder), 1, max(int(0.25 * sw), 1))
+    for chain, radius in _limb_chains(skeleton):
+        for p0, p1 in zip(chain, chain[1:]):
+            cv2.line(canvas, _pt(p0), _pt(p1), 1, max(int(2 * radius * 0.8), 1))
+    return canvas.astype(bool)
+
+
+def _limb_chains(skeleton: _Skeleton) -> list[tuple[list[np.ndarray], float]]:
+    sw = skeleton.shoulder_width
+    arms = [(_arm_chain(skeleton, side), 0.13 * sw) for side in ("left", "right")]
+    legs = [(_leg_chain(skeleton, side), 0.2 * sw) for side in ("left", "right")]
+    return arms + legs
+
+
+def _chain_score(shape: tuple[int, int], chain: list[np.ndarray], radii: Sequence[float]) -> np.ndarray:
+    """min over the chain's segments of (distance to the segment / that segment's radius)."""
+    score = np.full(shape, np.inf, dtype=np.float32)
+    for index, (p0, p1) in enumerate(zip(chain, chain[1:])):
+        radius = radii[min(index, len(radii) - 1)]
+        score = np.minimum(score, _distance_to_segment(shape, p0, p1) / max(radius, 1.0))
+    return score
+
+
+def _partition(silhouette: np.ndarray, skeleton: _Skeleton, face: _Face | None) -> np.ndarray:
+    """Split the silhouette into head/torso/arms/legs: each pixel goes to the part it is nearest to,
+    distances scaled by each part's nominal thickness. -1 outside the silhouette or far from all parts."""
+    shape = silhouette.shape
+    sw = skeleton.shoulder_width
+    scores = np.full((6,) + shape, np.inf, dtype=np.float32)
+    if face is not None:
+        scores[_HEAD] = _distance_to(face.mask) / (0.45 * face.width)
+    torso = _torso_polygon(skeleton)
+    if torso is not None:
+        canvas = np.zeros(shape, dtype=np.uint8)
+        cv2.fillConvexPoly(canvas, torso, 1)
+        scores[_TORSO] = _distance_to(canvas.astype(bool)) / (0.16 * sw)
+    arm_radii = (0.14 * sw, 0.11 * sw, 0.10 * sw)  # upper arm, forearm, hand
+    leg_radii = (0.22 * sw, 0.14 * sw, 0.10 * sw)  # thigh, calf, foot
+    for part, chain, radii in (
+        (_L_ARM, _arm_chain(skeleton, "left"), arm_radii),
+        (_R_ARM, _arm_chain(skeleton, "right"), arm_radii),
+        (_L_LEG, _leg_chain(skeleton, "left"), leg_radii),
+        (_R_LEG, _leg_chain(skeleton, "right"), leg_radii),
+    ):
+        if len(chain) >= 2:
+            scores[part] = _chain_score(shape, chain, radii)
+    parts = np.argmin(scores, axis=0).astype(np.int8)
+    for hand, arm, side in ((_L_HAND, _L_ARM, "left"), (_R_HAND, _R_ARM, "right")):
+        zone = _hand_zone(shape, skeleton, side)  # hands lie in front of the torso and legs they touch
+        parts[zone & np.isin(parts, (arm, _TORSO, _L_LEG, _R_LEG))] = hand
+    best = np.min(scores, axis=0)
+    parts[~silhouette | ~np.isfinite(best) | (best > 8.0)] = -1
+    return parts
+
+
+def _hand_zone(shape: tuple[int, int], skeleton: _Skeleton, side: str) -> np.ndarray:
+    """Pixels near the hand: wrist to MediaPipe's hand tip, or a disc at the wrist without it."""
+    wrist = skeleton.get(_ARM_JOINTS[side][2])
+    if wrist is None:
+        return np.zeros(shape, dtype=bool)
+    radius = 0.1 * skeleton.shoulder_width
+    tip = skeleton.hands.get(side, wrist)
+    return _distance_to_segment(shape, wrist, tip) <= radius
+
+
+# -- colour models --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Models:
+    skin: _ColourModel | None = None
+    hair: _ColourModel | None = None
+    upper: _ColourModel | None = None
+    lower: _ColourModel | None = None
+
+
+def _axial(shape: tuple[int, int], skeleton: _Skeleton) -> np.ndarray:
+    """Each pixel's position along the body axis, in torso lengths (0 = shoulders, 1 = hips)."""
+    if skeleton.mid_shoulder is None:
+        rows = np.arange(shape[0], dtype=np.float32)[:, None] / max(shape[0], 1)
+        return np.broadcast_to(rows, shape)
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    ox, oy = skeleton.mid_shoulder
+    return ((xs - ox) * skeleton.axis[0] + (ys - oy) * skeleton.axis[1]) / skeleton.torso_length
+
+
+def _colour_models(
+    lab: np.ndarray, parts: np.ndarray, skeleton: _Skeleton, face: _Face | None, axial: np.ndarray
+) -> _Models:
+    """Skin from the middle of the face; hair from the head around it; upper clothes from the chest
+    core; lower clothes from just below the hips."""
+    models = _Models()
+    if face is not None:
+        core = _erode(face.mask, 0.12 * face.width)
+        models.skin = _fit_model(lab, core, floor=(14.0, 3.0, 3.0))
+        beyond_face = _distance_to(face.mask) > 0.2 * face.width
+        above_chin = np.arange(parts.shape[0])[:, None] < face.chin[1]
+        models.hair = _fit_model(lab, (parts == _HEAD) & beyond_face & above_chin)
+    torso = parts == _TORSO
+    if torso.any():
+        inner = _erode(torso, 0.08 * skeleton.shoulder_width)
+        models.upper = _fit_model(lab, inner & (axial > 0.3) & (axial < 0.7))
+    lower_region = np.isin(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > 1.05) & (axial < 1.25)
+    hips = [skeleton.get(j) for j in (Body25.L_HIP, Body25.R_HIP)]
+    if all(h is not None for h in hips):
+        xs = np.arange(parts.shape[1])[None, :]
+        lo, hi = sorted([hips[0][0], hips[1][0]])
+        lower_region &= (xs >= lo) & (xs <= hi)
+        models.lower = _fit_model(lab, lower_region)
+    return models
+
+
+def _erode(mask: np.ndarray, pixels: float) -> np.ndarray:
+    kernel = np.ones((3, 3), np.uint8)
+    return cv2.erode(mask.astype(np.uint8), kernel, iterations=max(int(pixels), 1)).astype(bool)
+
+
+def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, other: _ColourModel | None, limit: float) -> np.ndarray:
+    distance = skin.distance(lab_pixels)
+    is_skin = distance <= limit
+    if other is not None:
+        is_skin &= skin.log_likelihood(lab_pixels) > other.log_likelihood(lab_pixels)
+    return is_skin
+
+
+def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models) -> np.ndarray | None:
+    """Skin pixels of the silhouette (None without a skin model): closer to the face's colours than to
+    the clothes' nearby, then cleaned of specks."""
+    if models.skin is None:
+        return None
+    skin = np.zeros(parts.shape, dtype=bool)
+    for part_ids, rival in (
+        ((_HEAD,), models.hair or models.upper),
+        ((_TORSO, _L_ARM, _R_ARM, _L_HAND, _R_HAND), models.upper),
+        ((_L_LEG, _R_LEG), models.lower),
+    ):
+        region = np.isin(parts, part_ids)
+        skin[region] = _closer_to_skin(lab[region], models.skin, rival, limit=4.0)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    cleaned = cv2.morphologyEx(skin.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    cleaned = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, kernel).astype(bool)
+    return _fill_small_holes(cleaned, max_area=0.002 * parts.size) & (parts >= 0)
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """Fill enclosed non-mask specks (a shadow in a hand, a highlight on an arm)."""
+    count, components, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    height, width = mask.shape
+    filled = mask.copy()
+    for index in range(1, count):
+        x, y, w, h, area = stats[index]
+        touches_border = x == 0 or y == 0 or x + w == width or y + h == height
+        if not touches_border and area <= max_area:
+            filled[components == index] = True
+    return filled
+
+
+def _waist_cut(
+    lab: np.ndarray, parts: np.ndarray, axial: np.ndarray, models: _Models, skin: np.ndarray | None
+) -> np.ndarray:
+    """Boolean map of 'below the top': the axial level between upper and lower clothes that best
+    separates their colours, searched from 0.7 to 1.15 torso lengths; the hip line when the colours
+    do not tell (no models, or models too alike)."""
+    cut = 1.0
+    if models.upper is not None and models.lower is not None and models.upper.separation(models.lower) > 2.0:
+        band = np.isin(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > 0.7) & (axial < 1.15)
+        if skin is not None:
+            band &= ~skin
+        if band.sum() > 100:
+            levels = axial[band]
+            pixels = lab[band]
+            is_lower = models.lower.log_likelihood(pixels) > models.upper.log_likelihood(pixels)
+            candidates = np.linspace(0.7, 1.15, 46)
+            # errors(c) = lower-looking pixels above c + upper-looking pixels below c
+            errors = [np.sum(is_lower & (levels < c)) + np.sum(~is_lower & (levels >= c)) for c in candidates]
+            cut = float(candidates[int(np.argmin(errors))])
+    return axial >= cut
+
+
+# -- labelling, one function per body part ------------------------------------------------------
+
+
+def _label_torso(labels: np.ndarray, parts: np.ndarray, skin: np.ndarray | None, below_waist: np.ndarray) -> None:
+    """Torso: upper clothes above the waist cut, pants below; bare skin (neckline, midriff) is torso-skin (10)."""
+    torso = parts == _TORSO
+    labels[torso & ~below_waist] = Cihp.UPPER_CLOTHES
+    labels[torso & below_waist] = Cihp.PANTS
+    if skin is not None:
+        labels[torso & skin] = Cihp.TORSO_SKIN
+
+
+def _label_arms(
+    labels: np.ndarray,
+    parts: np.ndarray,
+    skin: np.ndarray | None,
+    below_waist: np.ndarray,
+    lab: np.ndarray,
+    models: _Models,
+) -> None:
+    """Arms (14 = the person's left) and hands: skin only. A sleeve is upper clothes (contract §1.3);
+    what is not skin around a hand lying on the trousers is the trousers."""
+    for part, hand, label in ((_L_ARM, _L_HAND, Cihp.LEFT_ARM), (_R_ARM, _R_HAND, Cihp.RIGHT_ARM)):
+        arm = (parts == part) | (parts == hand)
+        if skin is None:
+            labels[arm] = label
+            continue
+        labels[arm & skin] = label
+        labels[arm & ~skin] = Cihp.UPPER_CLOTHES
+        if models.upper is not None and models.lower is not None:
+            rows, cols = np.nonzero((parts == hand) & ~skin & below_waist)
+            pixels = lab[rows, cols]
+            looks_lower = models.lower.log_likelihood(pixels) > models.upper.log_likelihood(pixels)
+            labels[rows[looks_lower], cols[looks_lower]] = Cihp.PANTS
+
+
+def _label_legs(
+    labels: np.ndarray,
+    parts: np.ndarray,
+    skin: np.ndarray | None,
+    below_waist: np.ndarray,
+    axial: np.ndarray,
+    skeleton: _Skeleton,
+) -> None:
+    """Legs (16 = the person's left): bare skin below the waist; clothes there are pants (9); leg pixels
+    above the waist cut belong to the top. Without a skin model: pants from the hips down, bare legs
+    below visible knees."""
+    for part, label, knee in ((_L_LEG, Cihp.LEFT_LEG, Body25.L_KNEE), (_R_LEG, Cihp.RIGHT_LEG, Body25.R_KNEE)):
+        leg = parts == part
+        labels[leg & ~below_waist] = Cihp.UPPER_CLOTHES
+        labels[leg & below_waist] = Cihp.PANTS
+        if skin is not None:
+            labels[leg & below_waist & skin] = label
+        elif skeleton.get(knee) is not None:
+            labels[leg & below_waist & (axial > _axial_of(skeleton, skeleton.get(knee)))] = label
+
+
+def _axial_of(skeleton: _Skeleton, point: np.ndarray) -> float:
+    if skeleton.mid_shoulder is None:
+        return float("inf")
+    return float(np.dot(point - skeleton.mid_shoulder, skeleton.axis) / skeleton.torso_length)
+
+
+def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin: np.ndarray | None) -> None:
+    """Head: the face outline is face (13); the rest of the head is hair (2), but bare skin just
+    around the outline above the chin (ears, the forehead above the mesh) is face."""
+    if face is None:
+        return
+    head = parts == _HEAD
+    labels[head] = Cihp.HAIR
+    if skin is not None:
+        above_chin = np.arange(parts.shape[0])[:, None] <= face.chin[1]
+        near_face = _distance_to(face.mask) <= 0.2 * face.width
+        labels[head & above_chin & near_face & skin] = Cihp.FACE
+    labels[face.mask & (parts >= 0)] = Cihp.FACE
+
+
+def _label_neck(
+    labels: np.ndarray,
+    parts: np.ndarray,
+    silhouette: np.ndarray,
+    skeleton: _Skeleton,
+    face: _Face | None,
+    skin: np.ndarray | None,
+) -> None:
+    """Neck (10): silhouette between the chin and the shoulder line, within a neck's width of the chin;
+    only its skin when there is a skin model."""
+    if face is None or skeleton.mid_shoulder is None:
+        return
+    ys, xs = np.mgrid[0 : parts.shape[0], 0 : parts.shape[1]]
+    chin_x, chin_y = face.chin
+    shoulder_y = skeleton.mid_shoulder[1]
+    half_width = 0.45 * face.width
+    band = silhouette & ~face.mask & (ys > chin_y - 0.1 * face.width) & (ys <= shoulder_y)
+    band &= np.abs(xs - chin_x) <= half_width
+    band &= np.isin(parts, (_HEAD, _TORSO))
+    if skin is not None:
+        band &= skin
+    labels[band] = Cihp.TORSO_SKIN
+
+
+def _label_shoes(labels: np.ndarray, parts: np.ndarray, skin: np.ndarray | None, skeleton: _Skeleton) -> None:
+    """Shoes (18 = the person's left): non-skin leg pixels around a visible ankle, heel and toes."""
+    sw = skeleton.shoulder_width
+    for part, label, side in ((_L_LEG, Cihp.LEFT_SHOE, "left"), (_R_LEG, Cihp.RIGHT_SHOE, "right")):
+        _, _, ankle, foot = _LEG_JOINTS[side]
+        ankle_point = skeleton.get(ankle)
+        if ankle_point is None:
+            continue
+        canvas = np.zeros(parts.shape, dtype=np.uint8)
+        radius = max(int(0.12 * sw), 2)
+        cv2.circle(canvas, _pt(ankle_point), radius, 1, -1)
+        for toe in _chain(skeleton, foot):
+            cv2.line(canvas, _pt(ankle_point), _pt(toe), 1, 2 * radius)
+        shoe = canvas.astype(bool) & (parts == part)
+        shoe &= np.arange(parts.shape[0])[:, None] >= ankle_point[1] - 0.5 * radius
+        if skin is not None:
+            shoe &= ~skin
+        labels[shoe] = label

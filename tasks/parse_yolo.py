@@ -1,0 +1,173 @@
+"""The YOLO parser backend: a YOLOv8-seg model (Ultralytics `.pt` at a local path) mapped to CIHP.
+
+Instance masks come back at full image resolution and are composited by confidence: where two
+overlap, the more confident wins. Model classes map to CIHP ids through a configurable table.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Ultralytics reads these once at import; nothing here may reach the network (DESIGN.md "Models").
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tasks.contract import CIHP_NUM_LABELS, Cihp
+from tasks.storage import file_sha256
+
+# ---------------------------------------------------------------------------------------------
+# Instance compositing (YOLO-seg output -> one label map)
+# ---------------------------------------------------------------------------------------------
+
+
+def composite_instances(
+    masks: np.ndarray,
+    class_ids: Sequence[int] | np.ndarray,
+    confidences: Sequence[float] | np.ndarray,
+    class_to_cihp: Mapping[int, int],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Paint instance masks into one (H, W) uint8 CIHP map; the most confident instance wins overlaps.
+
+    masks: (N, H, W) bool (or 0/1). Classes missing from `class_to_cihp` are ignored; background is 0.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    out = np.zeros((height, width), dtype=np.uint8)
+    masks = np.asarray(masks)
+    class_ids = np.asarray(class_ids).reshape(-1)
+    confidences = np.asarray(confidences, dtype=np.float64).reshape(-1)
+    if masks.size == 0 or len(class_ids) == 0:
+        return out
+    if masks.ndim != 3 or masks.shape[1:] != (height, width):
+        raise ValueError(f"masks must be (N, {height}, {width}); got {masks.shape}")
+    if not len(masks) == len(class_ids) == len(confidences):
+        raise ValueError(
+            f"{len(masks)} masks, {len(class_ids)} class ids and {len(confidences)} confidences differ"
+        )
+    for index in np.argsort(confidences, kind="stable"):  # least confident first, so the best paints last
+        label = class_to_cihp.get(int(class_ids[index]))
+        if label is None:
+            continue
+        out[masks[index] > 0] = label
+    return out
+
+
+
+# ---------------------------------------------------------------------------------------------
+# YOLOv8-seg backend
+# ---------------------------------------------------------------------------------------------
+
+# The 8 classes our parser model is trained on (the `train-parser` flow writes them in this order).
+YOLO_CLASS_NAMES = (
+    "hair",
+    "face",
+    "neck",
+    "upper_body",
+    "lower_body",
+    "left_hand",
+    "right_hand",
+    "skirt",
+)
+
+DEFAULT_YOLO_CLASS_TO_CIHP: Mapping[int, int] = {
+    0: int(Cihp.HAIR),  # hair -> 2
+    1: int(Cihp.FACE),  # face -> 13
+    2: int(Cihp.TORSO_SKIN),  # neck -> 10
+    3: int(Cihp.UPPER_CLOTHES),  # upper_body -> 5
+    4: int(Cihp.PANTS),  # lower_body -> 9
+    5: int(Cihp.LEFT_ARM),  # left_hand -> 14
+    6: int(Cihp.RIGHT_ARM),  # right_hand -> 15
+    7: int(Cihp.SKIRT),  # skirt -> 12
+}
+
+
+def _validated_class_table(class_to_cihp: Mapping[int, int]) -> dict[int, int]:
+    table = {int(k): int(v) for k, v in dict(class_to_cihp).items()}
+    bad = {k: v for k, v in table.items() if not 0 <= v < CIHP_NUM_LABELS}
+    if bad:
+        raise ValueError(f"class_to_cihp maps to ids outside 0..{CIHP_NUM_LABELS - 1}: {bad}")
+    return table
+
+
+def _fp16_predict_args() -> dict:
+    """FP16 inference: `half=True` up to Ultralytics 8.3, `quantize=16` where `half` is deprecated."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
+
+
+class YoloParser:
+    """Parse with an Ultralytics YOLO-seg checkpoint at a local path (no download, ever)."""
+
+    def __init__(
+        self,
+        weights_path: str,
+        class_to_cihp: Mapping[int, int] = DEFAULT_YOLO_CLASS_TO_CIHP,
+        device: str | None = None,
+        conf: float = 0.25,
+        imgsz: int = 1024,
+        half: bool = False,
+    ):
+        path = Path(weights_path)
+        if not path.is_file():
+            # Ultralytics would try to download a missing official name; we never let it.
+            raise FileNotFoundError(f"YOLO weights not found at {weights_path} (resolve URLs to a local file first)")
+        from ultralytics import YOLO
+
+        self.weights_path = str(path)
+        self.class_to_cihp = _validated_class_table(class_to_cihp)
+        self.device = device
+        self.conf = conf
+        self.imgsz = imgsz
+        self.half = half
+        self._sha256 = file_sha256(path)
+        self.model = YOLO(self.weights_path)
+
+    @property
+    def parser_id(self) -> str:
+        return f"yolo:{Path(self.weights_path).name}:{self._sha256[:12]}"
+
+    def parse_batch(self, images_rgb: list[np.ndarray]) -> list[np.ndarray]:
+        """One batched predict over RGB (H, W, 3) uint8 arrays; one (H, W) uint8 CIHP map each."""
+        if not images_rgb:
+            return []
+        # Ultralytics treats numpy inputs as BGR (OpenCV order).
+        images_bgr = [np.ascontiguousarray(np.asarray(image)[:, :, ::-1]) for image in images_rgb]
+        kwargs = dict(conf=self.conf, imgsz=self.imgsz, retina_masks=True, verbose=False)
+        if self.device is not None:
+            kwargs["device"] = self.device
+        if self.half:
+            kwargs.update(_fp16_predict_args())
+        results = self.model.predict(images_bgr, **kwargs)
+        return [self._result_to_labels(result, image.shape[:2]) for result, image in zip(results, images_bgr)]
+
+    def parse(self, image_rgb: np.ndarray) -> np.ndarray:
+        return self.parse_batch([image_rgb])[0]
+
+    def _result_to_labels(self, result, shape: tuple[int, int]) -> np.ndarray:
+        height, width = shape
+        if result.masks is None or result.boxes is None or len(result.boxes) == 0:
+            return np.zeros((height, width), dtype=np.uint8)
+        masks = result.masks.data.cpu().numpy() > 0.5
+        if masks.shape[1:] != (height, width):  # retina_masks gives full size; guard other model formats
+            masks = np.stack(
+                [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
+            )
+        class_ids = result.boxes.cls.cpu().numpy().astype(int)
+        confidences = result.boxes.conf.cpu().numpy()
+        return composite_instances(masks, class_ids, confidences, self.class_to_cihp, (height, width))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> YoloParser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
