@@ -112,7 +112,7 @@ def ingest_items(config: PreprocessConfig, items: Sequence[CatalogItem]) -> Stag
         def process(item: CatalogItem, fields: Fields) -> None:
             data = catalog.read_bytes(item.rel)
             fields.update(sha256=sha256_hex(data), source_bytes=len(data))
-            image = decode_image(data, max_pixels=config.max_pixels)
+            image = guarded("ingest", lambda: decode_image(data, max_pixels=config.max_pixels))
             array = np.asarray(image)
             fields.update(source_width=image.width, source_height=image.height)
             box = guarded("ingest", lambda: locator.person_box(array)) if locator is not None else None
