@@ -370,3 +370,10 @@ def test_pad_handles_sizes_whose_scaled_side_rounds_up(width, height):
     canvas, record = fit_to_canvas(image, method="pad")
     assert canvas.shape == (1024, 768, 3), f"{width}x{height} gave {canvas.shape}"
     assert record.method == "pad"
+
+
+def test_a_non_image_is_reported_as_such_even_after_ultralytics_patched_pil():
+    """Ultralytics replaces PIL.Image.open on import (HEIF support); our error codes must not change."""
+    import ultralytics  # noqa: F401  (the import applies the patch)
+
+    assert _error_code(b"plain text, not a photo\n" * 4) == errors.NOT_AN_IMAGE
