@@ -127,7 +127,7 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
         unmapped(run_id),
         [f"person-{i:05d}" for i in range(len(person_shards))],
         person_shards,
-        [[a, b, c, d] for a, b, c, d in zip(ingested, posed, parsed, freed)],
+        [list(stages) for stages in zip(ingested, posed, parsed, freed)],
     )
     garment_ingested = ingest_shard.map(cfg, garment_shards)
     masked = cloth_mask_shard.map(cfg, garment_shards, garment_ingested)
@@ -136,7 +136,7 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
         unmapped(run_id),
         [f"garment-{i:05d}" for i in range(len(garment_shards))],
         garment_shards,
-        [[a, b] for a, b in zip(garment_ingested, masked)],
+        [list(stages) for stages in zip(garment_ingested, masked)],
     )
 
     rows = collect(list(person_parts) + list(garment_parts))

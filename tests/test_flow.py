@@ -224,3 +224,32 @@ def test_the_yolo_parser_runs_in_the_flow_and_is_named_in_the_manifest(yolo_run,
         with Image.open(io.BytesIO(out.read_bytes(row["parse_path"]))) as parse:
             assert parse.mode == "P" and parse.size == (768, 1024)
             assert int(np.asarray(parse).max()) <= 19
+
+
+@pytest.fixture(scope="module")
+def crop_run(samples_dir, tmp_path_factory, prefect_server):
+    """A landscape photo (a sample person off-centre on a wide backdrop) fitted by cropping around them."""
+    from flows.preprocess import preprocess
+
+    catalog = Store(str(tmp_path_factory.mktemp("crop-catalog")))
+    wide = Image.new("RGB", (1800, 1100), (205, 200, 195))
+    with Image.open(sorted((samples_dir / "image").glob("*.jpg"))[1]) as person:
+        wide.paste(person.resize((576, 768)), (1100, 200))
+    catalog.write_bytes("persons/wide.jpg", saved(wide, "JPEG", quality=95))
+    out = Store(str(tmp_path_factory.mktemp("crop-dataset")))
+    summary = preprocess(catalog=catalog.url, out=out.url, fit="crop")
+    return out, read_run(out, "test", summary["run_id"]).to_pylist()[0]
+
+
+def test_crop_fit_keeps_the_person_and_records_the_mapping(crop_run):
+    out, row = crop_run
+    assert row["status"] == "ok", row["error_message"]
+    fit = json.loads(row["fit"])
+    assert fit["method"] == "crop"
+    # The person spans x 1100..1676 of the source; the crop window must hold them.
+    left = (1100 * fit["scale"]) + fit["offset_x"]
+    right = (1676 * fit["scale"]) + fit["offset_x"]
+    assert 0 <= left and right <= 768, f"person cut off: {left:.0f}..{right:.0f} on a 768 canvas"
+    keypoints = json.loads(out.read_text(row["pose_json_path"]))["people"][0]["pose_keypoints_2d"]
+    neck_x = keypoints[3]
+    assert left <= neck_x <= right, "the neck is not on the person"
