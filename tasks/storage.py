@@ -19,11 +19,17 @@ from fsspec.implementations.local import LocalFileSystem
 
 @dataclass(frozen=True)
 class FileInfo:
-    """One listed file: its key relative to the listed folder, its full URL and size in bytes."""
+    """One listed file: its key relative to the listed folder, its full URL and size in bytes.
+
+    `modified` is the modification time (seconds since the epoch, UTC) and `etag` the object store's
+    entity tag, where the filesystem reports them (None otherwise): a cheap change detector.
+    """
 
     key: str
     url: str
     size: int
+    modified: float | None = None
+    etag: str | None = None
 
 
 class Store:
@@ -109,7 +115,13 @@ class Store:
                     continue
                 full = files[name]["name"]
                 key = posixpath.relpath(self.fs._strip_protocol(full), self.fs._strip_protocol(base))
-                yield FileInfo(key=key, url=self.fs.unstrip_protocol(full), size=int(files[name].get("size") or 0))
+                yield FileInfo(
+                    key=key,
+                    url=self.fs.unstrip_protocol(full),
+                    size=int(files[name].get("size") or 0),
+                    modified=modified_seconds(files[name]),
+                    etag=(files[name].get("ETag") or files[name].get("etag") or None),
+                )
 
     def local_copy(self, rel: str, cache_dir: str) -> str:
         """A local file path holding `rel` (the file itself when local; else a cached download)."""
@@ -123,6 +135,16 @@ class Store:
             self.fs.get_file(self.path(rel), tmp)
             os.replace(tmp, local)
         return local
+
+
+def modified_seconds(info: dict[str, Any]) -> float | None:
+    """Modification time from an fsspec info dict (local `mtime`, S3 `LastModified`), in epoch seconds."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value)
 
 
 def local_file(url: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> str:
