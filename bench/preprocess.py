@@ -50,13 +50,13 @@ def build_catalog(samples: Path, root: Path, repeat: int) -> tuple[list[Path], l
 def run_flow(catalog: Path, out: Path, workers: int, shard_size: int) -> tuple[float, dict, list[dict]]:
     from flows.cli import run_flow as run
     from tasks.config import PreprocessConfig
-    from tasks.manifest import read_run
+    from tasks.manifest import item_view, read_run
 
     config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size)
     started = time.perf_counter()
     summary = run(config, workers=workers, show_progress=False)
     seconds = time.perf_counter() - started
-    rows = read_run(Store(str(out)), "test", summary["run_id"]).to_pylist()
+    rows = item_view(read_run(Store(str(out)), "test", summary["run_id"]))
     return seconds, summary, rows
 
 

@@ -17,6 +17,8 @@ def _offline_environment() -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The temporary local API server needs more than Prefect's default 20 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # MediaPipe's native logging (TFLite feedback warnings) otherwise floods stderr.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -59,8 +61,40 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-model", default=None, help="URL of a MediaPipe Tasks .task pose model")
     parser.add_argument("--cloth-mask-model", default=None, help="URL of a ClothUNet checkpoint")
     parser.add_argument("--workers", type=int, default=2, help="task runs in flight at once (default 2)")
+    parser.add_argument("--prefix", default="", help="backfill only keys under this prefix, e.g. garments/2026-11/")
+    parser.add_argument("--since", type=moment, default=None, help="backfill only sources modified at or after (ISO 8601)")
+    parser.add_argument("--until", type=moment, default=None, help="backfill only sources modified before (ISO 8601)")
+    parser.add_argument(
+        "--full-refresh", action="store_true", help="ignore what the dataset holds: rerun every stage of the selection"
+    )
+    parser.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string), "
+        "e.g. endpoint_url=http://minio:9000",
+    )
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def moment(text: str):
+    """An ISO 8601 date or time for --since/--until (a date alone is midnight UTC)."""
+    from datetime import datetime, timezone
+
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def storage_options_from(pairs: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--storage-option wants KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any):
@@ -76,12 +110,13 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         agnostic_recipe=args.agnostic_recipe,
         pose_model=args.pose_model,
         cloth_mask_model=args.cloth_mask_model,
+        storage_options=storage_options_from(args.storage_option),
     )
     values.update(overrides)
     return PreprocessConfig(**values)
 
 
-def run_flow(config, workers: int = 2, show_progress: bool = True) -> dict[str, Any]:
+def run_flow(config, workers: int = 2, show_progress: bool = True, **selection: Any) -> dict[str, Any]:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.preprocess import preprocess, progress_logger
@@ -91,7 +126,7 @@ def run_flow(config, workers: int = 2, show_progress: bool = True) -> dict[str, 
     progress_logger.setLevel(logging.INFO)
     try:
         bounded = preprocess.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
-        return bounded(**config.model_dump())
+        return bounded(**config.model_dump(), **selection)
     finally:
         progress_logger.removeHandler(handler)
         handler.close()
@@ -104,18 +139,30 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     print(f"run {summary['run_id']}: {summary['out']}/{summary['split']}")
     for kind in ("persons", "garments"):
         counts = summary[kind]
-        print(f"  {kind:9s} {counts['ok']:5d} ok  {counts['error']:5d} failed  of {counts['total']}")
-    print(f"  pairs     {summary['pairs']:5d} in {summary['split']}_pairs.txt")
+        print(
+            f"  {kind:9s} {summary['listed'][kind]:6d} listed {counts['total']:6d} processed "
+            f"{counts['error']:5d} failed {summary['dataset'][kind]:6d} in the dataset"
+        )
+    print(f"  pairs     {summary['pairs']:6d} in {summary['split']}_pairs.txt")
     for stage, stats in summary["stages"].items():
         print(f"  {stage:10s} {stats['mean_ms']:8.1f} ms/image over {stats['items']} images")
     print(f"  {summary['seconds']:.1f} s, {summary['images_per_second']:.2f} images/s")
     for failure in summary["failed"]:
-        print(f"  failed {failure['kind']} {failure['key']}: {failure['error_code']}: {failure['error_message']}")
+        print(f"  failed {failure['kind']} {failure['key']} at {failure['stage']}: "
+              f"{failure['error_code']}: {failure['error_message']}")
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    summary = run_flow(config, workers=args.workers, show_progress=not args.no_progress and not args.json)
+    summary = run_flow(
+        config,
+        workers=args.workers,
+        show_progress=not args.no_progress and not args.json,
+        prefix=args.prefix,
+        since=args.since,
+        until=args.until,
+        full_refresh=args.full_refresh,
+    )
     print_summary(summary, args.json)
     return 0
 

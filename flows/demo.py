@@ -81,7 +81,10 @@ def read_array(store: Store, rel: str | None) -> np.ndarray | None:
 
 
 def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndarray:
-    """Person rows: photo, skeleton, parse overlay, agnostic. Garment rows: garment, mask."""
+    """Person rows: photo, skeleton, parse overlay, agnostic. Garment rows: garment, mask.
+
+    `rows` are items as `tasks.manifest.item_view` gives them.
+    """
     sheet_rows = []
     for row in sorted(rows, key=lambda r: (r["kind"], r["key"])):
         caption = f"{row['kind']} {row['key']}: {row['status']}"
@@ -90,12 +93,13 @@ def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndar
             sheet_rows.append((caption, [None]))
             continue
         if row["kind"] == "person":
-            image = read_array(dataset, row["image_path"])
-            labels = read_array(dataset, row["parse_path"])
+            image = read_array(dataset, row["ingest_outputs"][0])
+            labels = read_array(dataset, row["parse_outputs"][0])
             parse_tile = overlay_parse(image, labels) if image is not None and labels is not None else None
-            tiles = [image, read_array(dataset, row["pose_img_path"]), parse_tile, read_array(dataset, row["agnostic_path"])]
+            skeleton = read_array(dataset, row["pose_outputs"][1])
+            tiles = [image, skeleton, parse_tile, read_array(dataset, row["agnostic_outputs"][1])]
         else:
-            tiles = [read_array(dataset, row["cloth_path"]), read_array(dataset, row["cloth_mask_path"])]
+            tiles = [read_array(dataset, row["ingest_outputs"][0]), read_array(dataset, row["cloth_mask_outputs"][0])]
         sheet_rows.append((caption, tiles))
     return contact_sheet(sheet_rows)
 
@@ -103,7 +107,7 @@ def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndar
 def run_demo(out_dir: str = "demo-output", workers: int = 2, show_progress: bool = True) -> dict[str, Any]:
     from flows.cli import run_flow
     from tasks.config import PreprocessConfig
-    from tasks.manifest import read_run
+    from tasks.manifest import item_view, read_run
 
     out_dir = os.path.abspath(out_dir)
     catalog = Store(os.path.join(out_dir, "catalog"))
@@ -111,7 +115,7 @@ def run_demo(out_dir: str = "demo-output", workers: int = 2, show_progress: bool
     dataset = Store(os.path.join(out_dir, "dataset"))
     config = PreprocessConfig(catalog=catalog.url, out=dataset.url, shard_size=4)
     summary = run_flow(config, workers=workers, show_progress=show_progress)
-    rows = read_run(dataset, config.split, summary["run_id"]).to_pylist()
+    rows = item_view(read_run(dataset, config.split, summary["run_id"]))
     sheet = dataset_contact_sheet(dataset, rows)
     buffer = io.BytesIO()
     Image.fromarray(sheet).save(buffer, format="PNG")

@@ -36,8 +36,9 @@ from tasks.catalog import (
     read_worn_pairs,
     unworn_pairs,
 )
+from tasks.plan import Selection, WorkItem, index_current, plan_item, stage_fingerprints, stages_for
 from tasks.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, PreprocessConfig
-from tasks.manifest import STAGES, write_summary
+from tasks.manifest import GARMENT_STAGES, PERSON_STAGES, STAGES, ok_items, read_current, write_summary
 from tasks.shards import agnostic_shard, cloth_mask_shard, finish_shard, ingest_shard, parse_shard, pose_shard
 from tasks.storage import Store
 
@@ -65,6 +66,10 @@ def preprocess(
     visibility_threshold: float = 0.5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     storage_options: dict[str, Any] | None = None,
+    prefix: str = "",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    full_refresh: bool = False,
 ) -> dict[str, Any]:
     """Turn the catalog at `catalog` into a VITON-HD dataset at `out`; return the run summary.
 
@@ -81,6 +86,10 @@ def preprocess(
         visibility_threshold: joints MediaPipe sees less well than this are written as 0,0,0.
         max_pixels: larger images are rejected as decompression bombs.
         storage_options: fsspec options for every URL (endpoint_url, profile, ...).
+        prefix: backfill only catalog keys under this prefix (relative to the catalog root, e.g. garments/2026-11/).
+        since: backfill only sources modified at or after this time.
+        until: backfill only sources modified before this time.
+        full_refresh: ignore what the dataset already holds and rerun every stage of the selected items.
     """
     config = PreprocessConfig(
         catalog=catalog,
@@ -96,38 +105,67 @@ def preprocess(
         max_pixels=max_pixels,
         storage_options=storage_options or {},
     )
-    return run_preprocess(config)
+    selection = Selection(
+        prefix=prefix,
+        since=epoch_seconds(since),
+        until=epoch_seconds(until),
+        full_refresh=full_refresh,
+    )
+    return run_preprocess(config, selection)
 
 
-def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
-    """The flow's body: list, plan, map the stages over shards, collect, write pairs and summary."""
+def epoch_seconds(moment: datetime | None) -> float | None:
+    """A timezone-aware moment (naive ones are taken as UTC) as seconds since the epoch."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def run_preprocess(config: PreprocessConfig, selection: Selection = Selection()) -> dict[str, Any]:
+    """The flow's body: list, diff against the manifest, map the stages over shards, collect, summarise."""
     logger = get_run_logger()
     started = time.perf_counter()
     run_id = new_run_id()
     catalog = Store(config.catalog, config.storage_options)
+    out = Store(config.out, config.storage_options)
     layout = detect_layout(catalog)
-    persons = list(list_items(catalog, layout, PERSON))
-    garments = list(list_items(catalog, layout, GARMENT))
-    check_unique_stems(persons)
-    check_unique_stems(garments)
-    person_shards = plan_shards(persons, config.shard_size)
-    garment_shards = plan_shards(garments, config.shard_size)
+    leftovers = out.remove_temporaries()
+    if leftovers:
+        logger.info("removed %d partial files left by an interrupted run", leftovers)
+    index = index_current(read_current(out, config.split))
+    fingerprints = stage_fingerprints(config)
+    listed: dict[str, dict[str, str]] = {PERSON: {}, GARMENT: {}}  # kind -> key -> stem
+    works: dict[str, list[WorkItem]] = {PERSON: [], GARMENT: []}
+    for kind in (PERSON, GARMENT):
+        items = list_items(catalog, layout, kind)
+        for item in items:
+            listed[kind][item.key] = item.stem
+            if selection.selects(item):
+                work = plan_item(item, index.get((kind, item.key)), fingerprints, selection.full_refresh)
+                if work is not None:
+                    works[kind].append(work)
+        check_unique_stems(kind, listed[kind])
+    person_shards = plan_shards(works[PERSON], config.shard_size)
+    garment_shards = plan_shards(works[GARMENT], config.shard_size)
     logger.info(
-        "run %s: %d persons in %d shards, %d garments in %d shards (%s layout)",
-        run_id, len(persons), len(person_shards), len(garments), len(garment_shards), layout.name,
+        "run %s: %d of %d persons to process in %d shards, %d of %d garments in %d shards (%s layout)",
+        run_id, len(works[PERSON]), len(listed[PERSON]), len(person_shards),
+        len(works[GARMENT]), len(listed[GARMENT]), len(garment_shards), layout.name,
     )
 
-    cfg = unmapped(config)
+    cfg, fps = unmapped(config), unmapped(fingerprints)
     ingested = ingest_shard.map(cfg, person_shards)
     posed = pose_shard.map(cfg, person_shards, ingested)
-    parsed = parse_shard.map(cfg, person_shards, posed)
-    freed = agnostic_shard.map(cfg, person_shards, parsed)
+    geometric = config.parser_backend == "geometric"  # reads the pose model's outputs, so waits for pose
+    parsed = parse_shard.map(cfg, person_shards, [[i, p] if geometric else [i] for i, p in zip(ingested, posed)])
+    freed = agnostic_shard.map(cfg, person_shards, posed, parsed)
     person_parts = finish_shard.map(
         cfg,
         unmapped(run_id),
         [f"person-{i:05d}" for i in range(len(person_shards))],
         person_shards,
-        [list(stages) for stages in zip(ingested, posed, parsed, freed)],
+        [dict(zip(PERSON_STAGES, stages)) for stages in zip(ingested, posed, parsed, freed)],
+        fps,
     )
     garment_ingested = ingest_shard.map(cfg, garment_shards)
     masked = cloth_mask_shard.map(cfg, garment_shards, garment_ingested)
@@ -136,19 +174,23 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
         unmapped(run_id),
         [f"garment-{i:05d}" for i in range(len(garment_shards))],
         garment_shards,
-        [list(stages) for stages in zip(garment_ingested, masked)],
+        [dict(zip(GARMENT_STAGES, stages)) for stages in zip(garment_ingested, masked)],
+        fps,
     )
-
     rows = collect(list(person_parts) + list(garment_parts))
-    out = Store(config.out, config.storage_options)
-    pairs = write_pairs(out, config, catalog, layout, rows)
-    summary = summarise(config, run_id, rows, pairs, time.perf_counter() - started)
+
+    current = read_current(out, config.split)
+    ok = {kind: {k: s for k, s in ok_items(current, kind, stages_for(kind)).items() if k in listed[kind]}
+          for kind in (PERSON, GARMENT)}
+    pairs = write_pairs(out, config, catalog, layout, ok)
+    summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - started)
     write_summary(out, config.split, run_id, summary)
     publish(summary)
     logger.info(
-        "run %s: %d/%d persons and %d/%d garments ok in %.1f s",
-        run_id, summary["persons"]["ok"], summary["persons"]["total"],
-        summary["garments"]["ok"], summary["garments"]["total"], summary["seconds"],
+        "run %s: processed %d persons (%d failed) and %d garments (%d failed) in %.1f s; the dataset holds "
+        "%d persons and %d garments",
+        run_id, summary["persons"]["total"], summary["persons"]["error"], summary["garments"]["total"],
+        summary["garments"]["error"], summary["seconds"], len(ok[PERSON]), len(ok[GARMENT]),
     )
     return summary
 
@@ -167,39 +209,63 @@ def collect(futures: list) -> list[dict[str, Any]]:
     return rows
 
 
-def write_pairs(out: Store, config: PreprocessConfig, catalog: Store, layout, rows: list[dict]) -> list[tuple[str, str]]:
-    """`<out>/<split>_pairs.txt`: train pairs each person with what they wear, test with what they don't."""
-    ok = {(row["kind"], row["key"]): row["stem"] for row in rows if row["status"] == "ok"}
+def write_pairs(
+    out: Store, config: PreprocessConfig, catalog: Store, layout, ok: dict[str, dict[str, str]]
+) -> list[tuple[str, str]]:
+    """`<out>/<split>_pairs.txt` over everything the dataset holds: train pairs each person with what
+    they wear, test with a garment they don't."""
     worn = {}
     for person_key, garment_key in read_worn_pairs(catalog, layout):
-        if (PERSON, person_key) in ok and (GARMENT, garment_key) in ok:
-            worn[ok[PERSON, person_key]] = ok[GARMENT, garment_key]
+        if person_key in ok[PERSON] and garment_key in ok[GARMENT]:
+            worn[ok[PERSON][person_key]] = ok[GARMENT][garment_key]
     if layout.name == "vitonhd" and layout.pairs_file is None:
         # VITON-HD's own convention: image/X.jpg wears cloth/X.jpg.
-        garment_stems = {stem for (kind, _), stem in ok.items() if kind == GARMENT}
-        worn = {stem: stem for (kind, _), stem in ok.items() if kind == PERSON and stem in garment_stems}
+        garment_stems = set(ok[GARMENT].values())
+        worn = {stem: stem for stem in ok[PERSON].values() if stem in garment_stems}
     if config.split == "train":
         pairs = sorted(worn.items())
     else:
-        person_stems = [stem for (kind, _), stem in ok.items() if kind == PERSON]
-        garment_stems = [stem for (kind, _), stem in ok.items() if kind == GARMENT]
-        pairs = unworn_pairs(person_stems, garment_stems, worn)
+        pairs = unworn_pairs(list(ok[PERSON].values()), list(ok[GARMENT].values()), worn)
     lines = "".join(f"{contract.person_image_name(p)} {contract.cloth_image_name(g)}\n" for p, g in pairs)
     out.write_text(contract.pairs_file_name(config.split), lines)
     return pairs
 
 
-def summarise(config: PreprocessConfig, run_id: str, rows: list[dict], pairs: list, seconds: float) -> dict[str, Any]:
-    def counts(kind: str) -> dict[str, int]:
-        mine = [row for row in rows if row["kind"] == kind]
-        ok = sum(row["status"] == "ok" for row in mine)
-        return {"total": len(mine), "ok": ok, "error": len(mine) - ok}
+def summarise(
+    config: PreprocessConfig,
+    selection: Selection,
+    run_id: str,
+    rows: list[dict],
+    listed: dict[str, dict[str, str]],
+    works: dict[str, list[WorkItem]],
+    ok: dict[str, dict[str, str]],
+    pairs: list,
+    seconds: float,
+) -> dict[str, Any]:
+    """What this run did (processed, failed, per stage) and what the dataset now holds."""
+    failed: dict[tuple[str, str], dict] = {}
+    processed: dict[str, set[str]] = {PERSON: set(), GARMENT: set()}
+    for row in rows:
+        processed[row["kind"]].add(row["key"])
+        if row["status"] == "error":
+            failed.setdefault((row["kind"], row["key"]), row)
 
-    stage_ms = {}
+    def counts(kind: str) -> dict[str, int]:
+        errors = sum(1 for (k, _) in failed if k == kind)
+        return {"total": len(processed[kind]), "ok": len(processed[kind]) - errors, "error": errors}
+
+    stage_stats = {}
     for stage in STAGES:
-        values = [row[f"{stage}_ms"] for row in rows if row.get(f"{stage}_ms") is not None]
-        if values:
-            stage_ms[stage] = {"items": len(values), "mean_ms": sum(values) / len(values), "total_ms": sum(values)}
+        mine = [row for row in rows if row["stage"] == stage]
+        if mine:
+            total_ms = sum(row["ms"] or 0.0 for row in mine)
+            stage_stats[stage] = {
+                "items": len(mine),
+                "error": sum(row["status"] == "error" for row in mine),
+                "mean_ms": total_ms / len(mine),
+                "total_ms": total_ms,
+            }
+    n_processed = len(processed[PERSON]) + len(processed[GARMENT])
     return {
         "run_id": run_id,
         "flow_run_id": str(flow_run.get_id() or ""),
@@ -208,18 +274,23 @@ def summarise(config: PreprocessConfig, run_id: str, rows: list[dict], pairs: li
         "split": config.split,
         "parser": config.parser,
         "agnostic_recipe": config.agnostic_recipe,
+        "selection": {"prefix": selection.prefix, "since": selection.since, "until": selection.until,
+                      "full_refresh": selection.full_refresh},
+        "listed": {"persons": len(listed[PERSON]), "garments": len(listed[GARMENT])},
+        "planned": {"persons": len(works[PERSON]), "garments": len(works[GARMENT])},
         "persons": counts(PERSON),
         "garments": counts(GARMENT),
-        "errors": dict(Counter(row["error_code"] for row in rows if row["status"] == "error")),
+        "errors": dict(Counter(row["error_code"] for row in failed.values())),
         "failed": [
-            {"kind": row["kind"], "key": row["key"], "error_code": row["error_code"], "error_message": row["error_message"]}
-            for row in rows
-            if row["status"] == "error"
+            {"kind": kind, "key": key, "stage": row["stage"], "error_code": row["error_code"],
+             "error_message": row["error_message"]}
+            for (kind, key), row in sorted(failed.items())
         ],
+        "stages": stage_stats,
+        "dataset": {"persons": len(ok[PERSON]), "garments": len(ok[GARMENT]), "pairs": len(pairs)},
         "pairs": len(pairs),
-        "stages": stage_ms,
         "seconds": seconds,
-        "images_per_second": len(rows) / seconds if seconds > 0 else 0.0,
+        "images_per_second": n_processed / seconds if seconds > 0 else 0.0,
     }
 
 

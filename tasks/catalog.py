@@ -12,7 +12,7 @@ import hashlib
 import io
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tasks.storage import Store
@@ -43,6 +43,8 @@ class CatalogItem:
     url: str
     size: int
     stem: str
+    modified: float | None = None  # epoch seconds, where the filesystem reports it
+    etag: str | None = None
 
 
 class CatalogError(ValueError):
@@ -93,15 +95,18 @@ def list_items(store: Store, layout: CatalogLayout, kind: str, prefix: str = "")
             url=info.url,
             size=info.size,
             stem=stem_for_key(info.key),
+            modified=info.modified,
+            etag=info.etag,
         )
 
 
-def check_unique_stems(items: Sequence[CatalogItem]) -> None:
+def check_unique_stems(kind: str, stems: Mapping[str, str]) -> None:
+    """Refuse a catalog where two keys of one kind (`stems`: key -> stem) would share output names."""
     seen: dict[str, str] = {}
-    for item in items:
-        other = seen.setdefault(item.stem, item.key)
-        if other != item.key:
-            raise CatalogError(f"{item.kind}s {other!r} and {item.key!r} map to the same stem {item.stem!r}")
+    for key, stem in stems.items():
+        other = seen.setdefault(stem, key)
+        if other != key:
+            raise CatalogError(f"{kind}s {other!r} and {key!r} map to the same stem {stem!r}")
 
 
 def read_worn_pairs(store: Store, layout: CatalogLayout) -> list[tuple[str, str]]:

@@ -1,8 +1,9 @@
-"""Thin Prefect tasks: each runs one stage over one shard of items.
+"""Thin Prefect tasks: each runs one stage over one shard of work items.
 
 A task reads its inputs from the dataset store, calls the stage's pure function per item and writes
 the outputs. It returns, per item stem, the manifest fields it learned. A bad item becomes an error
-field and the shard goes on; a storage failure raises and Prefect retries the task.
+field and the shard goes on; a storage failure raises and Prefect retries the task (every write is
+atomic and every name deterministic, so a retry just writes again).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import contract, errors
-from tasks.catalog import PERSON, CatalogItem
+from tasks.catalog import PERSON
 from tasks.config import PreprocessConfig
 from tasks.errors import ItemError
+from tasks.plan import WorkItem, stages_for
 from tasks.storage import Store, local_file, sha256_hex
 
 Fields = dict[str, Any]
-StageResult = dict[str, Fields]  # stem -> manifest fields
+StageResult = dict[str, Fields]  # stem -> manifest fields of the items the stage ran for
 
 WORK_DIR = "_work"  # intermediate files (pose model outputs reused by the geometric parser)
 TASK_OPTIONS = dict(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE, persist_result=False)
@@ -40,12 +42,22 @@ def pose_sidecar_path(config: PreprocessConfig, stem: str) -> str:
     return f"{WORK_DIR}/{config.split}/pose/{stem}.npz"
 
 
-def merge(*results: StageResult | None) -> StageResult:
-    merged: StageResult = {}
-    for result in results:
-        for stem, fields in (result or {}).items():
-            merged.setdefault(stem, {}).update(fields)
-    return merged
+def output_paths(config: PreprocessConfig, kind: str, stem: str) -> list[str]:
+    """Every file the stages write for one item."""
+    if kind != PERSON:
+        return [
+            split_path(config, contract.DIR_CLOTH, contract.cloth_image_name(stem)),
+            split_path(config, contract.DIR_CLOTH_MASK, contract.cloth_mask_name(stem)),
+        ]
+    return [
+        split_path(config, contract.DIR_IMAGE, contract.person_image_name(stem)),
+        split_path(config, contract.DIR_POSE_JSON, contract.keypoints_json_name(stem)),
+        split_path(config, contract.DIR_POSE_IMG, contract.rendered_pose_name(stem)),
+        split_path(config, contract.DIR_PARSE, contract.parse_name(stem)),
+        split_path(config, contract.DIR_PARSE_AGNOSTIC, contract.parse_agnostic_name(stem)),
+        split_path(config, contract.DIR_AGNOSTIC, contract.agnostic_name(stem)),
+        pose_sidecar_path(config, stem),
+    ]
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -56,27 +68,35 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 def run_items(
     stage: str,
-    items: Sequence[CatalogItem],
-    upstream: Mapping[str, Fields] | None,
-    process: Callable[[CatalogItem, Fields], None],
+    works: Sequence[WorkItem],
+    dependencies: Sequence[StageResult],
+    process: Callable[[WorkItem, Fields], None],
 ) -> StageResult:
-    """Apply `process` to each item still healthy upstream; record item errors and milliseconds.
+    """Run `process` for each item that needs this stage; record item errors and milliseconds.
 
-    `process` fills the item's manifest fields as it learns them, so a failure keeps what was
-    known before it (a source's hash and size, say).
+    An item runs when the plan says so, or when a stage it depends on changed its output in this run;
+    it is marked `blocked` (and gets no manifest row for this stage) when a stage it depends on failed. `process` fills the item's manifest fields as it
+    learns them, so a failure keeps what was known before it (a source's hash and size, say).
     """
     result: StageResult = {}
-    for item in items:
-        if upstream is not None and (item.stem not in upstream or upstream[item.stem].get("error_code")):
-            continue  # failed (and recorded) in an earlier stage
-        fields: Fields = {}
+    for work in works:
+        upstream = [dependency[work.stem] for dependency in dependencies if work.stem in dependency]
+        if any(fields.get("error_code") or fields.get("blocked") for fields in upstream):
+            result[work.stem] = {"blocked": True}  # failed (and recorded) in an earlier stage
+            continue
+        wanted = stage in work.stages or any(fields.get("changed") for fields in upstream)
+        if stage == "ingest":
+            wanted = wanted or work.verify_content
+        if not wanted:
+            continue
+        fields: Fields = {"changed": True}
         started = time.perf_counter()
         try:
-            process(item, fields)
+            process(work, fields)
         except ItemError as error:
-            fields.update(error_code=error.code, error_message=error.message, failed_stage=stage)
-        fields[f"{stage}_ms"] = (time.perf_counter() - started) * 1000.0
-        result[item.stem] = fields
+            fields.update(error_code=error.code, error_message=error.message)
+        fields["ms"] = (time.perf_counter() - started) * 1000.0
+        result[work.stem] = fields
     return result
 
 
@@ -94,14 +114,14 @@ def guarded(stage: str, compute: Callable[[], Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# ingest: decode, normalise to 768x1024 RGB, write image/ or cloth/
+# ingest: read and hash the source, normalise to 768x1024 RGB, write image/ or cloth/
 
 
-def ingest_items(config: PreprocessConfig, items: Sequence[CatalogItem]) -> StageResult:
+def ingest_items(config: PreprocessConfig, works: Sequence[WorkItem]) -> StageResult:
     from tasks.normalize import decode_image, encode_jpeg, fit_to_canvas
 
     catalog, out = Store(config.catalog, config.storage_options), Store(config.out, config.storage_options)
-    persons = bool(items) and items[0].kind == PERSON
+    persons = bool(works) and works[0].kind == PERSON
     with ExitStack() as stack:
         locator = None
         if persons and config.fit == "crop":
@@ -109,9 +129,12 @@ def ingest_items(config: PreprocessConfig, items: Sequence[CatalogItem]) -> Stag
 
             locator = stack.enter_context(PoseEstimator(segmentation=True))
 
-        def process(item: CatalogItem, fields: Fields) -> None:
+        def process(work: WorkItem, fields: Fields) -> None:
+            item = work.item
             data = catalog.read_bytes(item.rel)
             fields.update(sha256=sha256_hex(data), source_bytes=len(data))
+            # Only the listing changed and the bytes did not: nothing downstream needs to run.
+            fields["changed"] = "ingest" in work.stages or fields["sha256"] != work.previous_sha256
             image = guarded("ingest", lambda: decode_image(data, max_pixels=config.max_pixels))
             array = np.asarray(image)
             fields.update(source_width=image.width, source_height=image.height)
@@ -122,22 +145,21 @@ def ingest_items(config: PreprocessConfig, items: Sequence[CatalogItem]) -> Stag
             name = contract.person_image_name(item.stem) if persons else contract.cloth_image_name(item.stem)
             rel = split_path(config, folder, name)
             out.write_bytes(rel, encode_jpeg(canvas, quality=contract.JPEG_QUALITY))
-            fields["fit"] = json.dumps(fit.to_dict(), sort_keys=True)
-            fields["image_path" if persons else "cloth_path"] = rel
+            fields.update(fit=json.dumps(fit.to_dict(), sort_keys=True), outputs=[rel])
 
-        return run_items("ingest", items, None, process)
+        return run_items("ingest", works, [], process)
 
 
 @task(name="ingest", **TASK_OPTIONS)
-def ingest_shard(config: PreprocessConfig, items: list[CatalogItem]) -> StageResult:
-    return ingest_items(config, items)
+def ingest_shard(config: PreprocessConfig, works: list[WorkItem]) -> StageResult:
+    return ingest_items(config, works)
 
 
 # ---------------------------------------------------------------------------------------------
 # pose: BODY_25 JSON, rendered skeleton, and the pose model's outputs for the parser
 
 
-def pose_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream: Mapping[str, Fields]) -> StageResult:
+def pose_items(config: PreprocessConfig, works: Sequence[WorkItem], ingested: StageResult) -> StageResult:
     from tasks.agnostic import check_agnostic_keypoints
     from tasks.normalize import FitRecord, encode_png
     from tasks.pose import PoseEstimator, openpose_json, pose_to_npz_bytes, render_body25
@@ -146,10 +168,11 @@ def pose_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream:
     model_path = local_file(config.pose_model, config.storage_options) if config.pose_model else None
     with PoseEstimator(task_model_path=model_path, visibility_threshold=config.visibility_threshold) as estimator:
 
-        def process(item: CatalogItem, fields: Fields) -> None:
-            image = decode_rgb(out.read_bytes(split_path(config, contract.DIR_IMAGE, contract.person_image_name(item.stem))))
-            fields["pose_model"] = estimator.backend_id
-            fit = FitRecord.from_dict(json.loads(upstream[item.stem]["fit"]))
+        def process(work: WorkItem, fields: Fields) -> None:
+            stem = work.stem
+            image = decode_rgb(out.read_bytes(split_path(config, contract.DIR_IMAGE, contract.person_image_name(stem))))
+            fields["model"] = estimator.backend_id
+            fit = FitRecord.from_dict(json.loads(ingested.get(stem, {}).get("fit") or work.previous_fit))
             pose = guarded("pose", lambda: estimator.estimate(image, valid_box=fit.content_box()))
             fields.update(
                 persons_detected=int(pose.persons_detected),
@@ -157,19 +180,19 @@ def pose_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream:
             )
             # Fail early: without these joints the agnostic masks would be silently wrong.
             check_agnostic_keypoints(pose.keypoints_body25)
-            json_rel = split_path(config, contract.DIR_POSE_JSON, contract.keypoints_json_name(item.stem))
-            img_rel = split_path(config, contract.DIR_POSE_IMG, contract.rendered_pose_name(item.stem))
-            out.write_bytes(pose_sidecar_path(config, item.stem), pose_to_npz_bytes(pose))
+            json_rel = split_path(config, contract.DIR_POSE_JSON, contract.keypoints_json_name(stem))
+            img_rel = split_path(config, contract.DIR_POSE_IMG, contract.rendered_pose_name(stem))
+            out.write_bytes(pose_sidecar_path(config, stem), pose_to_npz_bytes(pose))
             out.write_text(json_rel, json.dumps(openpose_json(pose.keypoints_body25)))
             out.write_bytes(img_rel, encode_png(render_body25(pose.keypoints_body25)))
-            fields.update(pose_json_path=json_rel, pose_img_path=img_rel)
+            fields["outputs"] = [json_rel, img_rel]
 
-        return run_items("pose", items, upstream, process)
+        return run_items("pose", works, [ingested], process)
 
 
 @task(name="pose", **TASK_OPTIONS)
-def pose_shard(config: PreprocessConfig, items: list[CatalogItem], upstream: StageResult) -> StageResult:
-    return pose_items(config, items, upstream)
+def pose_shard(config: PreprocessConfig, works: list[WorkItem], ingested: StageResult) -> StageResult:
+    return pose_items(config, works, ingested)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +207,7 @@ def make_parser(config: PreprocessConfig):
     return parser_from_spec(f"yolo:{local_file(config.parser_weights_url, config.storage_options)}")
 
 
-def parse_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream: Mapping[str, Fields]) -> StageResult:
+def parse_items(config: PreprocessConfig, works: Sequence[WorkItem], dependencies: list[StageResult]) -> StageResult:
     from tasks.parse import encode_parse_png
     from tasks.pose import pose_from_npz_bytes
 
@@ -192,19 +215,20 @@ def parse_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream
     parser = make_parser(config)
     try:
 
-        def process(item: CatalogItem, fields: Fields) -> None:
-            image = decode_rgb(out.read_bytes(split_path(config, contract.DIR_IMAGE, contract.person_image_name(item.stem))))
-            fields["parser_id"] = parser.parser_id
+        def process(work: WorkItem, fields: Fields) -> None:
+            stem = work.stem
+            image = decode_rgb(out.read_bytes(split_path(config, contract.DIR_IMAGE, contract.person_image_name(stem))))
+            fields["model"] = parser.parser_id
             if config.parser_backend == "geometric":
-                pose = pose_from_npz_bytes(out.read_bytes(pose_sidecar_path(config, item.stem)))
+                pose = pose_from_npz_bytes(out.read_bytes(pose_sidecar_path(config, stem)))
                 labels = guarded("parse", lambda: parser.parse(image, pose))
             else:
                 labels = guarded("parse", lambda: parser.parse(image))
-            rel = split_path(config, contract.DIR_PARSE, contract.parse_name(item.stem))
+            rel = split_path(config, contract.DIR_PARSE, contract.parse_name(stem))
             out.write_bytes(rel, encode_parse_png(labels))
-            fields["parse_path"] = rel
+            fields["outputs"] = [rel]
 
-        return run_items("parse", items, upstream, process)
+        return run_items("parse", works, dependencies, process)
     finally:
         close = getattr(parser, "close", None)
         if close is not None:
@@ -212,15 +236,15 @@ def parse_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream
 
 
 @task(name="parse", **TASK_OPTIONS)
-def parse_shard(config: PreprocessConfig, items: list[CatalogItem], upstream: StageResult) -> StageResult:
-    return parse_items(config, items, upstream)
+def parse_shard(config: PreprocessConfig, works: list[WorkItem], dependencies: list[StageResult]) -> StageResult:
+    return parse_items(config, works, dependencies)
 
 
 # ---------------------------------------------------------------------------------------------
 # cloth mask
 
 
-def cloth_mask_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream: Mapping[str, Fields]) -> StageResult:
+def cloth_mask_items(config: PreprocessConfig, works: Sequence[WorkItem], ingested: StageResult) -> StageResult:
     from tasks.cloth_mask import UNetClothMasker, cloth_mask_classical, encode_cloth_mask
 
     out = Store(config.out, config.storage_options)
@@ -230,27 +254,27 @@ def cloth_mask_items(config: PreprocessConfig, items: Sequence[CatalogItem], ups
     else:
         compute, model_id = cloth_mask_classical, "classical-v1"
 
-    def process(item: CatalogItem, fields: Fields) -> None:
-        fields["cloth_mask_model"] = model_id
-        cloth = decode_rgb(out.read_bytes(split_path(config, contract.DIR_CLOTH, contract.cloth_image_name(item.stem))))
+    def process(work: WorkItem, fields: Fields) -> None:
+        fields["model"] = model_id
+        cloth = decode_rgb(out.read_bytes(split_path(config, contract.DIR_CLOTH, contract.cloth_image_name(work.stem))))
         mask = guarded("cloth_mask", lambda: compute(cloth))
-        rel = split_path(config, contract.DIR_CLOTH_MASK, contract.cloth_mask_name(item.stem))
+        rel = split_path(config, contract.DIR_CLOTH_MASK, contract.cloth_mask_name(work.stem))
         out.write_bytes(rel, encode_cloth_mask(mask))
-        fields.update(cloth_mask_path=rel, cloth_mask_coverage=float((mask > 0).mean()))
+        fields.update(outputs=[rel], cloth_mask_coverage=float((mask > 0).mean()))
 
-    return run_items("cloth_mask", items, upstream, process)
+    return run_items("cloth_mask", works, [ingested], process)
 
 
 @task(name="cloth-mask", **TASK_OPTIONS)
-def cloth_mask_shard(config: PreprocessConfig, items: list[CatalogItem], upstream: StageResult) -> StageResult:
-    return cloth_mask_items(config, items, upstream)
+def cloth_mask_shard(config: PreprocessConfig, works: list[WorkItem], ingested: StageResult) -> StageResult:
+    return cloth_mask_items(config, works, ingested)
 
 
 # ---------------------------------------------------------------------------------------------
 # agnostic: parse-agnostic map and clothing-agnostic image
 
 
-def agnostic_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstream: Mapping[str, Fields]) -> StageResult:
+def agnostic_items(config: PreprocessConfig, works: Sequence[WorkItem], posed: StageResult, parsed: StageResult) -> StageResult:
     from tasks.agnostic import image_agnostic, parse_agnostic
     from tasks.normalize import encode_jpeg
     from tasks.parse import decode_parse_png, encode_parse_png
@@ -258,70 +282,98 @@ def agnostic_items(config: PreprocessConfig, items: Sequence[CatalogItem], upstr
 
     out = Store(config.out, config.storage_options)
 
-    def process(item: CatalogItem, fields: Fields) -> None:
-        fields["agnostic_recipe"] = config.agnostic_recipe
-        image = decode_rgb(out.read_bytes(split_path(config, contract.DIR_IMAGE, contract.person_image_name(item.stem))))
-        labels = decode_parse_png(out.read_bytes(split_path(config, contract.DIR_PARSE, contract.parse_name(item.stem))))
+    def process(work: WorkItem, fields: Fields) -> None:
+        stem = work.stem
+        fields["model"] = config.agnostic_recipe
+        image = decode_rgb(out.read_bytes(split_path(config, contract.DIR_IMAGE, contract.person_image_name(stem))))
+        labels = decode_parse_png(out.read_bytes(split_path(config, contract.DIR_PARSE, contract.parse_name(stem))))
         keypoints = keypoints_from_openpose_json(
-            json.loads(out.read_text(split_path(config, contract.DIR_POSE_JSON, contract.keypoints_json_name(item.stem))))
+            json.loads(out.read_text(split_path(config, contract.DIR_POSE_JSON, contract.keypoints_json_name(stem))))
         )
         parse_free = guarded("agnostic", lambda: parse_agnostic(labels, keypoints))
         image_free = guarded("agnostic", lambda: image_agnostic(image, labels, keypoints, recipe=config.agnostic_recipe))
-        parse_rel = split_path(config, contract.DIR_PARSE_AGNOSTIC, contract.parse_agnostic_name(item.stem))
-        image_rel = split_path(config, contract.DIR_AGNOSTIC, contract.agnostic_name(item.stem))
+        parse_rel = split_path(config, contract.DIR_PARSE_AGNOSTIC, contract.parse_agnostic_name(stem))
+        image_rel = split_path(config, contract.DIR_AGNOSTIC, contract.agnostic_name(stem))
         out.write_bytes(parse_rel, encode_parse_png(parse_free))
         out.write_bytes(image_rel, encode_jpeg(image_free, quality=contract.JPEG_QUALITY))
-        fields.update(parse_agnostic_path=parse_rel, agnostic_path=image_rel)
+        fields["outputs"] = [parse_rel, image_rel]
 
-    return run_items("agnostic", items, upstream, process)
+    return run_items("agnostic", works, [posed, parsed], process)
 
 
 @task(name="agnostic", **TASK_OPTIONS)
-def agnostic_shard(config: PreprocessConfig, items: list[CatalogItem], upstream: StageResult) -> StageResult:
-    return agnostic_items(config, items, upstream)
+def agnostic_shard(config: PreprocessConfig, works: list[WorkItem], posed: StageResult, parsed: StageResult) -> StageResult:
+    return agnostic_items(config, works, posed, parsed)
 
 
 # ---------------------------------------------------------------------------------------------
-# finish: the shard's manifest part, written last, after removing a failed item's partial outputs
+# finish: the shard's manifest part, written last, after removing a failed item's outputs
+
+ROW_FIELDS = ("error_code", "error_message", "outputs", "ms", "model", "fit", "persons_detected",
+              "keypoint_confidences", "cloth_mask_coverage")
 
 
 def finish_items(
-    config: PreprocessConfig, run_id: str, shard: str, items: Sequence[CatalogItem], results: Sequence[StageResult]
+    config: PreprocessConfig,
+    run_id: str,
+    shard: str,
+    works: Sequence[WorkItem],
+    results: Mapping[str, StageResult],
+    fingerprints: Mapping[str, Mapping[str, str]],
 ) -> list[Fields]:
-    from tasks.manifest import OUTPUT_COLUMNS, manifest_part_path, write_part
+    """One manifest row per item and stage that ran; a failed item's files are all removed first."""
+    from tasks.manifest import manifest_part_path, write_part
 
     out = Store(config.out, config.storage_options)
-    merged = merge(*results)
     rows = []
-    for item in items:
-        fields = merged.get(item.stem, {})
-        failed = bool(fields.get("error_code"))
-        if failed:
-            # An item yields all its outputs or none: drop what the stages before the failure wrote.
-            for column in OUTPUT_COLUMNS:
-                if fields.get(column):
-                    out.remove(fields.pop(column))
-            if item.kind == PERSON:
-                out.remove(pose_sidecar_path(config, item.stem))
-        rows.append(
-            {
-                **fields,
-                "run_id": run_id,
-                "split": config.split,
-                "shard": shard,
-                "kind": item.kind,
-                "key": item.key,
-                "source_url": item.url,
-                "stem": item.stem,
-                "status": "error" if failed else "ok",
-            }
-        )
+    for work in works:
+        item = work.item
+        ran = {
+            stage: results[stage][work.stem]
+            for stage in stages_for(item.kind)
+            if work.stem in results.get(stage, {}) and not results[stage][work.stem].get("blocked")
+        }
+        if any(fields.get("error_code") for fields in ran.values()):
+            # An item yields all its outputs or none: remove what this and earlier runs wrote for it.
+            for rel in output_paths(config, item.kind, item.stem):
+                out.remove(rel)
+        ingest = ran.get("ingest", {})
+        base = {
+            "run_id": run_id,
+            "split": config.split,
+            "shard": shard,
+            "kind": item.kind,
+            "key": item.key,
+            "source_url": item.url,
+            "stem": item.stem,
+            "sha256": ingest.get("sha256", work.previous_sha256),
+            "source_bytes": item.size,
+            "source_modified": item.modified,
+            "source_etag": item.etag,
+            "source_width": ingest.get("source_width"),
+            "source_height": ingest.get("source_height"),
+        }
+        for stage, fields in ran.items():
+            rows.append(
+                {
+                    **base,
+                    **{name: fields.get(name) for name in ROW_FIELDS},
+                    "stage": stage,
+                    "fingerprint": fingerprints[item.kind][stage],
+                    "status": "error" if fields.get("error_code") else "ok",
+                }
+            )
     write_part(out, manifest_part_path(config.split, run_id, shard), rows)
     return rows
 
 
 @task(name="finish-shard", **TASK_OPTIONS)
 def finish_shard(
-    config: PreprocessConfig, run_id: str, shard: str, items: list[CatalogItem], results: list[StageResult]
+    config: PreprocessConfig,
+    run_id: str,
+    shard: str,
+    works: list[WorkItem],
+    results: dict[str, StageResult],
+    fingerprints: dict[str, dict[str, str]],
 ) -> list[Fields]:
-    return finish_items(config, run_id, shard, items, results)
+    return finish_items(config, run_id, shard, works, results, fingerprints)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tasks import contract
-from tasks.manifest import read_run
+from tasks.manifest import item_view, read_run
 from tasks.storage import Store
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def run(catalog, tmp_path_factory, prefect_server):
 
     out = Store(str(tmp_path_factory.mktemp("dataset")))
     summary = preprocess(catalog=catalog.url, out=out.url, split="train", shard_size=3)
-    rows = read_run(out, "train", summary["run_id"]).to_pylist()
+    rows = item_view(read_run(out, "train", summary["run_id"]))
     return out, summary, {(row["kind"], row["key"]): row for row in rows}
 
 
@@ -154,8 +154,8 @@ def test_manifest_rows_carry_provenance_and_timings(run, catalog):
     assert row["sha256"] == hashlib.sha256(data).hexdigest()
     assert row["source_url"].endswith(f"persons/{row['key']}")
     assert (row["source_width"], row["source_height"]) == (768, 1024)
-    assert row["parser_id"] == "geometric-v1" and row["pose_model"]
-    assert row["agnostic_recipe"] == "hrviton"
+    assert row["parse_model"] == "geometric-v1" and row["pose_model"]
+    assert row["agnostic_model"] == "hrviton"
     assert len(row["keypoint_confidences"]) == 25
     assert row["persons_detected"] >= 1
     for stage in ("ingest", "pose", "parse", "agnostic"):
@@ -193,8 +193,8 @@ def test_exif_rotation_is_applied_before_anything_else(run, catalog):
     assert (sideways["source_width"], sideways["source_height"]) == (768, 1024), "EXIF orientation not applied"
     first_photo = min(key for (kind, key) in rows if key.startswith("models/"))  # the one turned sideways
     original = rows["person", first_photo]
-    a = np.asarray(Image.open(io.BytesIO(out.read_bytes(sideways["image_path"]))), dtype=np.int16)
-    b = np.asarray(Image.open(io.BytesIO(out.read_bytes(original["image_path"]))), dtype=np.int16)
+    a = np.asarray(Image.open(io.BytesIO(out.read_bytes(sideways["ingest_outputs"][0]))), dtype=np.int16)
+    b = np.asarray(Image.open(io.BytesIO(out.read_bytes(original["ingest_outputs"][0]))), dtype=np.int16)
     assert np.abs(a - b).mean() < 4, "the rotated copy does not match the upright photo"
 
 
@@ -212,7 +212,7 @@ def yolo_run(samples_dir, tmp_path_factory, prefect_server, yolo_weights):
         catalog.write_bytes(f"image/{path.name}", path.read_bytes())
     out = Store(str(tmp_path_factory.mktemp("yolo-dataset")))
     summary = preprocess(catalog=catalog.url, out=out.url, parser=f"yolo:file://{yolo_weights}")
-    return out, summary, read_run(out, "test", summary["run_id"]).to_pylist()
+    return out, summary, item_view(read_run(out, "test", summary["run_id"]))
 
 
 def test_the_yolo_parser_runs_in_the_flow_and_is_named_in_the_manifest(yolo_run, yolo_weights):
@@ -220,8 +220,8 @@ def test_the_yolo_parser_runs_in_the_flow_and_is_named_in_the_manifest(yolo_run,
     digest = hashlib.sha256(yolo_weights.read_bytes()).hexdigest()[:12]
     assert summary["persons"]["ok"] == 2, summary["failed"]
     for row in rows:
-        assert row["parser_id"] == f"yolo:{yolo_weights.name}:{digest}"
-        with Image.open(io.BytesIO(out.read_bytes(row["parse_path"]))) as parse:
+        assert row["parse_model"] == f"yolo:{yolo_weights.name}:{digest}"
+        with Image.open(io.BytesIO(out.read_bytes(row["parse_outputs"][0]))) as parse:
             assert parse.mode == "P" and parse.size == (768, 1024)
             assert int(np.asarray(parse).max()) <= 19
 
@@ -238,7 +238,7 @@ def crop_run(samples_dir, tmp_path_factory, prefect_server):
     catalog.write_bytes("persons/wide.jpg", saved(wide, "JPEG", quality=95))
     out = Store(str(tmp_path_factory.mktemp("crop-dataset")))
     summary = preprocess(catalog=catalog.url, out=out.url, fit="crop")
-    return out, read_run(out, "test", summary["run_id"]).to_pylist()[0]
+    return out, item_view(read_run(out, "test", summary["run_id"]))[0]
 
 
 def test_crop_fit_keeps_the_person_and_records_the_mapping(crop_run):
@@ -250,6 +250,6 @@ def test_crop_fit_keeps_the_person_and_records_the_mapping(crop_run):
     left = (1100 * fit["scale"]) + fit["offset_x"]
     right = (1676 * fit["scale"]) + fit["offset_x"]
     assert 0 <= left and right <= 768, f"person cut off: {left:.0f}..{right:.0f} on a 768 canvas"
-    keypoints = json.loads(out.read_text(row["pose_json_path"]))["people"][0]["pose_keypoints_2d"]
+    keypoints = json.loads(out.read_text(row["pose_outputs"][0]))["people"][0]["pose_keypoints_2d"]
     neck_x = keypoints[3]
     assert left <= neck_x <= right, "the neck is not on the person"

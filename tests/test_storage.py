@@ -71,3 +71,32 @@ def test_local_file_of_a_remote_url_is_a_cached_copy(tmp_path):
     remote.write_bytes("w.pt", b"weights")
     path = local_file("memory://models/w.pt", cache_dir=str(tmp_path))
     assert path.startswith(str(tmp_path)) and open(path, "rb").read() == b"weights"
+
+
+def test_remove_temporaries_deletes_only_what_interrupted_writes_left(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("a/b.jpg", b"x")
+    (tmp_path / "a" / f".b.jpg.{'0' * 32}.tmp").write_bytes(b"partial")
+    (tmp_path / ".c.png.0123456789abcdef0123456789abcdef.tmp").write_bytes(b"partial")
+    (tmp_path / "a" / ".notes.tmp").write_bytes(b"someone else's")
+    assert store.remove_temporaries() == 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".notes.tmp", "b.jpg"]
+    assert store.remove_temporaries() == 0
+
+
+def test_listing_order_is_files_first_then_subfolders_all_sorted(tmp_path):
+    store = Store(str(tmp_path))
+    for rel in ("sub-x/c.jpg", "sub/deep/a.png", "z.jpg", "sub/b.jpg", "a.jpg"):
+        store.write_bytes(rel, b"x")
+    assert [f.key for f in store.list_files()] == ["a.jpg", "z.jpg", "sub/b.jpg", "sub/deep/a.png", "sub-x/c.jpg"]
+
+
+def test_a_missing_local_file_is_a_file_not_found_error_naming_the_operation(tmp_path):
+    import pytest
+
+    from tasks.storage import StorageNotFoundError
+
+    with pytest.raises(FileNotFoundError) as caught:
+        Store(str(tmp_path)).read_bytes("nope.jpg")
+    assert isinstance(caught.value, StorageNotFoundError)
+    assert str(caught.value) == f"read file://{tmp_path}/nope.jpg failed: does not exist"

@@ -1,0 +1,208 @@
+"""Incremental planning: which stages each catalog item needs, against the manifest's current view.
+
+A stage of an item runs when
+- the item is new, or its content changed (listing size/ETag/mtime differ, then its sha256 differs),
+- the stage's fingerprint (model weights hash, parameters, stage code version) differs from the one
+  that made the current output, or the stage never ran,
+- a stage it depends on runs and changes its output (the agnostic stage reruns when pose or parse did),
+- or the run is a full refresh.
+An item whose stage failed stays failed until one of those changes: an unchanged catalog costs a
+listing and a diff, nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from tasks import contract
+from tasks.catalog import GARMENT, PERSON, CatalogItem
+from tasks.config import PreprocessConfig
+from tasks.manifest import GARMENT_STAGES, PERSON_STAGES
+from tasks.storage import file_sha256, local_file
+
+# Bump a stage's version when its outputs change for the same inputs: every item reruns that stage.
+STAGE_VERSIONS = {"ingest": 1, "pose": 1, "parse": 1, "cloth_mask": 1, "agnostic": 1}
+
+
+def stages_for(kind: str) -> tuple[str, ...]:
+    return PERSON_STAGES if kind == PERSON else GARMENT_STAGES
+
+
+def dependencies(config: PreprocessConfig) -> dict[str, tuple[str, ...]]:
+    """Which stages' outputs each stage reads (the geometric parser reads the pose model's outputs)."""
+    return {
+        "ingest": (),
+        "pose": ("ingest",),
+        "parse": ("ingest", "pose") if config.parser_backend == "geometric" else ("ingest",),
+        "agnostic": ("pose", "parse"),
+        "cloth_mask": ("ingest",),
+    }
+
+
+def _model_hash(url: str, storage_options: Mapping[str, Any]) -> str:
+    return file_sha256(local_file(url, dict(storage_options)))
+
+
+def stage_fingerprints(config: PreprocessConfig) -> dict[str, dict[str, str]]:
+    """kind -> stage -> a short hash of everything besides the input that decides the stage's output."""
+    import mediapipe
+
+    mediapipe_id = f"mediapipe-{mediapipe.__version__}"
+    pose_model = _model_hash(config.pose_model, config.storage_options) if config.pose_model else "pose_landmark_full"
+    parser = (
+        f"yolo:{_model_hash(config.parser_weights_url, config.storage_options)}"
+        if config.parser_weights_url
+        else f"geometric-v1:{mediapipe_id}"
+    )
+    cloth_model = (
+        _model_hash(config.cloth_mask_model, config.storage_options) if config.cloth_mask_model else "classical-v1"
+    )
+    parts = {
+        (PERSON, "ingest"): {"fit": config.fit, "max_pixels": config.max_pixels, "jpeg": contract.JPEG_QUALITY},
+        (GARMENT, "ingest"): {"fit": "pad", "max_pixels": config.max_pixels, "jpeg": contract.JPEG_QUALITY},
+        (PERSON, "pose"): {"model": f"{mediapipe_id}/{pose_model}", "visibility": config.visibility_threshold},
+        (PERSON, "parse"): {"parser": parser},
+        (PERSON, "agnostic"): {"recipe": config.agnostic_recipe},
+        (GARMENT, "cloth_mask"): {"model": cloth_model},
+    }
+    fingerprints: dict[str, dict[str, str]] = {PERSON: {}, GARMENT: {}}
+    for (kind, stage), params in parts.items():
+        text = json.dumps({"stage": stage, "version": STAGE_VERSIONS[stage], **params}, sort_keys=True)
+        fingerprints[kind][stage] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return fingerprints
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which catalog items a run looks at (backfills): a key prefix and a modification-time range."""
+
+    prefix: str = ""  # relative to the catalog root, e.g. "garments/2026-11/"
+    since: float | None = None  # epoch seconds, inclusive
+    until: float | None = None  # epoch seconds, exclusive
+    full_refresh: bool = False  # ignore the current view: rerun every stage of every selected item
+
+    def selects(self, item: CatalogItem) -> bool:
+        if not item.rel.startswith(self.prefix):
+            return False
+        if self.since is None and self.until is None:
+            return True
+        if item.modified is None:
+            return False
+        return (self.since is None or item.modified >= self.since) and (self.until is None or item.modified < self.until)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """An item a run processes: the stages it runs whatever happens upstream, and what it was before."""
+
+    item: CatalogItem
+    stages: frozenset[str]
+    verify_content: bool = False  # the listing changed but the fingerprint did not: ingest checks the hash
+    previous_sha256: str | None = None
+    previous_fit: str | None = None  # how ingest placed the photo last time (JSON), for the pose stage
+
+    @property
+    def stem(self) -> str:
+        return self.item.stem
+
+    @property
+    def kind(self) -> str:
+        return self.item.kind
+
+
+@dataclass
+class StageState:
+    fingerprint: str
+    ok: bool
+
+
+@dataclass
+class ItemState:
+    sha256: str | None = None
+    size: int | None = None
+    modified: float | None = None
+    etag: str | None = None
+    fit: str | None = None
+    stages: dict[str, StageState] = field(default_factory=dict)
+
+
+def index_current(current: pa.Table) -> dict[tuple[str, str], ItemState]:
+    """The current view as (kind, key) -> what the dataset holds for it."""
+    index: dict[tuple[str, str], ItemState] = {}
+    columns = ["kind", "key", "stage", "fingerprint", "status", "sha256", "source_bytes", "source_modified",
+               "source_etag", "fit"]
+    for kind, key, stage, fingerprint, status, sha, size, modified, etag, fit in zip(
+        *(current[name].to_pylist() for name in columns)
+    ):
+        state = index.setdefault((kind, key), ItemState())
+        state.stages[stage] = StageState(fingerprint or "", status == "ok")
+        if stage == "ingest":
+            state.sha256, state.size, state.modified, state.etag, state.fit = sha, size, modified, etag, fit
+    return index
+
+
+def same_listing(item: CatalogItem, state: ItemState) -> bool:
+    """Is the source as it was listed when the current outputs were made? (no read needed)"""
+    if state.size is None or item.size != state.size:
+        return False
+    if item.etag and state.etag:
+        return item.etag == state.etag
+    return item.modified is not None and state.modified is not None and abs(item.modified - state.modified) < 1e-3
+
+
+def plan_item(
+    item: CatalogItem,
+    state: ItemState | None,
+    fingerprints: Mapping[str, Mapping[str, str]],
+    full_refresh: bool = False,
+) -> WorkItem | None:
+    """The work an item needs, or None when the dataset already holds its current outputs (or failure).
+
+    Stages of a healthy item that must run are planned here; the stages after them rerun when they
+    actually change their output, which only running them can tell (`shards.run_items`).
+    """
+    stages = stages_for(item.kind)
+    if state is None or full_refresh:
+        return WorkItem(item, frozenset(stages), previous_sha256=state.sha256 if state else None)
+    listing_changed = not same_listing(item, state)
+    ran = [stage for stage in stages if stage in state.stages]
+    if not all(state.stages[stage].ok for stage in ran):
+        # A failed item has no outputs in the dataset (finish-shard removed them): it reruns whole,
+        # once its source or a stage up to the one that failed has changed, and not before.
+        up_to_failure = ran[: next(i for i, s in enumerate(ran) if not state.stages[s].ok) + 1]
+        retry = listing_changed or any(
+            state.stages[stage].fingerprint != fingerprints[item.kind][stage] for stage in up_to_failure
+        )
+        return WorkItem(item, frozenset(stages), previous_sha256=state.sha256) if retry else None
+    planned = {
+        stage
+        for stage in stages
+        if stage not in state.stages or state.stages[stage].fingerprint != fingerprints[item.kind][stage]
+    }
+    # The listing changed but no fingerprint did: ingest hashes the source, and when the hash changed
+    # too, every later stage reruns (see `shards.run_items`).
+    verify = listing_changed and "ingest" not in planned
+    if not planned and not verify:
+        return None
+    return WorkItem(
+        item, frozenset(planned), verify_content=verify, previous_sha256=state.sha256, previous_fit=state.fit
+    )
+
+
+def plan(
+    items: Iterable[CatalogItem],
+    index: Mapping[tuple[str, str], ItemState],
+    fingerprints: Mapping[str, Mapping[str, str]],
+    selection: Selection,
+) -> Iterator[WorkItem]:
+    for item in items:
+        if selection.selects(item):
+            work = plan_item(item, index.get((item.kind, item.key)), fingerprints, selection.full_refresh)
+            if work is not None:
+                yield work
