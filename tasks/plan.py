@@ -13,6 +13,7 @@ listing and a diff, nothing more.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,9 +52,7 @@ def _model_hash(url: str, storage_options: Mapping[str, Any]) -> str:
 
 def stage_fingerprints(config: PreprocessConfig) -> dict[str, dict[str, str]]:
     """kind -> stage -> a short hash of everything besides the input that decides the stage's output."""
-    import mediapipe
-
-    mediapipe_id = f"mediapipe-{mediapipe.__version__}"
+    mediapipe_id = f"mediapipe-{importlib.metadata.version('mediapipe')}"  # no import: a no-op run stays quick
     pose_model = _model_hash(config.pose_model, config.storage_options) if config.pose_model else "pose_landmark_full"
     parser = (
         f"yolo:{_model_hash(config.parser_weights_url, config.storage_options)}"

@@ -100,3 +100,13 @@ def test_a_missing_local_file_is_a_file_not_found_error_naming_the_operation(tmp
         Store(str(tmp_path)).read_bytes("nope.jpg")
     assert isinstance(caught.value, StorageNotFoundError)
     assert str(caught.value) == f"read file://{tmp_path}/nope.jpg failed: does not exist"
+
+
+def test_the_fast_timestamp_parser_agrees_with_botocores():
+    from botocore.utils import parse_timestamp as slow
+
+    from tasks.storage import parse_timestamp
+
+    for value in ("2026-01-02T03:04:05.000Z", "2026-01-02T03:04:05Z", "2026-01-02T03:04:05.123456Z",
+                  "Fri, 02 Jan 2026 03:04:05 GMT", "1767323045"):  # fmt: skip
+        assert parse_timestamp(value).timestamp() == slow(value).timestamp(), value
