@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
+
+    from flows.validate import add_validate_command
+
+    add_validate_command(commands)
     return parser
 
 
