@@ -93,7 +93,9 @@ def fast_list_xml() -> None:
                 value = "true" if value else "false"
             return f"<{name}>{escape(str(value))}</{name}>"
 
-        parts = ['<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">']
+        parts = [
+            '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        ]
         for name in ("Name", "Prefix", "MaxKeys", "KeyCount", "IsTruncated", "Delimiter", "EncodingType",
                      "NextContinuationToken", "StartAfter"):  # fmt: skip
             if name in result:
@@ -161,9 +163,13 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
         prefix = f"{BUCKET}/catalog/persons/"
         items = [
             cat.CatalogItem(
-                kind=cat.PERSON, key=path[len(prefix) :], rel=path[len(f"{BUCKET}/catalog/") :],
-                url=f"s3://{path}", size=info["size"], stem=cat.stem_for_key(path[len(prefix) :]),
-            )  # fmt: skip
+                kind=cat.PERSON,
+                key=path[len(prefix) :],
+                rel=path[len(f"{BUCKET}/catalog/") :],
+                url=f"s3://{path}",
+                size=info["size"],
+                stem=cat.stem_for_key(path[len(prefix) :]),
+            )
             for path, info in sorted(found.items())
             if path.lower().endswith(cat.IMAGE_EXTENSIONS)
         ]
@@ -185,7 +191,7 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
 def measure(name: str, endpoint: str, shard_size: int, page_size: int, trace: bool) -> None:
     import s3fs  # noqa: F401 - imports are not what we measure
 
-    import tasks.catalog  # noqa: F401
+    import tasks.catalog
     import tasks.storage  # noqa: F401
 
     rss_before, cpu_before = maxrss_mib(), cpu_seconds()
@@ -241,14 +247,18 @@ def main() -> None:
             raise SystemExit("the moto server did not start")
         endpoint, fill_seconds = ready[1], float(ready[2])
         xml = "moto's serializer" if args.moto_serializer else "fast ListObjectsV2 XML"
-        print(f"moto server {endpoint} ({xml}): {args.keys:,} keys in {args.folders} folders, "
-              f"filled in {fill_seconds:.1f} s")
+        print(
+            f"moto server {endpoint} ({xml}): {args.keys:,} keys in {args.folders} folders, "
+            f"filled in {fill_seconds:.1f} s"
+        )
         print(f"shard size {args.shard_size}, page size {args.page_size}, python {sys.version.split()[0]}\n")
         rows = []
         for name in args.variants.split(","):
             common = ["_measure", "--variant", name, "--endpoint", endpoint, "--shard-size", str(args.shard_size),
                       "--page-size", str(args.page_size)]  # fmt: skip
-            timed = json.loads(subprocess.run(child(*common), capture_output=True, text=True, env=env, check=True).stdout)
+            timed = json.loads(
+                subprocess.run(child(*common), capture_output=True, text=True, env=env, check=True).stdout
+            )
             traced = None
             if not args.no_tracemalloc:
                 out = subprocess.run(child(*common, "--trace"), capture_output=True, text=True, env=env, check=True)

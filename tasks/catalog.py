@@ -56,9 +56,7 @@ def detect_layout(store: Store) -> CatalogLayout:
         pairs = "pairs.csv" if store.exists("pairs.csv") else None
         return CatalogLayout("catalog", "persons", "garments", pairs)
     if store.isdir("image") or store.isdir("cloth"):
-        candidates = sorted(
-            posixpath.basename(path) for path in store.fs.ls(store.root, detail=False) if path.endswith("_pairs.txt")
-        )
+        candidates = [name for name in store.listdir() if name.endswith("_pairs.txt")]
         return CatalogLayout("vitonhd", "image", "cloth", candidates[0] if candidates else None)
     raise CatalogError(
         f"{store.url} is not a catalog: expected persons/ and garments/ (with an optional pairs.csv), "

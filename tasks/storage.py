@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import fsspec
@@ -131,10 +131,12 @@ _PATTERNS = [
     # AWS secret access keys: a run of exactly 40 base64 characters with upper, lower and digits
     # (not starting with "/", so that URL and file paths are left alone)
     (
-        re.compile(r"(?<![A-Za-z0-9/+=])(?!/)(?=[A-Za-z0-9/+]*[A-Z])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[0-9])"
-                   r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
+        re.compile(
+            r"(?<![A-Za-z0-9/+=])(?!/)(?=[A-Za-z0-9/+]*[A-Z])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[0-9])"
+            r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+        ),
         MASK,
-    ),  # fmt: skip
+    ),
     # session tokens and other long base64 blobs
     (re.compile(r"(?<![A-Za-z0-9/+=])(?!/)[A-Za-z0-9/+]{100,}={0,2}"), MASK),
 ]
@@ -299,8 +301,12 @@ _CREDENTIAL_TYPES = _optional_types(
     "botocore.exceptions.ProfileNotFound",
     "botocore.exceptions.CredentialRetrievalError",
 )
-_STORAGE_TYPES = (OSError,) + _CLIENT_ERROR + _TRANSIENT_TYPES + _CREDENTIAL_TYPES + _optional_types(
-    "botocore.exceptions.BotoCoreError"
+_STORAGE_TYPES = (
+    (OSError,)
+    + _CLIENT_ERROR
+    + _TRANSIENT_TYPES
+    + _CREDENTIAL_TYPES
+    + _optional_types("botocore.exceptions.BotoCoreError")
 )
 
 
@@ -436,9 +442,7 @@ class Store:
     Use its methods, not `.fs`, for I/O: they retry transient errors and raise `StorageError`s.
     """
 
-    def __init__(
-        self, url: str, storage_options: dict[str, Any] | None = None, *, retry: RetryPolicy | None = None
-    ):
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, retry: RetryPolicy | None = None):
         self.url = url.rstrip("/") or url
         self.storage_options = dict(storage_options or {})
         self.retry = retry or DEFAULT_RETRY
@@ -501,7 +505,7 @@ class Store:
         target = self.path(*parts)
         if not self.is_s3:
             return self._call("isdir", target, lambda: self.fs.isdir(target))
-        bucket, key = self._bucket_key(target)
+        _, key = self._bucket_key(target)
         if not key:
             return self.exists(*parts)
         return self._s3_prefix_exists("isdir", target)
@@ -714,7 +718,7 @@ def parse_timestamp(value: Any) -> Any:
     """
     if isinstance(value, str) and len(value) >= 20 and value[10] == "T" and value.endswith("Z"):
         try:
-            return datetime.fromisoformat(value[:-1]).replace(tzinfo=timezone.utc)
+            return datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
         except ValueError:
             pass
     from botocore.utils import parse_timestamp as botocore_parse_timestamp
@@ -730,7 +734,7 @@ def _fast_timestamps(fs: Any) -> None:
     try:
         session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
         session._vitonprep_timestamps = True
-    except Exception:  # noqa: BLE001 - an optional speed-up; botocore's own parser still works
+    except Exception:  # an optional speed-up; botocore's own parser still works
         log.debug("could not install the fast timestamp parser", exc_info=True)
 
 

@@ -646,8 +646,7 @@ def discover_splits(
         name = posixpath.basename(store.root) or store.root
         notes.append(f"the root is a split folder; give its parent to check {name}_pairs.txt too")
         return [(name, "", None)], problems, notes
-    entries = store.fs.ls(store.root, detail=False)
-    names = {posixpath.basename(str(entry).rstrip("/")) for entry in entries}
+    names = set(store.listdir())
     from_pairs = {n[: -len("_pairs.txt")] for n in names if n.endswith("_pairs.txt") and len(n) > len("_pairs.txt")}
     folders = {split for split in DEFAULT_SPLITS if split in names and store.isdir(split)}
     wanted = list(splits) if splits else sorted(from_pairs | folders)

@@ -6,7 +6,7 @@
   cleared; gives the bucket's name, URLs and the `storage_options` that reach the server.
 - `FaultProxy`: a tiny HTTP proxy on 127.0.0.1 in front of the server that answers chosen requests
   with an S3 error (503 SlowDown, 500 InternalError, 403 AccessDenied, ...) or drops the connection,
-  so real storage calls meet real failures. `s3_faults` gives one, in front of the `s3` bucket.
+  so real storage calls meet real failures.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
 TEST_ACCESS_KEY_ID = "vitonprep-test-access-key"
-TEST_SECRET_ACCESS_KEY = "vitonprep-test-secret-key"  # noqa: S105 - moto accepts any credentials
+TEST_SECRET_ACCESS_KEY = "vitonprep-test-secret-key"  # moto accepts any credentials
 # Whatever might send requests elsewhere or change how credentials are found.
 UNSET_ENV = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
@@ -71,7 +71,7 @@ def s3_server() -> Iterator[str]:
 
 def reset_moto(endpoint: str) -> None:
     request = urllib.request.Request(f"{endpoint}/moto-api/reset", data=b"", method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=10) as response:  # loopback only
         response.read()
 
 
@@ -94,7 +94,9 @@ class Bucket:
 
     def keys(self, prefix: str = "") -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
-        return [c["Key"] for page in paginator.paginate(Bucket=self.name, Prefix=prefix) for c in page.get("Contents", [])]
+        return [
+            c["Key"] for page in paginator.paginate(Bucket=self.name, Prefix=prefix) for c in page.get("Contents", [])
+        ]
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
@@ -162,7 +164,9 @@ def error_xml(code: str, message: str) -> bytes:
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 that forwards to `upstream` unless a fault rule takes the request."""
 
-    HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
+    HOP_HEADERS = frozenset(
+        {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
+    )
 
     def __init__(self, upstream: str):
         self.upstream = upstream.split("://", 1)[1].rstrip("/")
@@ -241,11 +245,11 @@ class FaultProxy:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
 
@@ -281,11 +285,3 @@ class FaultProxy:
         """How many requests reached the proxy (of `method`, with `contains` in the path)."""
         with self._lock:
             return sum((method is None or m == method) and contains in p for m, p in self.requests)
-
-
-@pytest.fixture
-def s3_faults(s3) -> Iterator[tuple[Bucket, FaultProxy]]:
-    """The `s3` bucket and a fault-injecting proxy in front of it; `storage_options` go through it."""
-    with FaultProxy(s3.endpoint) as proxy:
-        through = Bucket(s3.name, proxy.endpoint, {"endpoint_url": proxy.endpoint}, s3.client)
-        yield through, proxy

@@ -9,23 +9,25 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tasks import storage
 from tasks.storage import (
     RetryPolicy,
-    Store,
     StorageError,
     StorageNotFoundError,
     StoragePermissionError,
     StorageUnavailableError,
+    Store,
     local_file,
     redact,
     resolve_storage_options,
     safe_options,
 )
-from tests.s3 import s3_faults  # noqa: F401 - fixture
+from tests.s3 import Bucket, FaultProxy
 
 FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)  # real backoff, short waits
 
@@ -33,6 +35,14 @@ FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)  # real backoff, short waits
 FAKE_KEY_ID = "AKIAVITONPREPFAKE123"
 FAKE_SECRET = "vItOnPrEp/FakeSecret+0123456789abcdefXYZ"  # 40 characters, like a real one
 FAKE_TOKEN = "vitonprep-fake-session-token-" + "Zq9" * 40
+
+
+@pytest.fixture
+def s3_faults(s3) -> Iterator[tuple[Bucket, FaultProxy]]:
+    """The `s3` bucket and a fault-injecting proxy in front of it; `storage_options` go through it."""
+    with FaultProxy(s3.endpoint) as proxy:
+        through = Bucket(s3.name, proxy.endpoint, {"endpoint_url": proxy.endpoint}, s3.client)
+        yield through, proxy
 
 
 def retries_logged(caplog) -> list[logging.LogRecord]:
@@ -117,7 +127,7 @@ def test_options_come_from_the_environment(s3, monkeypatch):
 def test_model_weights_come_from_s3_as_a_cached_local_copy(s3, tmp_path):
     s3.put("models/pose/w.task", b"weights")
     path = local_file(s3.url("models/pose/w.task"), s3.storage_options, cache_dir=str(tmp_path))
-    assert path.startswith(str(tmp_path)) and open(path, "rb").read() == b"weights"
+    assert path.startswith(str(tmp_path)) and Path(path).read_bytes() == b"weights"
     assert local_file(s3.url("models/pose/w.task"), s3.storage_options, cache_dir=str(tmp_path)) == path
 
 
@@ -362,6 +372,8 @@ def _prefect_logs_and_artifacts(flow_run_id: str) -> list[str]:
     with get_client(sync_client=True) as client:
         run_id = UUID(flow_run_id)
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
     assert logs and artifacts, "the run left no logs or artifacts to check"
     return [log.message for log in logs] + [json.dumps(a.model_dump(mode="json")) for a in artifacts]
