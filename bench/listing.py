@@ -45,6 +45,7 @@ VARIANTS = {
     "find": "fs.find (materialise all)",
     "list": "list_items -> list -> plan_shards",
     "stream": "list_items -> streamed shards",
+    "plan": "the flow's planner (first run)",
 }
 ENV = {"AWS_ACCESS_KEY_ID": "vitonprep-bench-key", "AWS_SECRET_ACCESS_KEY": "vitonprep-bench-secret",
        "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}  # fmt: skip
@@ -178,6 +179,16 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
     layout = cat.detect_layout(store)
     original = store.list_files
     store.list_files = lambda folder="", page_size_=page_size: original(folder, page_size=page_size_)  # type: ignore[method-assign]
+    if name == "plan":
+        from tasks.config import PreprocessConfig
+        from tasks.plan import Selection, plan_catalog, stage_fingerprints
+
+        fingerprints = stage_fingerprints(PreprocessConfig(catalog=CATALOG, out=f"s3://{BUCKET}/dataset"))
+        listed, works = plan_catalog(
+            {cat.PERSON: cat.list_items(store, layout, cat.PERSON)}, {}, fingerprints, Selection()
+        )
+        cat.check_unique_stems(cat.PERSON, listed[cat.PERSON])
+        return len(works[cat.PERSON]), len(cat.plan_shards(works[cat.PERSON], shard_size))
     if name == "list":
         items = list(cat.list_items(store, layout, cat.PERSON))
         return len(items), len(cat.plan_shards(items, shard_size))

@@ -36,7 +36,7 @@ from tasks.catalog import (
     read_worn_pairs,
     unworn_pairs,
 )
-from tasks.plan import Selection, WorkItem, index_current, plan_item, stage_fingerprints, stages_for
+from tasks.plan import Selection, WorkItem, index_current, plan_catalog, stage_fingerprints, stages_for
 from tasks.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, PreprocessConfig
 from tasks.manifest import GARMENT_STAGES, PERSON_STAGES, STAGES, ok_items, read_current, write_summary
 from tasks.shards import agnostic_shard, cloth_mask_shard, finish_shard, ingest_shard, parse_shard, pose_shard
@@ -134,16 +134,10 @@ def run_preprocess(config: PreprocessConfig, selection: Selection = Selection())
         logger.info("removed %d partial files left by an interrupted run", leftovers)
     index = index_current(read_current(out, config.split))
     fingerprints = stage_fingerprints(config)
-    listed: dict[str, dict[str, str]] = {PERSON: {}, GARMENT: {}}  # kind -> key -> stem
-    works: dict[str, list[WorkItem]] = {PERSON: [], GARMENT: []}
+    listed, works = plan_catalog(
+        {kind: list_items(catalog, layout, kind) for kind in (PERSON, GARMENT)}, index, fingerprints, selection
+    )
     for kind in (PERSON, GARMENT):
-        items = list_items(catalog, layout, kind)
-        for item in items:
-            listed[kind][item.key] = item.stem
-            if selection.selects(item):
-                work = plan_item(item, index.get((kind, item.key)), fingerprints, selection.full_refresh)
-                if work is not None:
-                    works[kind].append(work)
         check_unique_stems(kind, listed[kind])
     person_shards = plan_shards(works[PERSON], config.shard_size)
     garment_shards = plan_shards(works[GARMENT], config.shard_size)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,14 +194,27 @@ def plan_item(
     )
 
 
-def plan(
-    items: Iterable[CatalogItem],
+
+
+def plan_catalog(
+    items_by_kind: Mapping[str, Iterable[CatalogItem]],
     index: Mapping[tuple[str, str], ItemState],
     fingerprints: Mapping[str, Mapping[str, str]],
     selection: Selection,
-) -> Iterator[WorkItem]:
-    for item in items:
-        if selection.selects(item):
-            work = plan_item(item, index.get((item.kind, item.key)), fingerprints, selection.full_refresh)
-            if work is not None:
-                yield work
+) -> tuple[dict[str, dict[str, str]], dict[str, list[WorkItem]]]:
+    """Stream each kind's listing through the planner.
+
+    Returns every listed key's stem per kind (for stem checks and pairs) and the work items; the
+    listing itself is never held, only one page of it at a time.
+    """
+    listed: dict[str, dict[str, str]] = {}
+    works: dict[str, list[WorkItem]] = {}
+    for kind, items in items_by_kind.items():
+        listed[kind], works[kind] = {}, []
+        for item in items:
+            listed[kind][item.key] = item.stem
+            if selection.selects(item):
+                work = plan_item(item, index.get((kind, item.key)), fingerprints, selection.full_refresh)
+                if work is not None:
+                    works[kind].append(work)
+    return listed, works
