@@ -33,7 +33,7 @@ class CatalogLayout:
     pairs_file: str | None  # relative to the catalog root
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CatalogItem:
     """One input photo. `key` is relative to its kind's folder; `stem` names every output."""
 

@@ -96,7 +96,7 @@ class Selection:
         return (self.since is None or item.modified >= self.since) and (self.until is None or item.modified < self.until)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     """An item a run processes: the stages it runs whatever happens upstream, and what it was before."""
 
