@@ -1,8 +1,9 @@
 """The `preprocess` flow: catalog photos in, a VITON-HD dataset out.
 
-Plan: list the catalog, cut persons and garments into shards, map one task run per shard and stage
-(ingest -> pose -> parse -> agnostic for persons, ingest -> cloth mask for garments), write each
-shard's manifest part last, then the pairs file, the run summary and the UI artifacts.
+Plan: list the catalog, diff each item against the manifest's current view (only new or changed
+items and stages run), cut the work into shards, map one task run per shard and stage (ingest ->
+pose -> parse -> agnostic for persons, ingest -> cloth mask for garments), write each shard's
+manifest part last, then the pairs file, the run summary and the UI artifacts.
 """
 
 from __future__ import annotations
@@ -36,11 +37,32 @@ from tasks.catalog import (
     read_worn_pairs,
     unworn_pairs,
 )
-from tasks.plan import Selection, WorkItem, index_current, plan_catalog, stage_fingerprints, stages_for
 from tasks.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, PreprocessConfig
-from tasks.manifest import GARMENT_STAGES, PERSON_STAGES, STAGES, ok_items, read_current, write_summary
-from tasks.shards import agnostic_shard, cloth_mask_shard, finish_shard, ingest_shard, parse_shard, pose_shard
-from tasks.storage import Store
+from tasks.manifest import (
+    GARMENT_STAGES,
+    PERSON_STAGES,
+    STAGES,
+    ok_items,
+    read_current,
+    write_summary,
+)
+from tasks.plan import (
+    Selection,
+    WorkItem,
+    index_current,
+    plan_catalog,
+    stage_fingerprints,
+    stages_for,
+)
+from tasks.shards import (
+    agnostic_shard,
+    cloth_mask_shard,
+    finish_shard,
+    ingest_shard,
+    parse_shard,
+    pose_shard,
+)
+from tasks.storage import Store, redact
 
 # The CLI listens here to draw its progress bar; records carry `done` and `total` shards.
 progress_logger = logging.getLogger("vitonprep.progress")
@@ -263,8 +285,8 @@ def summarise(
     return {
         "run_id": run_id,
         "flow_run_id": str(flow_run.get_id() or ""),
-        "catalog": config.catalog,
-        "out": config.out,
+        "catalog": redact(config.catalog),
+        "out": redact(config.out),
         "split": config.split,
         "parser": config.parser,
         "agnostic_recipe": config.agnostic_recipe,

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tasks.contract import BODY25_COUNT, IMAGE_HEIGHT, IMAGE_WIDTH, OPENPOSE_JSON_VERSION, Body25
+from tasks.contract import (
+    BODY25_COUNT,
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    OPENPOSE_JSON_VERSION,
+    Body25,
+)
 from tasks.errors import NO_PERSON, ItemError
 
 

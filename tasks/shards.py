@@ -162,7 +162,12 @@ def ingest_shard(config: PreprocessConfig, works: list[WorkItem]) -> StageResult
 def pose_items(config: PreprocessConfig, works: Sequence[WorkItem], ingested: StageResult) -> StageResult:
     from tasks.agnostic import check_agnostic_keypoints
     from tasks.normalize import FitRecord, encode_png
-    from tasks.pose import PoseEstimator, openpose_json, pose_to_npz_bytes, render_body25
+    from tasks.pose import (
+        PoseEstimator,
+        openpose_json,
+        pose_to_npz_bytes,
+        render_body25,
+    )
 
     out = Store(config.out, config.storage_options)
     model_path = local_file(config.pose_model, config.storage_options) if config.pose_model else None
@@ -245,7 +250,11 @@ def parse_shard(config: PreprocessConfig, works: list[WorkItem], dependencies: l
 
 
 def cloth_mask_items(config: PreprocessConfig, works: Sequence[WorkItem], ingested: StageResult) -> StageResult:
-    from tasks.cloth_mask import UNetClothMasker, cloth_mask_classical, encode_cloth_mask
+    from tasks.cloth_mask import (
+        UNetClothMasker,
+        cloth_mask_classical,
+        encode_cloth_mask,
+    )
 
     out = Store(config.out, config.storage_options)
     if config.cloth_mask_model:

@@ -33,5 +33,5 @@ def prefect_server():
         yield
 
 
-from tests.yolo_weights import no_network, yolo_weights  # noqa: E402,F401  (shared session fixtures)
 from tests.s3 import s3, s3_server  # noqa: E402,F401
+from tests.yolo_weights import no_network, yolo_weights  # noqa: E402,F401  (shared session fixtures)

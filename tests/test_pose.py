@@ -9,7 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.contract import AGNOSTIC_REQUIRED_KEYPOINTS, IMAGE_HEIGHT, IMAGE_WIDTH, OPENPOSE_JSON_VERSION, Body25
+from tasks.contract import (
+    AGNOSTIC_REQUIRED_KEYPOINTS,
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    OPENPOSE_JSON_VERSION,
+    Body25,
+)
 from tasks.errors import NO_PERSON, ItemError
 from tasks.pose import (
     PoseEstimator,

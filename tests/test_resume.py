@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.manifest import PERSON_STAGES, GARMENT_STAGES, read_all, read_current
-from tasks.shards import output_paths
 from tasks.config import PreprocessConfig
+from tasks.manifest import GARMENT_STAGES, PERSON_STAGES, read_all, read_current
+from tasks.shards import output_paths
 from tasks.storage import Store
 
 pytestmark = pytest.mark.slow
