@@ -207,7 +207,7 @@ class TpsGridGen(nn.Module):
     """Thin-plate-spline sampling grid at (load_height, load_width) from control-point offsets.
 
     Control points: a grid_size x grid_size lattice over [-0.9, 0.9]^2. Following the official
-    ordering (a meshgrid with swapped outputs, "FIXME: why swapped?"), point k has
+    ordering (a meshgrid with swapped outputs, contract §1.9, kept so checkpoints agree), point k has
     x = coords[k // grid_size], y = coords[k % grid_size]; theta[:, :N] are x offsets and
     theta[:, N:] y offsets. All buffers are non-persistent, so nothing here is in the state dict.
 
