@@ -22,6 +22,11 @@ DIR_AGNOSTIC = "agnostic-v3.2"
 DIR_POSE_IMG = "openpose_img"
 DIR_POSE_JSON = "openpose_json"
 
+# Contract §1.1: the folder names VITON-HD's own datasets.py reads (its "view" of the same data).
+DIR_PARSE_VITONHD = "image-parse"
+DIR_POSE_IMG_VITONHD = "openpose-img"
+DIR_POSE_JSON_VITONHD = "openpose-json"
+
 DATASET_DIRS = (
     DIR_IMAGE,
     DIR_CLOTH,

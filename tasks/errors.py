@@ -29,6 +29,9 @@ MISSING_KEYPOINTS = "missing_keypoints"
 ZERO_HIP_WIDTH = "zero_hip_width"
 # Garments
 NO_GARMENT = "no_garment"
+# Try-on and training: a dataset file a pair needs is absent or does not follow the contract
+MISSING_INPUT = "missing_input"
+BAD_INPUT = "bad_input"
 # A stage whose inputs an earlier stage did not produce
 UPSTREAM_FAILED = "upstream_failed"
 # A bug or an unexpected library error on one item, kept from failing the shard

@@ -95,22 +95,24 @@ class SegGenerator(nn.Module):
     Instance norms are affine-free, so they hold no parameters.
     """
 
-    def __init__(self, input_nc: int = 21, output_nc: int = 13):
+    def __init__(self, input_nc: int = 21, output_nc: int = 13, ngf: int = 64):
         super().__init__()
-        self.conv1 = _double_conv(input_nc, 64)
-        self.conv2 = _double_conv(64, 128)
-        self.conv3 = _double_conv(128, 256)
-        self.conv4 = _double_conv(256, 512)
-        self.conv5 = _double_conv(512, 1024)
-        self.up6 = _up_conv(1024, 512)
-        self.conv6 = _double_conv(1024, 512)
-        self.up7 = _up_conv(512, 256)
-        self.conv7 = _double_conv(512, 256)
-        self.up8 = _up_conv(256, 128)
-        self.conv8 = _double_conv(256, 128)
-        self.up9 = _up_conv(128, 64)
+        # ngf = 64 gives the official widths 64..1024; smaller values make tiny models for tests.
+        w1, w2, w3, w4, w5 = (ngf * 2**i for i in range(5))
+        self.conv1 = _double_conv(input_nc, w1)
+        self.conv2 = _double_conv(w1, w2)
+        self.conv3 = _double_conv(w2, w3)
+        self.conv4 = _double_conv(w3, w4)
+        self.conv5 = _double_conv(w4, w5)
+        self.up6 = _up_conv(w5, w4)
+        self.conv6 = _double_conv(2 * w4, w4)
+        self.up7 = _up_conv(w4, w3)
+        self.conv7 = _double_conv(2 * w3, w3)
+        self.up8 = _up_conv(w3, w2)
+        self.conv8 = _double_conv(2 * w2, w2)
+        self.up9 = _up_conv(w2, w1)
         self.conv9 = nn.Sequential(
-            *_double_conv(128, 64), nn.Conv2d(64, output_nc, 3, padding=1)
+            *_double_conv(2 * w1, w1), nn.Conv2d(w1, output_nc, 3, padding=1)
         )
         self.pool = nn.MaxPool2d(2)
         self.drop = nn.Dropout(0.5)
@@ -139,7 +141,7 @@ class SegGenerator(nn.Module):
 
 
 class FeatureExtraction(nn.Module):
-    """4 x [Conv4x4 s2, ReLU, BN] (64..512), [Conv3x3 512, ReLU, BN], [Conv3x3 512, ReLU].
+    """4 x [Conv4x4 s2, ReLU, BN] (64..512), [Conv3x3 512, ReLU, BN], [Conv3x3 512, ReLU] (at ngf = 64).
 
     ReLU comes *before* BN (contract §1.9); convs at indices 0,3,6,9,12,15, BNs at 2,5,8,11,14.
     A 256x192 input gives a 512 x 16x12 feature map.
@@ -149,16 +151,17 @@ class FeatureExtraction(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         in_nc = input_nc
+        top = ngf * 8  # 512 at the official ngf = 64
         for i in range(num_layers):
-            out_nc = min(ngf * 2**i, 512)
+            out_nc = min(ngf * 2**i, top)
             layers += [
                 nn.Conv2d(in_nc, out_nc, 4, stride=2, padding=1),
                 nn.ReLU(),
                 nn.BatchNorm2d(out_nc),
             ]
             in_nc = out_nc
-        layers += [nn.Conv2d(512, 512, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(512)]
-        layers += [nn.Conv2d(512, 512, 3, padding=1), nn.ReLU()]
+        layers += [nn.Conv2d(in_nc, top, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(top)]
+        layers += [nn.Conv2d(top, top, 3, padding=1), nn.ReLU()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -281,12 +284,19 @@ class GMM(nn.Module):
         load_height: int = 1024,
         load_width: int = 768,
         grid_size: int = 5,
+        ngf: int = 64,
     ):
         super().__init__()
+        # The regression's two stride-2 convs need a feature map of at least 4x4, i.e. a 16x16 input
+        # at load/4 (the official 256x192 at 1024x768).
+        if load_height % 4 or load_width % 4 or min(load_height, load_width) < 256:
+            raise ValueError(
+                f"GMM needs load sizes that are multiples of 4 and at least 256, got {load_height}x{load_width}"
+            )
         # Features come from a 256x192 input downsampled 16x -> (load_height // 64) x (load_width // 64).
         feat_h, feat_w = load_height // 64, load_width // 64
-        self.extractionA = FeatureExtraction(inputA_nc)
-        self.extractionB = FeatureExtraction(inputB_nc)
+        self.extractionA = FeatureExtraction(inputA_nc, ngf=ngf)
+        self.extractionB = FeatureExtraction(inputB_nc, ngf=ngf)
         self.correlation = FeatureCorrelation()
         self.regression = FeatureRegression(
             input_nc=feat_h * feat_w,
@@ -353,7 +363,7 @@ class ALIASNorm(nn.Module):
     affine-free InstanceNorm2d.
     """
 
-    def __init__(self, norm_type: str, norm_nc: int, label_nc: int):
+    def __init__(self, norm_type: str, norm_nc: int, label_nc: int, hidden_nc: int = ALIAS_NORM_HIDDEN):
         super().__init__()
         self.noise_scale = nn.Parameter(torch.zeros(norm_nc))
         if norm_type == "aliasmask":
@@ -366,10 +376,10 @@ class ALIASNorm(nn.Module):
             )
         self.norm_type = norm_type
         self.conv_shared = nn.Sequential(
-            nn.Conv2d(label_nc, ALIAS_NORM_HIDDEN, 3, padding=1), nn.ReLU()
+            nn.Conv2d(label_nc, hidden_nc, 3, padding=1), nn.ReLU()
         )
-        self.conv_gamma = nn.Conv2d(ALIAS_NORM_HIDDEN, norm_nc, 3, padding=1)
-        self.conv_beta = nn.Conv2d(ALIAS_NORM_HIDDEN, norm_nc, 3, padding=1)
+        self.conv_gamma = nn.Conv2d(hidden_nc, norm_nc, 3, padding=1)
+        self.conv_beta = nn.Conv2d(hidden_nc, norm_nc, 3, padding=1)
 
     def forward(
         self,
@@ -406,6 +416,7 @@ class ALIASResBlock(nn.Module):
         semantic_nc: int = 7,
         use_mask_norm: bool = True,
         norm_G: str = "spectralaliasinstance",
+        norm_hidden: int = ALIAS_NORM_HIDDEN,
     ):
         super().__init__()
         self.learned_shortcut = input_nc != output_nc
@@ -426,10 +437,10 @@ class ALIASResBlock(nn.Module):
         if use_mask_norm:
             subnorm_type = "aliasmask"
             label_nc = semantic_nc + 1
-        self.norm_0 = ALIASNorm(subnorm_type, input_nc, label_nc)
-        self.norm_1 = ALIASNorm(subnorm_type, middle_nc, label_nc)
+        self.norm_0 = ALIASNorm(subnorm_type, input_nc, label_nc, norm_hidden)
+        self.norm_1 = ALIASNorm(subnorm_type, middle_nc, label_nc, norm_hidden)
         if self.learned_shortcut:
-            self.norm_s = ALIASNorm(subnorm_type, input_nc, label_nc)
+            self.norm_s = ALIASNorm(subnorm_type, input_nc, label_nc, norm_hidden)
         self.relu = nn.LeakyReLU(0.2)
 
     def forward(
@@ -468,6 +479,7 @@ class ALIASGenerator(nn.Module):
         load_height: int = 1024,
         load_width: int = 768,
         norm_G: str = "spectralaliasinstance",
+        norm_hidden: int = ALIAS_NORM_HIDDEN,
     ):
         super().__init__()
         if num_upsampling_layers not in NUM_UPSAMPLINGS:
@@ -476,6 +488,11 @@ class ALIASGenerator(nn.Module):
             )
         self.num_upsampling_layers = num_upsampling_layers
         n_up = NUM_UPSAMPLINGS[num_upsampling_layers]
+        if load_height % 2**n_up or load_width % 2**n_up:
+            raise ValueError(
+                f"ALIASGenerator with num_upsampling_layers={num_upsampling_layers!r} needs load sizes that are "
+                f"multiples of {2**n_up}, got {load_height}x{load_width}"
+            )
         self.sh, self.sw = load_height // 2**n_up, load_width // 2**n_up
         nf = ngf
         extra = ALIAS_SCALE_FEATURES
@@ -491,6 +508,7 @@ class ALIASGenerator(nn.Module):
                 semantic_nc=semantic_nc,
                 use_mask_norm=mask,
                 norm_G=norm_G,
+                norm_hidden=norm_hidden,
             )
 
         self.head_0 = block(16 * nf, 16 * nf)
