@@ -46,3 +46,45 @@ class PreprocessConfig(BaseModel):
     @property
     def parser_weights_url(self) -> str | None:
         return self.parser.split(":", 1)[1] if self.parser.startswith("yolo:") else None
+
+
+class TrainConfig(BaseModel):
+    """One VITON-HD training stage. Defaults: the official architecture at 1024x768, offline."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = Field(description="Dataset root URL (holds <split>/ and <split>_pairs.txt)")
+    stage: Literal["seg", "gmm", "alias"] = Field(description="Which network to train")
+    out: str = Field(description="Output URL: checkpoints, metrics, samples and <stage>_final.pth")
+    split: str = Field("train", description="Split to train on; its pairs file must pair persons with their own garment")
+    steps: int = Field(1000, ge=1, description="Total optimiser steps (a rerun continues up to this)")
+    batch_size: int = Field(4, ge=1)
+    lr_g: float | None = Field(None, gt=0, description="Generator learning rate; None = the stage default")
+    lr_d: float | None = Field(None, gt=0, description="Discriminator learning rate; None = the stage default")
+    checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints (and sample grids)")
+    seed: int = Field(0, ge=0)
+    load_height: int = Field(1024, ge=64, description="Training resolution (the dataset files stay 1024x768)")
+    load_width: int = Field(768, ge=48)
+    seg_ngf: int = Field(64, ge=1, description="Width of the seg U-Net (64 = official)")
+    gmm_ngf: int = Field(64, ge=1, description="Width of the GMM feature extractors (64 = official)")
+    alias_ngf: int = Field(64, ge=1, description="Width of the ALIAS generator (64 = official)")
+    alias_norm_hidden: int = Field(128, ge=1, description="ALIASNorm hidden width (128 = official)")
+    num_upsampling_layers: Literal["normal", "more", "most"] = Field("most")
+    ndf: int = Field(64, ge=1, description="Discriminator width")
+    lambda_ce: float = Field(10.0, ge=0)
+    lambda_const: float = Field(0.04, ge=0)
+    lambda_fm: float = Field(10.0, ge=0)
+    lambda_vgg: float = Field(10.0, ge=0)
+    vgg_weights: str | None = Field(None, description="URL of torchvision VGG19 weights; None = perceptual loss off")
+    gmm_checkpoints: str | None = Field(
+        None, description="alias stage: folder with gmm_final.pth for the warped cloth; None = <out>"
+    )
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Pairs held out for evaluation")
+    eval_split: str | None = Field(None, description="Evaluate on this split's pairs (paired) instead of held-out pairs")
+    agnostic: Literal["vitonhd", "hrviton", "disk"] = Field(
+        "vitonhd", description="Clothing-agnostic image: computed online (recipe) or read from agnostic-v3.2/"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    cache_samples: bool = Field(False, description="Keep decoded samples in memory (small datasets)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
