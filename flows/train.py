@@ -38,6 +38,7 @@ def train(
     lr_g: float | None = None,
     lr_d: float | None = None,
     checkpoint_every: int = 500,
+    log_every: int = 1,
     seed: int = 0,
     load_height: int = 1024,
     load_width: int = 768,
@@ -73,6 +74,7 @@ def train(
         lr_g: generator learning rate (empty: the stage default).
         lr_d: discriminator learning rate (empty: the stage default).
         checkpoint_every: steps between checkpoints, metrics files and sample grids.
+        log_every: steps between loss lines in the run log (the metrics files get every step).
         seed: seeds initialisation, data order and the noise of every step.
         load_height: training resolution, height (the files stay 1024x768).
         load_width: training resolution, width.
@@ -98,7 +100,7 @@ def train(
     """
     config = TrainConfig(
         dataset=dataset, stage=stage, out=out, split=split, steps=steps, batch_size=batch_size, lr_g=lr_g,
-        lr_d=lr_d, checkpoint_every=checkpoint_every, seed=seed, load_height=load_height, load_width=load_width,
+        lr_d=lr_d, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, load_height=load_height, load_width=load_width,
         seg_ngf=seg_ngf, gmm_ngf=gmm_ngf, alias_ngf=alias_ngf, alias_norm_hidden=alias_norm_hidden,
         num_upsampling_layers=num_upsampling_layers, ndf=ndf, lambda_ce=lambda_ce, lambda_const=lambda_const,
         lambda_fm=lambda_fm, lambda_vgg=lambda_vgg, vgg_weights=vgg_weights, gmm_checkpoints=gmm_checkpoints,

@@ -62,6 +62,7 @@ class TrainConfig(BaseModel):
     lr_g: float | None = Field(None, gt=0, description="Generator learning rate; None = the stage default")
     lr_d: float | None = Field(None, gt=0, description="Discriminator learning rate; None = the stage default")
     checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints (and sample grids)")
+    log_every: int = Field(1, ge=1, description="Steps between loss lines in the run log (Parquet gets every step)")
     seed: int = Field(0, ge=0)
     load_height: int = Field(1024, ge=64, description="Training resolution (the dataset files stay 1024x768)")
     load_width: int = Field(768, ge=48)

@@ -25,6 +25,9 @@ from vitonhd_models import train as training
 from vitonhd_models.data import PairDataset, collate_pairs, read_pairs
 
 SAMPLE_PAIRS = 4
+# The CLI listens here to draw its progress bar; records carry `done` and `total` steps.
+progress_logger = logging.getLogger("vitonprep.progress.train")
+progress_logger.propagate = False
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -175,7 +178,14 @@ def train_until(config: TrainConfig, until_step: int, pairs: list[tuple[str, str
     trainer, info = build_trainer(config)
     store = stage_store(config)
     data = dataset(config, config.split, pairs)
-    result = training.train_segment(trainer, data, store, until_step)
+
+    def on_step(row: dict[str, Any]) -> None:
+        if row["step"] % config.log_every == 0 or row["step"] == until_step:
+            losses = ", ".join(f"{name} {value:.4f}" for name, value in row.items() if name.startswith("loss"))
+            logger.info("%s step %d/%d: %s (%.2f s)", config.stage, row["step"], config.steps, losses, row["step_s"])
+        progress_logger.info("step", extra={"done": row["step"], "total": config.steps})
+
+    result = training.train_segment(trainer, data, store, until_step, on_step)
     if not result.rows:
         return {"start": result.start, "end": result.end, "steps": 0, "checkpoint": None, **info}
     sample = collate_pairs([data[i] for i in range(min(SAMPLE_PAIRS, len(data)))])
