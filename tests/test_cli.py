@@ -23,7 +23,7 @@ def vitonprep(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["preprocess"], ["demo"], ["validate"]])
+@pytest.mark.parametrize("command", [[], ["preprocess"], ["demo"], ["validate"], ["tryon"], ["train"]])
 def test_help_is_available_everywhere(command):
     result = vitonprep(*command, "--help")
     assert result.returncode == 0, result.stderr

@@ -268,3 +268,13 @@ def test_try_on_is_deterministic_when_seeded(split, first_pair):
     assert torch.equal(first, second)
     seed_everything(4)
     assert not torch.equal(first, try_on(nets, batch)), "the noise must depend on the seed"
+
+
+def test_the_separable_blur_equals_the_2d_gaussian_convolution():
+    x = torch.rand(2, 3, 40, 30)
+    offsets = torch.arange(15, dtype=torch.float64) - 7
+    k = torch.exp(-(offsets**2) / 18.0)
+    k = (k / k.sum()).float()
+    kernel = (k[:, None] * k[None, :]).expand(3, 1, 15, 15)
+    expected = torch.nn.functional.conv2d(x, kernel, padding=7, groups=3)
+    assert torch.allclose(gaussian_blur(x), expected, atol=1e-6)

@@ -165,3 +165,16 @@ def test_alias_small_forward():
         )
     assert out.shape == (1, 3, 256, 128)
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_the_model_package_does_not_import_prefect():
+    """vitonhd_models is plain PyTorch: usable in a notebook or another trainer without Prefect."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import vitonhd_models.train, vitonhd_models.checkpoints, vitonhd_models.metrics; "
+        "print('prefect' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", "a vitonhd_models module imports prefect"

@@ -53,12 +53,19 @@ def binary_noise(batch: int, height: int, width: int) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = PARSE_BLUR_KERNEL, sigma: float = PARSE_BLUR_SIGMA) -> torch.Tensor:
-    """Depthwise Gaussian blur with zero padding, as torchgeometry's GaussianBlur (normalised 1-D kernels)."""
+    """Depthwise Gaussian blur with zero padding, as torchgeometry's GaussianBlur (normalised 1-D kernels).
+
+    The 2-D kernel is the outer product of the 1-D one, so it runs as a vertical then a horizontal pass:
+    the same result (zero padding included) for 2k instead of k^2 multiplications per pixel.
+    """
     offsets = torch.arange(kernel_size, dtype=torch.float64) - kernel_size // 2
     kernel_1d = torch.exp(-(offsets**2) / (2 * sigma**2))
     kernel_1d = (kernel_1d / kernel_1d.sum()).to(x.dtype).to(x.device)
-    kernel = (kernel_1d[:, None] * kernel_1d[None, :]).expand(x.shape[1], 1, kernel_size, kernel_size)
-    return F.conv2d(x, kernel, padding=kernel_size // 2, groups=x.shape[1])
+    channels, pad = x.shape[1], kernel_size // 2
+    vertical = kernel_1d.reshape(1, 1, kernel_size, 1).expand(channels, 1, kernel_size, 1)
+    horizontal = kernel_1d.reshape(1, 1, 1, kernel_size).expand(channels, 1, 1, kernel_size)
+    x = F.conv2d(x, vertical, padding=(pad, 0), groups=channels)
+    return F.conv2d(x, horizontal, padding=(0, pad), groups=channels)
 
 
 def onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
