@@ -225,3 +225,21 @@ def test_the_cli_rejects_an_invalid_configuration_with_exit_code_2(tmp_path):
                "--out", str(tmp_path), "--steps", "0"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "steps" in done.stderr
+
+
+@pytest.mark.slow
+def test_configured_vgg_weights_switch_the_perceptual_loss_on(tryon_dataset, four_pairs, tmp_path):
+    import torchvision
+
+    path = tmp_path / "vgg19.pth"
+    torch.save(torchvision.models.vgg19(weights=None).features.state_dict(), path)
+    settings = TrainSettings(stage="alias", steps=1, batch_size=1, ndf=8, vgg_weights=str(path), cache_samples=True)
+    trainer = StageTrainer(settings, TINY, frozen_gmm=build_network("gmm", TINY))
+    data = make_dataset(tryon_dataset.child("train"), four_pairs[:1], TINY, settings, "vitonhd")
+    values = trainer.step(collate_pairs([data[0]]))
+    assert values["loss_vgg"] > 0, values
+
+
+def test_without_vgg_weights_the_alias_stage_has_no_perceptual_term():
+    settings = TrainSettings(stage="alias", steps=1, batch_size=1, ndf=8)
+    assert StageTrainer(settings, TINY, frozen_gmm=build_network("gmm", TINY)).perceptual is None
