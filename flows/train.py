@@ -54,6 +54,9 @@ def train(
     lambda_vgg: float = 10.0,
     vgg_weights: str | None = None,
     gmm_checkpoints: str | None = None,
+    lpips_alexnet_weights: str | None = None,
+    lpips_lin_weights: str | None = None,
+    fid_inception_weights: str | None = None,
     holdout_fraction: float = 0.1,
     eval_split: str | None = None,
     agnostic: Literal["vitonhd", "hrviton", "disk"] = "vitonhd",
@@ -90,6 +93,9 @@ def train(
         lambda_vgg: alias: weight of the perceptual term.
         vgg_weights: URL of torchvision VGG19 weights for the perceptual loss (empty: that loss is off).
         gmm_checkpoints: alias: folder holding gmm_final.pth (empty: out).
+        lpips_alexnet_weights: URL of torchvision AlexNet weights; with lpips_lin_weights, LPIPS is evaluated.
+        lpips_lin_weights: URL of the LPIPS v0.1 alex linear-layer weights.
+        fid_inception_weights: URL of torchvision Inception v3 weights; alias: FID is evaluated.
         holdout_fraction: share of pairs held out for evaluation.
         eval_split: evaluate on this split's pairs instead of held-out ones.
         agnostic: clothing-agnostic image: vitonhd or hrviton recipe online, or disk (agnostic-v3.2/).
@@ -104,7 +110,8 @@ def train(
         seg_ngf=seg_ngf, gmm_ngf=gmm_ngf, alias_ngf=alias_ngf, alias_norm_hidden=alias_norm_hidden,
         num_upsampling_layers=num_upsampling_layers, ndf=ndf, lambda_ce=lambda_ce, lambda_const=lambda_const,
         lambda_fm=lambda_fm, lambda_vgg=lambda_vgg, vgg_weights=vgg_weights, gmm_checkpoints=gmm_checkpoints,
-        holdout_fraction=holdout_fraction, eval_split=eval_split, agnostic=agnostic, device=device,
+        lpips_alexnet_weights=lpips_alexnet_weights, lpips_lin_weights=lpips_lin_weights,
+        fid_inception_weights=fid_inception_weights, holdout_fraction=holdout_fraction, eval_split=eval_split, agnostic=agnostic, device=device,
         num_workers=num_workers, cache_samples=cache_samples, storage_options=storage_options or {},
     )  # fmt: skip
     return run_train(config)
@@ -198,7 +205,8 @@ def publish(config: TrainConfig, summary: dict[str, Any], metrics: list[dict]) -
     if table:
         create_table_artifact(table, key=f"train-{config.stage}-losses", description="Mean losses per interval")
     evaluation = "\n".join(
-        f"| {name} | {value:.4f} |" for name, value in summary["evaluation"].items() if isinstance(value, float)
+        f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |"
+        for name, value in summary["evaluation"].items()
     )
     notes = []
     if summary["gmm_checkpoint"] == "random-init":

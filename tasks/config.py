@@ -80,6 +80,9 @@ class TrainConfig(BaseModel):
     gmm_checkpoints: str | None = Field(
         None, description="alias stage: folder with gmm_final.pth for the warped cloth; None = <out>"
     )
+    lpips_alexnet_weights: str | None = Field(None, description="URL of torchvision AlexNet weights (LPIPS)")
+    lpips_lin_weights: str | None = Field(None, description="URL of the LPIPS v0.1 alex linear weights")
+    fid_inception_weights: str | None = Field(None, description="URL of torchvision Inception v3 weights (FID)")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Pairs held out for evaluation")
     eval_split: str | None = Field(None, description="Evaluate on this split's pairs (paired) instead of held-out pairs")
     agnostic: Literal["vitonhd", "hrviton", "disk"] = Field(

@@ -21,6 +21,7 @@ from prefect.exceptions import MissingContextError
 from tasks.config import TrainConfig
 from tasks.storage import Store, local_file
 from vitonhd_models import checkpoints as ckpt
+from vitonhd_models import metrics
 from vitonhd_models import train as training
 from vitonhd_models.data import PairDataset, collate_pairs, read_pairs
 
@@ -218,6 +219,26 @@ def train_until(config: TrainConfig, until_step: int, pairs: list[tuple[str, str
     }
 
 
+def feature_metrics(config: TrainConfig) -> tuple[metrics.LPIPS | None, metrics.FID | None, dict[str, str]]:
+    """LPIPS and FID networks when their weights are configured; otherwise None and a note saying so."""
+    lpips = fid = None
+    notes = {}
+    if config.stage in ("gmm", "alias"):
+        if config.lpips_alexnet_weights and config.lpips_lin_weights:
+            lpips = metrics.LPIPS(
+                local_file(config.lpips_alexnet_weights, config.storage_options),
+                local_file(config.lpips_lin_weights, config.storage_options),
+            )
+        else:
+            notes["lpips"] = "off (lpips_alexnet_weights and lpips_lin_weights not configured)"
+    if config.stage == "alias":
+        if config.fid_inception_weights:
+            fid = metrics.FID(local_file(config.fid_inception_weights, config.storage_options))
+        else:
+            notes["fid"] = "off (fid_inception_weights not configured)"
+    return lpips, fid, notes
+
+
 @task(name="evaluate-stage")
 def evaluate_stage(config: TrainConfig, split: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """Paired-mode metrics of the last checkpoint on the evaluation pairs, also written to eval.json."""
@@ -226,7 +247,9 @@ def evaluate_stage(config: TrainConfig, split: str, pairs: list[tuple[str, str]]
     step = training.load_training_state(store, trainer)
     if not pairs:
         return {"step": step, "pairs": 0, "split": split}
-    result = {"step": step, "split": split, **training.evaluate(trainer, dataset(config, split, pairs), config.batch_size)}
+    lpips, fid, notes = feature_metrics(config)
+    scores = training.evaluate(trainer, dataset(config, split, pairs), config.batch_size, lpips=lpips, fid=fid)
+    result = {"step": step, "split": split, **scores, **notes}
     store.write_text("eval.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 

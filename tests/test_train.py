@@ -13,6 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from tasks.config import TrainConfig
+from tests.test_metrics_features import (  # noqa: F401  (weight-file fixtures)
+    alexnet_path,
+    inception_path,
+    inception_state,
+    lin_path,
+    weights_dir,
+)
 from tasks.storage import Store
 from vitonhd_models import losses
 from vitonhd_models.checkpoints import Architecture, build_network, load_networks, read_architecture
@@ -243,3 +250,25 @@ def test_configured_vgg_weights_switch_the_perceptual_loss_on(tryon_dataset, fou
 def test_without_vgg_weights_the_alias_stage_has_no_perceptual_term():
     settings = TrainSettings(stage="alias", steps=1, batch_size=1, ndf=8)
     assert StageTrainer(settings, TINY, frozen_gmm=build_network("gmm", TINY)).perceptual is None
+
+
+@pytest.mark.slow
+def test_evaluation_adds_lpips_and_fid_when_their_weights_are_configured(
+    trained, tryon_dataset, four_pairs, alexnet_path, lin_path, inception_path
+):
+    from tasks.training import evaluate_stage
+
+    out, _ = trained
+    config = TrainConfig(
+        dataset=tryon_dataset.url, stage="alias", out=out.url, lpips_alexnet_weights=alexnet_path,
+        lpips_lin_weights=lin_path, fid_inception_weights=inception_path, **TINY_FLOW,
+    )  # fmt: skip
+    result = evaluate_stage.fn(config, "train", four_pairs[:2])
+    assert result["pairs"] == 2 and result["lpips"] > 0 and result["fid"] >= 0, result
+
+
+@pytest.mark.slow
+def test_evaluation_says_lpips_and_fid_are_off_without_weights(trained):
+    _, summaries = trained
+    assert summaries["alias"]["evaluation"]["lpips"].startswith("off")
+    assert summaries["alias"]["evaluation"]["fid"].startswith("off")

@@ -444,12 +444,20 @@ def _mean(values: list[float]) -> float:
 
 
 @torch.no_grad()
-def evaluate(trainer: StageTrainer, dataset: torch.utils.data.Dataset, batch_size: int = 4) -> dict[str, float]:
+def evaluate(
+    trainer: StageTrainer,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 4,
+    lpips: metrics.LPIPS | None = None,
+    fid: metrics.FID | None = None,
+) -> dict[str, float]:
     """Paired-mode metrics on held-out pairs.
 
     seg: pixel accuracy and mean IoU of the 13-group argmax; gmm: SSIM (grayscale, HR-VITON evaluate.py,
     contract §2.8) and masked L1 of the warped cloth against the cloth on the person, inside the cloth
     region; alias: SSIM of the whole try-on image, L1 inside the cloth region and over the whole image.
+    With their networks given: LPIPS (gmm, alias; at 128x128 as HR-VITON) and FID (alias; real persons
+    against generated ones).
     """
     stage = trainer.settings.stage
     values: dict[str, list[float]] = {}
@@ -475,7 +483,13 @@ def evaluate(trainer: StageTrainer, dataset: torch.utils.data.Dataset, batch_siz
             values.setdefault("masked_l1", []).append(metrics.masked_l1_uint8(pred_rgb, target_rgb, mask))
             if stage == "alias":
                 values.setdefault("l1", []).append(metrics.masked_l1_uint8(pred_rgb, target_rgb))
+            if lpips is not None:
+                values.setdefault("lpips", []).append(metrics.lpips_distance(lpips, pred_rgb, target_rgb))
+        if fid is not None and stage == "alias":
+            fid.update(targets, preds)
     summary = {name: _mean(v) for name, v in values.items()}
+    if fid is not None and stage == "alias" and fid.num_real >= 2:
+        summary["fid"] = fid.compute()
     summary["pairs"] = max((len(v) for v in values.values()), default=0)
     return summary
 
