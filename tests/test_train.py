@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.config import TrainConfig
+from tasks.storage import Store
 from tests.test_metrics_features import (  # noqa: F401  (weight-file fixtures)
     alexnet_path,
     inception_path,
@@ -20,7 +21,6 @@ from tests.test_metrics_features import (  # noqa: F401  (weight-file fixtures)
     lin_path,
     weights_dir,
 )
-from tasks.storage import Store
 from vitonhd_models import losses
 from vitonhd_models.checkpoints import Architecture, build_network, load_networks, read_architecture
 from vitonhd_models.data import collate_pairs, read_pairs
@@ -254,7 +254,7 @@ def test_without_vgg_weights_the_alias_stage_has_no_perceptual_term():
 
 @pytest.mark.slow
 def test_evaluation_adds_lpips_and_fid_when_their_weights_are_configured(
-    trained, tryon_dataset, four_pairs, alexnet_path, lin_path, inception_path
+    trained, tryon_dataset, four_pairs, alexnet_path, lin_path, inception_path  # noqa: F811  (fixtures)
 ):
     from tasks.training import evaluate_stage
 
