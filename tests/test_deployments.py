@@ -24,7 +24,7 @@ def load_entrypoint(entrypoint: str):
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
 def test_deployment_entrypoint_is_a_flow_taking_its_parameters(deployment):
     flow = load_entrypoint(deployment["entrypoint"])
-    assert flow.name == "preprocess"
+    assert flow.name == deployment["entrypoint"].split(":")[1]
     accepted = set(inspect.signature(flow.fn).parameters)
     unknown = set(deployment.get("parameters", {})) - accepted
     assert not unknown, f"{deployment['name']} passes parameters the flow does not take: {unknown}"
