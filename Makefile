@@ -7,7 +7,7 @@ export YOLO_AUTOINSTALL := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-tryon install clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/preprocess.py
+
+# Try-on inference and training speed at 512x384 and 1024x768 (CUDA when there is one); slow on a CPU.
+bench-tryon: $(STAMP)
+	$(VENV)/bin/python bench/tryon.py $(BENCH_TRYON_ARGS)
 
 clean:
 	rm -rf demo-output bench-output .pytest_cache
