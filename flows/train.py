@@ -8,18 +8,16 @@ flow loads. Losses per step go to the log and to Parquet; each interval leaves a
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import time
 from typing import Any, Literal
 
-from PIL import Image
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from tasks.config import TrainConfig
+from tasks.contact_sheet import thumbnail_data_uri
 from tasks.storage import redact
 from tasks.training import evaluate_stage, export_final, pair_split, stage_store, train_until
 from vitonhd_models.train import latest_step, read_metrics
@@ -174,21 +172,13 @@ def _json(data: dict) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def _thumbnail_data_uri(png: bytes) -> str:
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    image = image.resize((image.width * THUMBNAIL_HEIGHT // image.height, THUMBNAIL_HEIGHT), Image.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def publish_sample(config: TrainConfig, segment: dict[str, Any]) -> None:
     """The interval's sample grid (person | cloth | output | target per row) as a markdown artifact."""
     store = stage_store(config)
     key = f"samples/step-{segment['end']:08d}.png"
     create_markdown_artifact(
         f"# {config.stage} samples at step {segment['end']}\n\n"
-        f"person | cloth | output | target\n\n![samples]({_thumbnail_data_uri(store.read_bytes(key))})\n\n"
+        f"person | cloth | output | target\n\n![samples]({thumbnail_data_uri(store.read_bytes(key), THUMBNAIL_HEIGHT)})\n\n"
         f"Full size: `{redact(store.url_of(key))}`\n",
         key=f"train-{config.stage}-samples",
         description=f"{config.stage} sample grid, step {segment['end']}",

@@ -30,7 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preprocess import new_run_id
 from tasks import contract
-from tasks.contact_sheet import contact_sheet
+from tasks.contact_sheet import contact_sheet, thumbnail_data_uri
 from tasks.storage import Store, redact
 from tasks.tryon import (
     CONTACT_SHEET_NAME,
@@ -62,6 +62,7 @@ progress_logger = logging.getLogger("vitonprep.progress")
 progress_logger.propagate = False
 
 CONTACT_SHEET_PAIRS = 8
+CONTACT_SHEET_THUMBNAIL = 512  # pixels high, embedded in the UI artifact
 STALE_TEMPORARY_S = 3600.0  # younger partial files may belong to a run writing to the same output now
 
 
@@ -161,6 +162,14 @@ def run_tryon(config: TryOnConfig) -> dict[str, Any]:
 
     summary = summarise(config, settings, loaded, rows, len(pairs), skipped, time.perf_counter() - started)
     summary["contact_sheet"] = write_contact_sheet(config, dataset, out, rows, skipped)
+    if summary["contact_sheet"]:
+        create_markdown_artifact(
+            f"# tryon contact sheet\n\nperson | cloth | result\n\n"
+            f"![contact sheet]({thumbnail_data_uri(out.read_bytes(CONTACT_SHEET_NAME), CONTACT_SHEET_THUMBNAIL)})\n\n"
+            f"Full size: `{summary['contact_sheet']}`\n",
+            key="tryon-contact-sheet",
+            description=f"Try-on contact sheet, run {run_id}",
+        )
     write_summary(out, run_id, summary)
     publish(summary)
     logger.info(

@@ -48,3 +48,16 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[np.ndarray | None]]]) -> np
         for column, array in enumerate(tiles):
             sheet.paste(tile(array), (column * width, top + LABEL_BAND))
     return np.asarray(sheet)
+
+
+def thumbnail_data_uri(png_or_jpeg: bytes, height: int = 384) -> str:
+    """An image scaled to `height` as a JPEG data URI, to embed in a Prefect markdown artifact."""
+    import base64
+    import io
+
+    image = Image.open(io.BytesIO(png_or_jpeg)).convert("RGB")
+    if image.height > height:
+        image = image.resize((max(1, image.width * height // image.height), height), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -289,3 +289,20 @@ def test_vitonprep_tryon_prints_the_summary_as_json(tryon_dataset, random_checkp
     for name in ("00121_00_09133_00.jpg", "00121_00_09163_01.jpg"):
         with Image.open(io.BytesIO((out / "results" / name).read_bytes())) as image:
             assert image.size == (TINY.load_width, TINY.load_height)
+
+
+def test_ui_thumbnails_are_jpeg_data_uris_scaled_to_the_asked_height():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tasks.contact_sheet import thumbnail_data_uri
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((1024, 600, 3), np.uint8)).save(buffer, format="PNG")
+    uri = thumbnail_data_uri(buffer.getvalue(), 256)
+    assert uri.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumbnail:
+        assert thumbnail.size == (150, 256)
