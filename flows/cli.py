@@ -224,7 +224,7 @@ def add_tryon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=("fp32", "fp16"), default="fp32", help="fp16: seg and ALIAS under autocast, CUDA only"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of random init and of each batch's noise")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random init and (with the pair's names) of each pair's noise")
     parser.add_argument(
         "--agnostic", choices=("vitonhd", "hrviton", "disk"), default="vitonhd",
         help="clothing-agnostic image: VITON-HD's recipe online (default), HR-VITON's, or agnostic-v3.2/ on disk",

@@ -98,7 +98,7 @@ def tryon(
         shard_size: pairs per task run.
         device: 'auto' (CUDA when there is one), 'cpu' or 'cuda'.
         precision: 'fp32', or 'fp16' (seg and ALIAS under autocast; honoured on CUDA only).
-        seed: seeds random initialisation and the noise of each batch (seed + the batch's first pair index).
+        seed: seeds random initialisation and, with each pair's names, that pair's noise (independent of its batch).
         agnostic: the clothing-agnostic image: VITON-HD's online recipe, HR-VITON's, or agnostic-v3.2/ on disk.
         storage_options: fsspec options for every URL (endpoint_url, profile, ...).
     """

@@ -57,7 +57,7 @@ from vitonhd_models.data import (
     parse_pairs,
     read_pairs,
 )
-from vitonhd_models.pipeline import TryOnNetworks, seed_everything, to_device, to_uint8_images, try_on
+from vitonhd_models.pipeline import TryOnNetworks, pair_seed, to_device, to_uint8_images, try_on
 
 log = logging.getLogger("vitonprep.tryon")
 
@@ -430,19 +430,21 @@ def render_batch(
     settings: RenderSettings,
     batch: list[tuple[PairWork, dict, dict]],
 ) -> list[dict]:
-    """Infer one batch (seeded by its first pair's index) and write each result JPEG; the ok rows."""
+    """Infer one batch (each pair with its own seed) and write each result JPEG; the ok rows."""
     tensors = collate_pairs([sample for _, sample, _ in batch])
     with loaded.lock:  # timed once held: another shard's batch may be on the networks
         started = time.perf_counter()
-        seed_everything(config.seed + batch[0][0].index)
-        output = try_on(loaded.nets, to_device(tensors, settings.device), fp16=settings.precision == "fp16")
+        seeds = [pair_seed(config.seed, work.person, work.garment) for work, _, _ in batch]
+        output = try_on(
+            loaded.nets, to_device(tensors, settings.device), fp16=settings.precision == "fp16", seeds=seeds
+        )
         images = to_uint8_images(output)
         infer_ms = _ms(started) / len(batch)
     rows = []
     for (work, _, row), image in zip(batch, images):
         started = time.perf_counter()
         out.write_bytes(work.result, encode_jpeg(image, quality=contract.JPEG_QUALITY))
-        row.update(status=OK, seed=config.seed + batch[0][0].index, infer_ms=infer_ms, write_ms=_ms(started),
+        row.update(status=OK, seed=pair_seed(config.seed, work.person, work.garment), infer_ms=infer_ms, write_ms=_ms(started),
                    finished_at=datetime.now(UTC))
         rows.append(row)
     return rows

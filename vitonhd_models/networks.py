@@ -11,6 +11,10 @@ Constructor options are keyword arguments with the official `test.py` defaults (
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +30,32 @@ ALIAS_NORM_HIDDEN = 128
 ALIAS_SCALE_FEATURES = 16
 # Number of x2 upsamplings for each `num_upsampling_layers` choice (test.py choices normal / more / most).
 NUM_UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
+
+
+_per_sample = threading.local()
+
+
+@contextmanager
+def per_sample_noise(generators: Sequence[torch.Generator]) -> Iterator[None]:
+    """Inside, ALIASNorm draws sample i's noise from `generators[i]` (this thread only), so a sample's
+    output does not depend on the other samples of its batch. Outside, noise comes from the global RNG."""
+    previous = getattr(_per_sample, "generators", None)
+    _per_sample.generators = list(generators)
+    try:
+        yield
+    finally:
+        _per_sample.generators = previous
+
+
+def gaussian_noise(b: int, w: int, h: int, like: torch.Tensor) -> torch.Tensor:
+    """randn(b, w, h, 1) on `like`'s device and dtype; per sample inside `per_sample_noise`."""
+    generators = getattr(_per_sample, "generators", None)
+    if generators is None:
+        return torch.randn(b, w, h, 1, device=like.device, dtype=like.dtype)
+    if len(generators) != b:
+        raise ValueError(f"per_sample_noise has {len(generators)} generators for a batch of {b}")
+    draws = [torch.randn(1, w, h, 1, generator=g, device=g.device, dtype=torch.float32) for g in generators]
+    return torch.cat(draws).to(device=like.device, dtype=like.dtype)
 
 
 def init_weights(
@@ -390,7 +420,7 @@ class ALIASNorm(nn.Module):
         b, _, h, w = x.size()
         # Per-channel scaled Gaussian noise: randn(b, w, h, 1) * scale -> (b, w, h, C) -> (b, C, h, w).
         noise = (
-            torch.randn(b, w, h, 1, device=x.device, dtype=x.dtype) * self.noise_scale
+            gaussian_noise(b, w, h, x) * self.noise_scale
         ).transpose(1, 3)
         if self.norm_type == "aliasmask":
             if misalign_mask is None:

@@ -12,7 +12,10 @@ Channel order is load-bearing (contract §1.8); so are the resampling modes.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vitonhd_models.data import UPPER_GROUP_7, merge_13_to_7
-from vitonhd_models.networks import GMM, ALIASGenerator, SegGenerator
+from vitonhd_models.networks import GMM, ALIASGenerator, SegGenerator, per_sample_noise
 
 # Contract §1.8: seg and GMM run at 256x192 for 1024x768, a quarter of the load size.
 SEG_SCALE = 4
@@ -45,11 +48,22 @@ def seg_size(load_hw: tuple[int, int]) -> tuple[int, int]:
     return load_hw[0] // SEG_SCALE, load_hw[1] // SEG_SCALE
 
 
-def binary_noise(batch: int, height: int, width: int) -> torch.Tensor:
-    """(batch, 1, h, w) float {0, 1} noise drawn with OpenCV's RNG, as the official gen_noise (§1.8)."""
-    draws = np.zeros((batch * height, width), dtype=np.uint8)
-    cv2.randn(draws, 0.0, NOISE_STD)
-    return torch.from_numpy((draws == 255).astype(np.float32)).reshape(batch, 1, height, width)
+def binary_noise(batch: int, height: int, width: int, seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """(batch, 1, h, w) float {0, 1} noise drawn with OpenCV's RNG, as the official gen_noise (§1.8).
+
+    With `seeds`, sample i's map is drawn after `cv2.setRNGSeed(seeds[i])`, independent of its batch.
+    """
+    if seeds is None:
+        draws = np.zeros((batch * height, width), dtype=np.uint8)
+        cv2.randn(draws, 0.0, NOISE_STD)
+        return torch.from_numpy((draws == 255).astype(np.float32)).reshape(batch, 1, height, width)
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    maps = []
+    for seed in seeds:
+        cv2.setRNGSeed(seed)
+        maps.append(binary_noise(1, height, width))
+    return torch.cat(maps)
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = PARSE_BLUR_KERNEL, sigma: float = PARSE_BLUR_SIGMA) -> torch.Tensor:
@@ -173,20 +187,38 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
 
 
 @torch.no_grad()
-def try_on(nets: TryOnNetworks, batch: dict, fp16: bool = False) -> torch.Tensor:
+def try_on(
+    nets: TryOnNetworks, batch: dict, fp16: bool = False, seeds: Sequence[int] | None = None
+) -> torch.Tensor:
     """Seg -> GMM -> ALIAS on one batch (tensors already on the networks' device); (b, 3, H, W) in [-1, 1].
 
     With fp16 (CUDA only) the seg and ALIAS generators run under autocast; the GMM and the TPS warp stay
     in float32, where half precision would move the grid by whole pixels at 1024x768.
+    With `seeds` (one per sample), every random draw of sample i (the seg noise channel, the ALIAS noise)
+    comes from seeds[i], so a pair renders the same whichever pairs share its batch; otherwise the
+    global RNGs are used, as the official test.py.
     """
-    device_type = batch["cloth"].device.type
-    use_fp16 = fp16 and device_type == "cuda"
-    with torch.autocast(device_type, dtype=torch.float16, enabled=use_fp16):
-        parse7 = predict_parse7(nets.seg, batch).float()
-    warped_c, warped_cm, _ = warp_cloth(nets.gmm, parse7, batch)
-    with torch.autocast(device_type, dtype=torch.float16, enabled=use_fp16):
-        output = generate(nets.alias, parse7, warped_c, warped_cm, batch)
+    device = batch["cloth"].device
+    use_fp16 = fp16 and device.type == "cuda"
+    noise = None
+    context = contextlib.nullcontext()
+    if seeds is not None:
+        noise = binary_noise(len(seeds), *seg_size(batch["cloth"].shape[2:]), seeds=seeds)
+        generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        context = per_sample_noise(generators)
+    with context:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
+            parse7 = predict_parse7(nets.seg, batch, noise).float()
+        warped_c, warped_cm, _ = warp_cloth(nets.gmm, parse7, batch)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
+            output = generate(nets.alias, parse7, warped_c, warped_cm, batch)
     return output.float().clamp(-1.0, 1.0)
+
+
+def pair_seed(seed: int, person: str, cloth: str) -> int:
+    """A pair's own seed, stable across runs, batches and processes."""
+    digest = hashlib.sha256(f"{seed}\0{person}\0{cloth}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def to_uint8_images(x: torch.Tensor) -> np.ndarray:
