@@ -42,8 +42,11 @@ from tasks.tryon import (
     cached_networks,
     effective_precision,
     existing_results,
+    input_versions,
+    inputs_fingerprint,
     latest_rows,
     options_fingerprint,
+    pair_input_files,
     plan_pairs,
     plan_tryon_shards,
     read_tryon_rows,
@@ -131,8 +134,9 @@ def run_tryon(config: TryOnConfig) -> dict[str, Any]:
     leftovers = out.remove_temporaries(RESULTS_DIR, min_age_s=STALE_TEMPORARY_S)
     if leftovers:
         logger.info("removed %d partial files left by an interrupted run", leftovers)
+    split_store = dataset.child(config.split)
+    layout = detect_layout(split_store)  # fails fast on a URL that holds no such split
 
-    detect_layout(dataset.child(config.split))  # fail fast on a URL that holds no such split
     device = resolve_device(config.device)
     precision = effective_precision(config.precision, device)
     if precision != config.precision:
@@ -144,8 +148,13 @@ def run_tryon(config: TryOnConfig) -> dict[str, Any]:
     settings = RenderSettings(run_id, device, precision, options_fingerprint(config, loaded.arch, precision))
 
     pairs = plan_pairs(config, dataset)
+    versions = input_versions(split_store, layout, config.agnostic)
+    inputs = {
+        (person, garment): inputs_fingerprint(versions, pair_input_files(layout, person, garment, config.agnostic))
+        for person, garment in pairs
+    }
     todo, skipped = select_pending(
-        pairs, latest_rows(read_tryon_rows(out)), loaded.label, settings.fingerprint, existing_results(out)
+        pairs, latest_rows(read_tryon_rows(out)), loaded.label, settings.fingerprint, existing_results(out), inputs
     )
     shards = plan_tryon_shards(todo, config.shard_size)
     logger.info(

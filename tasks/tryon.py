@@ -212,13 +212,49 @@ def options_fingerprint(config: TryOnConfig, arch: Architecture, precision: str)
 # Planning
 
 
+def pair_input_files(layout: DatasetLayout, person: str, garment: str, agnostic: str) -> list[str]:
+    """Every dataset file (relative to the split) a pair's tensors are made from."""
+    stem, garment_stem = person.removesuffix(".jpg"), garment.removesuffix(".jpg")
+    files = [
+        f"{contract.DIR_IMAGE}/{person}",
+        f"{layout.parse}/{contract.parse_name(stem)}",
+        f"{layout.pose_json}/{contract.keypoints_json_name(stem)}",
+        f"{layout.pose_img}/{contract.rendered_pose_name(stem)}",
+        f"{contract.DIR_CLOTH}/{garment}",
+        f"{contract.DIR_CLOTH_MASK}/{contract.cloth_mask_name(garment_stem)}",
+    ]
+    if layout.parse_agnostic is not None:
+        files.append(f"{layout.parse_agnostic}/{contract.parse_agnostic_name(stem)}")
+    if agnostic == "disk":
+        files.append(f"{contract.DIR_AGNOSTIC}/{contract.agnostic_name(stem)}")
+    return files
+
+
+def input_versions(split_store: Store, layout: DatasetLayout, agnostic: str) -> dict[str, str]:
+    """{file relative to the split: its version (ETag, else size and modification time)}, one listing
+    per folder a pair reads."""
+    folders = {rel.split("/", 1)[0] for rel in pair_input_files(layout, "x.jpg", "y.jpg", agnostic)}
+    versions = {}
+    for folder in sorted(folders):
+        for info in split_store.list_files(folder):
+            versions[f"{folder}/{info.key}"] = info.etag or f"{info.size}:{info.modified}"
+    return versions
+
+
+def inputs_fingerprint(versions: Mapping[str, str], files: Sequence[str]) -> str:
+    """A pair's inputs as one hash: a re-preprocessed person or garment changes it."""
+    text = "\n".join(f"{rel}={versions.get(rel, 'missing')}" for rel in files)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class PairWork:
-    """One pair to render; `index` is its place in the run's plan (it seeds the batch it starts)."""
+    """One pair to render; `index` is its place in the run's plan."""
 
     index: int
     person: str  # x.jpg
     garment: str  # y.jpg
+    inputs: str = ""  # inputs_fingerprint of the dataset files it reads
 
     @property
     def result(self) -> str:
@@ -253,23 +289,27 @@ def select_pending(
     label: str,
     fingerprint: str,
     existing: set[str],
+    inputs: Mapping[tuple[str, str], str] | None = None,
 ) -> tuple[list[PairWork], list[tuple[str, str]]]:
     """(pairs to render, pairs skipped): a pair is skipped when its latest row is ok with the same
-    checkpoint label and options fingerprint, and its result file is still there."""
+    checkpoint label, options fingerprint and inputs fingerprint, and its result file is still there."""
+    inputs = inputs or {}
     todo: list[PairWork] = []
     skipped: list[tuple[str, str]] = []
     for person, garment in pairs:
         row = previous.get((person, garment))
+        pair_inputs = inputs.get((person, garment), "")
         if (
             row is not None
             and row.get("status") == OK
             and row.get("checkpoint") == label
             and row.get("options_fingerprint") == fingerprint
+            and (row.get("inputs_fingerprint") or "") == pair_inputs
             and row.get("result") in existing
         ):
             skipped.append((person, garment))
         else:
-            todo.append(PairWork(len(todo), person, garment))
+            todo.append(PairWork(len(todo), person, garment, pair_inputs))
     return todo, skipped
 
 
@@ -308,8 +348,9 @@ SCHEMA = pa.schema(
         ("alias_checkpoint", pa.string()),
         ("random_init", pa.bool_()),  # any network randomly initialised
         ("options_fingerprint", pa.string()),
+        ("inputs_fingerprint", pa.string()),  # the versions of the dataset files the pair read
         ("agnostic", pa.string()),
-        ("seed", pa.int64()),  # the seed of the pair's batch
+        ("seed", pa.int64()),  # the pair's own noise seed (pipeline.pair_seed)
         ("load_height", pa.int32()),
         ("load_width", pa.int32()),
         ("device", pa.string()),
@@ -404,6 +445,7 @@ def base_row(settings: RenderSettings, config: TryOnConfig, loaded: LoadedNetwor
         **{f"{stage}_checkpoint": loaded.ids[stage] for stage in STAGES},
         "random_init": bool(loaded.random_init),
         "options_fingerprint": settings.fingerprint,
+        "inputs_fingerprint": work.inputs,
         "agnostic": config.agnostic,
         "load_height": loaded.arch.load_height,
         "load_width": loaded.arch.load_width,

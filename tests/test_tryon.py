@@ -306,3 +306,22 @@ def test_ui_thumbnails_are_jpeg_data_uris_scaled_to_the_asked_height():
     assert uri.startswith("data:image/jpeg;base64,")
     with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumbnail:
         assert thumbnail.size == (150, 256)
+
+
+@pytest.mark.slow
+def test_a_re_preprocessed_person_renders_again_and_the_rest_is_skipped(tryon_dataset, random_checkpoints, tmp_path):
+    dataset = tmp_path / "dataset"
+    shutil.copytree(tryon_dataset.url, dataset)
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("00034_00.jpg 04469_00.jpg\n00035_00.jpg 04743_00.jpg\n")
+    out = tmp_path / "out"
+    first = run_tryon(Store(str(dataset)), out, random_checkpoints, pairs=str(pairs), batch_size=2)
+    assert first["pairs"]["ok"] == 2
+    parse = dataset / "train" / contract.DIR_PARSE / "00035_00.png"
+    with Image.open(parse) as image:  # a new parse map for one person, as a preprocess rerun would write
+        changed = image.copy()
+    changed.putpixel((0, 0), 2 if changed.getpixel((0, 0)) != 2 else 0)
+    changed.save(parse)
+    second = run_tryon(Store(str(dataset)), out, random_checkpoints, pairs=str(pairs), batch_size=2)
+    assert second["pairs"] == {"total": 2, "ok": 1, "error": 0, "skipped": 1}
+    assert [row["person"] for row in run_rows(out, second["run_id"])] == ["00035_00.jpg"]
