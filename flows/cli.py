@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 
@@ -25,11 +26,11 @@ def _offline_environment() -> None:
 
 
 class ProgressBar(logging.Handler):
-    """Draws the flow's shard progress (records of `vitonprep.progress`) as a tqdm bar on stderr."""
+    """Draws a flow's progress records (`done`, `total`) as a tqdm bar on stderr."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, desc: str = "preprocess", unit: str = "shard"):
         super().__init__()
-        self.enabled = enabled
+        self.enabled, self.desc, self.unit = enabled, desc, unit
         self.bar = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -38,7 +39,7 @@ class ProgressBar(logging.Handler):
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=getattr(record, "total", 0), unit="shard", desc="preprocess", file=sys.stderr)
+            self.bar = tqdm(total=getattr(record, "total", 0), unit=self.unit, desc=self.desc, file=sys.stderr)
         self.bar.n = getattr(record, "done", 0)
         self.bar.refresh()
 
@@ -78,10 +79,10 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 
 def moment(text: str):
     """An ISO 8601 date or time for --since/--until (a date alone is midnight UTC)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def storage_options_from(pairs: Sequence[str]) -> dict[str, Any]:
@@ -177,17 +178,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print_summary(result["summary"], as_json=False)
         print(f"contact sheet: {result['contact_sheet']}")
     return 0
-
-
-class TryOnProgressBar(ProgressBar):
-    """The shard progress bar, labelled for try-on runs."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.enabled and self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=getattr(record, "total", 0), unit="shard", desc="tryon", file=sys.stderr)
-        super().emit(record)
 
 
 def names_list(values: Sequence[str] | None) -> list[str] | None:
@@ -288,7 +278,7 @@ def cmd_tryon(args: argparse.Namespace) -> int:
     config = tryon_config_from_args(args)
     from flows.tryon import progress_logger, tryon
 
-    handler = TryOnProgressBar(not args.no_progress and not args.json)
+    handler = ProgressBar(not args.no_progress and not args.json, desc="tryon")
     progress_logger.addHandler(handler)
     progress_logger.setLevel(logging.INFO)
     try:

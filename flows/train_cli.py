@@ -62,29 +62,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-class StepProgress(logging.Handler):
-    """A tqdm bar over training steps, fed by the `vitonprep.progress.train` records."""
-
-    def __init__(self, enabled: bool):
-        super().__init__()
-        self.enabled, self.bar = enabled, None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=getattr(record, "total", 0), unit="step", desc="train", file=sys.stderr)
-        self.bar.n = getattr(record, "done", 0)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        super().close()
-
-
 def print_train_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -102,7 +79,7 @@ def print_train_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows.cli import storage_options_from
+    from flows.cli import ProgressBar, storage_options_from
     from tasks.config import TrainConfig
 
     values = {name: getattr(args, name) for name in TrainConfig.model_fields if name != "storage_options"}
@@ -110,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train
     from tasks.training import progress_logger
 
-    handler = StepProgress(not args.no_progress and not args.json)
+    handler = ProgressBar(not args.no_progress and not args.json, desc="train", unit="step")
     progress_logger.addHandler(handler)
     progress_logger.setLevel(logging.INFO)
     try:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from vitonhd_models.networks import TPS_EXTENT
+from vitonhd_models.weights import check_state, read_state_dict
 
 # PatchGAN conv kernel and padding: pix2pixHD/SPADE use kw = 4, padw = ceil((kw - 1) / 2) = 2. With this
 # padding a stride-2 conv maps n -> n // 2 + 1 and a stride-1 conv n -> n + 1, so maps never reach 0.
@@ -175,35 +176,13 @@ def load_vgg19_state_dict(path: str) -> dict[str, torch.Tensor]:
     (`0.weight`, `0.bias`, ...). Raises ValueError naming `path` when the file is not a state dict or its
     keys or shapes do not fit torchvision's VGG19 features. Never downloads anything.
     """
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # torch raises pickle and zip errors of many types
-        raise ValueError(f"{path} is not a PyTorch state dict file: {exc}") from exc
-    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
-        raise ValueError(f"{path} holds no state dict (a dict of tensors)")
-
+    loaded = read_state_dict(path)
     if any(k.startswith("features.") for k in loaded):
-        state = {k[len("features.") :]: v for k, v in loaded.items() if k.startswith("features.")}
-        unexpected = sorted(k for k in loaded if not k.startswith(("features.", "classifier.")))
+        state = {k.removeprefix("features."): v for k, v in loaded.items() if not k.startswith("classifier.")}
     else:
-        state, unexpected = dict(loaded), []
-
+        state = dict(loaded)
     expected = {k: tuple(v.shape) for k, v in _vgg19_features_meta().state_dict().items()}
-    unexpected += sorted(k for k in state if k not in expected)
-    missing = sorted(k for k in expected if k not in state)
-    wrong_shape = sorted(
-        f"{k} {tuple(state[k].shape)} != {shape}"
-        for k, shape in expected.items()
-        if k in state and tuple(state[k].shape) != shape
-    )
-    if unexpected or missing or wrong_shape:
-        found = {"missing": missing, "unexpected": unexpected, "wrong shape": wrong_shape}
-        problems = [
-            f"{label}: {items[:5]}{' ...' * (len(items) > 5)}" for label, items in found.items() if items
-        ]
-        raise ValueError(f"{path} is not a torchvision VGG19 state dict; " + "; ".join(problems))
+    check_state(path, state, expected, "a torchvision VGG19 state dict")
     return state
 
 

@@ -23,6 +23,8 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from vitonhd_models.weights import check_state, read_state_dict
+
 # 8-bit images: the SSIM data range and the divisor that puts L1 into [0, 1] units.
 UINT8_MAX = 255
 
@@ -89,44 +91,6 @@ def summarise(values: list[float]) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A local state dict file as a plain dict of tensors; ValueError naming `path` when it is not one."""
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # torch raises pickle and zip errors of many types
-        raise ValueError(f"{path} is not a PyTorch state dict file: {exc}") from exc
-    if not isinstance(loaded, dict) or not all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in loaded.items()
-    ):
-        raise ValueError(f"{path} holds no state dict (a dict of tensors)")
-    return dict(loaded)
-
-
-def _check_state(
-    path: str,
-    state: dict[str, torch.Tensor],
-    expected: dict[str, tuple[int, ...]],
-    what: str,
-    ignored_prefixes: tuple[str, ...] = (),
-) -> None:
-    """ValueError naming `path` and the first few missing, unexpected and wrongly shaped keys, if any."""
-    unexpected = sorted(k for k in state if k not in expected and not k.startswith(ignored_prefixes))
-    missing = sorted(k for k in expected if k not in state)
-    wrong_shape = sorted(
-        f"{k} {tuple(state[k].shape)} != {shape}"
-        for k, shape in expected.items()
-        if k in state and tuple(state[k].shape) != shape
-    )
-    if unexpected or missing or wrong_shape:
-        found = {"missing": missing, "unexpected": unexpected, "wrong shape": wrong_shape}
-        problems = [
-            f"{label}: {items[:5]}{' ...' * (len(items) > 5)}" for label, items in found.items() if items
-        ]
-        raise ValueError(f"{path} is not {what}; " + "; ".join(problems))
-
-
 def _as_uint8_images(images: np.ndarray | Sequence[np.ndarray], name: str) -> list[np.ndarray]:
     """An (N, H, W, 3) uint8 array or a sequence of (H, W, 3) uint8 arrays (sizes may differ) as a list."""
     listed = list(images)
@@ -177,14 +141,14 @@ def load_alexnet_state_dict(path: str) -> dict[str, torch.Tensor]:
     (`0.weight`, `0.bias`, ...). Raises ValueError naming `path` when the keys or shapes do not fit
     torchvision's AlexNet features. Never downloads anything.
     """
-    loaded = _read_state_dict(path)
+    loaded = read_state_dict(path)
     if any(k.startswith("features.") for k in loaded):
         # Keys outside features.* and classifier.* stay in, under their full names, to be reported.
         state = {k.removeprefix("features."): v for k, v in loaded.items() if not k.startswith("classifier.")}
     else:
         state = loaded
     expected = {k: tuple(v.shape) for k, v in _alexnet_features_meta().state_dict().items()}
-    _check_state(path, state, expected, "a torchvision AlexNet state dict")
+    check_state(path, state, expected, "a torchvision AlexNet state dict")
     return state
 
 
@@ -194,9 +158,9 @@ def load_lpips_lin_weights(path: str) -> list[torch.Tensor]:
     Raises ValueError naming `path` for other keys, other shapes or negative weights (the authors clamp
     them to >= 0 while training, which keeps the distance non-negative).
     """
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     expected = {LPIPS_LIN_KEY.format(i): (1, c, 1, 1) for i, c in enumerate(LPIPS_CHANNELS)}
-    _check_state(path, state, expected, "an LPIPS v0.1 alex linear-layer state dict")
+    check_state(path, state, expected, "an LPIPS v0.1 alex linear-layer state dict")
     weights = [state[LPIPS_LIN_KEY.format(i)].float() for i in range(len(LPIPS_CHANNELS))]
     negative = [LPIPS_LIN_KEY.format(i) for i, w in enumerate(weights) if bool((w < 0).any())]
     if negative:
@@ -311,13 +275,13 @@ def load_inception_v3_state_dict(path: str) -> dict[str, torch.Tensor]:
     before PyTorch 0.4.1 lack them; eval mode never reads them). Raises ValueError naming `path` when
     keys or shapes do not fit. Never downloads anything.
     """
-    loaded = _read_state_dict(path)
+    loaded = read_state_dict(path)
     expected = {k: tuple(v.shape) for k, v in _inception_pool_meta().state_dict().items()}
     state = {k: v for k, v in loaded.items() if not k.startswith(INCEPTION_IGNORED_PREFIXES)}
     for key in expected:
         if key.endswith(".num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
-    _check_state(path, state, expected, "a torchvision Inception v3 state dict")
+    check_state(path, state, expected, "a torchvision Inception v3 state dict")
     return state
 
 
