@@ -118,14 +118,6 @@ class BenchConfig:
             raise ValueError("--precision fp16 runs on CUDA only (the pipeline's autocast); this run is on the CPU")
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA device")
-    return device
-
-
 def config_from_args(argv: list[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", help="root URL of an existing dataset (<split>/ and <split>_pairs.txt); "
@@ -151,7 +143,7 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
             dataset=args.dataset,
             split=args.split,
             samples=str(args.samples),
-            device=resolve_device(args.device),
+            device=pipeline.resolve_device(args.device),
             resolutions=parse_resolutions(args.resolutions, Architecture().num_upsampling_layers),
             batch_size=args.batch_size,
             infer_pairs=args.infer_pairs,

@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
 
@@ -47,6 +48,19 @@ class ProgressBar(logging.Handler):
         if self.bar is not None:
             self.bar.close()
         super().close()
+
+
+@contextmanager
+def progress_bar(logger: logging.Logger, enabled: bool, desc: str, unit: str = "shard") -> Iterator[None]:
+    """A ProgressBar listening to `logger` for the duration of a run."""
+    handler = ProgressBar(enabled, desc, unit)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,15 +136,9 @@ def run_flow(config, workers: int = 2, show_progress: bool = True, **selection: 
 
     from flows.preprocess import preprocess, progress_logger
 
-    handler = ProgressBar(show_progress)
-    progress_logger.addHandler(handler)
-    progress_logger.setLevel(logging.INFO)
-    try:
+    with progress_bar(progress_logger, show_progress, "preprocess"):
         bounded = preprocess.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
         return bounded(**config.model_dump(), **selection)
-    finally:
-        progress_logger.removeHandler(handler)
-        handler.close()
 
 
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -276,17 +284,12 @@ def cmd_tryon(args: argparse.Namespace) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     config = tryon_config_from_args(args)
-    from flows.tryon import progress_logger, tryon
+    from flows.preprocess import progress_logger
+    from flows.tryon import tryon
 
-    handler = ProgressBar(not args.no_progress and not args.json, desc="tryon")
-    progress_logger.addHandler(handler)
-    progress_logger.setLevel(logging.INFO)
-    try:
+    with progress_bar(progress_logger, not args.no_progress and not args.json, "tryon"):
         bounded = tryon.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.workers))
         summary = bounded(**config.model_dump())
-    finally:
-        progress_logger.removeHandler(handler)
-        handler.close()
     print_tryon_summary(summary, args.json)
     return 0
 

@@ -211,10 +211,10 @@ def run_preprocess(config: PreprocessConfig, selection: Selection = Selection())
     return summary
 
 
-def collect(futures: list) -> list[dict[str, Any]]:
-    """Wait for every shard's manifest part, reporting progress as each lands."""
+def collect(futures: list, description: str = "Shards finished") -> list[dict[str, Any]]:
+    """Wait for every shard's rows, reporting progress (a progress artifact, the CLI's bar) as each lands."""
     total = len(futures)
-    artifact = create_progress_artifact(0.0, description="Shards finished") if total else None
+    artifact = create_progress_artifact(0.0, description=description) if total else None
     progress_logger.info("start", extra={"done": 0, "total": total})
     rows: list[dict[str, Any]] = []
     for done, future in enumerate(as_completed(futures), start=1):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import types
 import typing
@@ -79,7 +78,7 @@ def print_train_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows.cli import ProgressBar, storage_options_from
+    from flows.cli import progress_bar, storage_options_from
     from tasks.config import TrainConfig
 
     values = {name: getattr(args, name) for name in TrainConfig.model_fields if name != "storage_options"}
@@ -87,14 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train
     from tasks.training import progress_logger
 
-    handler = ProgressBar(not args.no_progress and not args.json, desc="train", unit="step")
-    progress_logger.addHandler(handler)
-    progress_logger.setLevel(logging.INFO)
-    try:
+    with progress_bar(progress_logger, not args.no_progress and not args.json, "train", unit="step"):
         summary = train(**config.model_dump())
-    finally:
-        progress_logger.removeHandler(handler)
-        handler.close()
     print_train_summary(summary, args.json)
     return 0
 

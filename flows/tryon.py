@@ -10,7 +10,6 @@ randomly initialised: the run still goes end to end and says so in the log, the 
 from __future__ import annotations
 
 import io
-import logging
 import time
 from collections import Counter
 from typing import Any, Literal
@@ -20,15 +19,12 @@ from PIL import Image
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.preprocess import new_run_id
+from flows.preprocess import collect, new_run_id
 from tasks import contract
 from tasks.contact_sheet import contact_sheet, thumbnail_data_uri
 from tasks.storage import Store, redact
@@ -51,7 +47,6 @@ from tasks.tryon import (
     plan_tryon_shards,
     read_tryon_rows,
     render_shard,
-    resolve_device,
     result_key,
     run_folder,
     select_pending,
@@ -59,10 +54,7 @@ from tasks.tryon import (
     write_summary,
 )
 from vitonhd_models.data import detect_layout
-
-# The CLI listens here to draw its progress bar (the same logger as preprocess); records carry `done`, `total`.
-progress_logger = logging.getLogger("vitonprep.progress")
-progress_logger.propagate = False
+from vitonhd_models.pipeline import resolve_device
 
 CONTACT_SHEET_PAIRS = 8
 CONTACT_SHEET_THUMBNAIL = 512  # pixels high, embedded in the UI artifact
@@ -167,7 +159,7 @@ def run_tryon(config: TryOnConfig) -> dict[str, Any]:
     parts = render_shard.map(
         unmapped(config), unmapped(settings), [shard_name(i) for i in range(len(shards))], shards
     )
-    rows = collect(list(parts))
+    rows = collect(list(parts), "Try-on shards finished")
 
     summary = summarise(config, settings, loaded, rows, len(pairs), skipped, time.perf_counter() - started)
     summary["contact_sheet"] = write_contact_sheet(config, dataset, out, rows, skipped)
@@ -196,20 +188,6 @@ def random_init_warning(stages: list[str]) -> str:
         f"randomly initialised networks: {', '.join(stages)} (no trained checkpoint found); "
         "the try-on results are not meaningful"
     )
-
-
-def collect(futures: list) -> list[dict[str, Any]]:
-    """Wait for every shard's rows, reporting progress as each lands."""
-    total = len(futures)
-    artifact = create_progress_artifact(0.0, description="Try-on shards finished") if total else None
-    progress_logger.info("start", extra={"done": 0, "total": total})
-    rows: list[dict[str, Any]] = []
-    for done, future in enumerate(as_completed(futures), start=1):
-        rows.extend(future.result())
-        if artifact is not None:
-            update_progress_artifact(artifact, 100.0 * done / total)
-        progress_logger.info("shard", extra={"done": done, "total": total})
-    return rows
 
 
 def summarise(

@@ -24,6 +24,7 @@ from vitonhd_models import checkpoints as ckpt
 from vitonhd_models import metrics
 from vitonhd_models import train as training
 from vitonhd_models.data import PairDataset, collate_pairs, read_pairs
+from vitonhd_models.pipeline import resolve_device
 
 SAMPLE_PAIRS = 4
 # The CLI listens here to draw its progress bar; records carry `done` and `total` steps.
@@ -36,14 +37,6 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:  # called outside a run (tests, benchmarks)
         return logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
-    return name
 
 
 def architecture(config: TrainConfig) -> ckpt.Architecture:
@@ -137,16 +130,13 @@ def frozen_gmm(config: TrainConfig, arch: ckpt.Architecture) -> tuple[torch.nn.M
         )
     gmm_arch = ckpt.Architecture(**{**arch.to_dict(), "gmm_ngf": gmm_arch.gmm_ngf, "grid_size": gmm_arch.grid_size})
     net = ckpt.build_network("gmm", gmm_arch)
-    name = ckpt.checkpoint_name("gmm")
-    if not store.exists(name):
+    checkpoint_id = ckpt.load_weights(net, store, "gmm")
+    if checkpoint_id == ckpt.RANDOM_INIT:
         _logger().warning(
-            "alias stage: no %s in %s; the warped cloth comes from a randomly initialised GMM "
-            "(train the gmm stage first, or set gmm_checkpoints)", name, store.url
+            "alias stage: the warped cloth comes from a randomly initialised GMM "
+            "(train the gmm stage first, or set gmm_checkpoints)"
         )
-        return net, ckpt.RANDOM_INIT
-    data = store.read_bytes(name)
-    ckpt.load_state(net, ckpt.state_dict_from_bytes(data, store.url_of(name)), store.url_of(name))
-    return net, ckpt.sha256_hex(data)[: ckpt.CHECKPOINT_ID_CHARS]
+    return net, checkpoint_id
 
 
 def build_trainer(config: TrainConfig) -> tuple[training.StageTrainer, dict[str, Any]]:

@@ -31,7 +31,6 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -126,15 +125,6 @@ class TryOnConfig(BaseModel):
         if self.persons is not None and self.pairs is not None:
             raise ValueError("give either a pairs file or persons and garments, not both")
         return self
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when PyTorch sees a GPU, else 'cpu'; 'cuda' without one is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but PyTorch sees no CUDA device")
-    return device
 
 
 def effective_precision(precision: str, device: str) -> str:

@@ -112,6 +112,19 @@ def load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str
         raise ValueError(f"{source} does not fit {type(net).__name__}: {' '.join(first)}") from exc
 
 
+def load_weights(net: torch.nn.Module, store: Store | None, stage: str) -> str:
+    """Load `<stage>_final.pth` from `store` into `net`; its checkpoint id, or RANDOM_INIT (with a warning)
+    when the folder or the file is absent."""
+    name = checkpoint_name(stage)
+    if store is None or not store.exists(name):
+        where = store.url_of(name) if store is not None else "(no checkpoint folder)"
+        log.warning("%s network is randomly initialised: %s not found", stage, where)
+        return RANDOM_INIT
+    data = store.read_bytes(name)
+    load_state(net, state_dict_from_bytes(data, store.url_of(name)), store.url_of(name))
+    return sha256_hex(data)[:CHECKPOINT_ID_CHARS]
+
+
 def read_architecture(store: Store | None) -> Architecture:
     """The architecture the folder's sidecars describe; official defaults where there are none."""
     found: dict[str, dict] = {}
@@ -144,17 +157,8 @@ def load_networks(
     torch.manual_seed(seed)
     nets, ids = {}, {}
     for stage in STAGES:
-        net = build_network(stage, arch)
-        name = checkpoint_name(stage)
-        if store is not None and store.exists(name):
-            data = store.read_bytes(name)
-            load_state(net, state_dict_from_bytes(data, store.url_of(name)), store.url_of(name))
-            ids[stage] = sha256_hex(data)[:CHECKPOINT_ID_CHARS]
-        else:
-            ids[stage] = RANDOM_INIT
-            where = store.url_of(name) if store is not None else "(no checkpoint folder)"
-            log.warning("%s network is randomly initialised: %s not found", stage, where)
-        nets[stage] = net
+        nets[stage] = build_network(stage, arch)
+        ids[stage] = load_weights(nets[stage], store, stage)
     return TryOnNetworks(**nets).to(device).eval(), arch, ids
 
 

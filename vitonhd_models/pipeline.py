@@ -44,6 +44,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when PyTorch sees a GPU, else 'cpu'; 'cuda' without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but PyTorch sees no CUDA device")
+    return device
+
+
 def seg_size(load_hw: tuple[int, int]) -> tuple[int, int]:
     return load_hw[0] // SEG_SCALE, load_hw[1] // SEG_SCALE
 
