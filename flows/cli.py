@@ -87,6 +87,10 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
         help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string), "
         "e.g. endpoint_url=http://minio:9000",
     )
+    parser.add_argument(
+        "--max-failed-fraction", type=float, default=0.1,
+        help="exit 1 (and the flow run ends Failed) when more than this share of processed items failed (default 0.1)",
+    )
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -162,16 +166,24 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    from flows.preprocess import RunFailed
+
     config = config_from_args(args)
-    summary = run_flow(
-        config,
-        workers=args.workers,
-        show_progress=not args.no_progress and not args.json,
-        prefix=args.prefix,
-        since=args.since,
-        until=args.until,
-        full_refresh=args.full_refresh,
-    )
+    try:
+        summary = run_flow(
+            config,
+            workers=args.workers,
+            show_progress=not args.no_progress and not args.json,
+            prefix=args.prefix,
+            since=args.since,
+            until=args.until,
+            full_refresh=args.full_refresh,
+            max_failed_fraction=args.max_failed_fraction,
+        )
+    except RunFailed as failure:
+        print_summary(failure.summary, args.json)
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     print_summary(summary, args.json)
     return 0
 

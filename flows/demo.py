@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from tasks import contract
-from tasks.contact_sheet import contact_sheet, overlay_parse
+from tasks.contact_sheet import dataset_contact_sheet
 from tasks.storage import Store
 
 # Garments to render: (name, body colour, background colour, sleeve length as a fraction).
@@ -71,37 +70,6 @@ def build_demo_catalog(catalog: Store) -> None:
         buffer = io.BytesIO()
         render_garment(body, background, sleeve).save(buffer, format="PNG")
         catalog.write_bytes(f"garments/{name}.png", buffer.getvalue())
-
-
-def read_array(store: Store, rel: str | None) -> np.ndarray | None:
-    if not rel or not store.exists(rel):
-        return None
-    with Image.open(io.BytesIO(store.read_bytes(rel))) as image:
-        return np.asarray(image)
-
-
-def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndarray:
-    """Person rows: photo, skeleton, parse overlay, agnostic. Garment rows: garment, mask.
-
-    `rows` are items as `tasks.manifest.item_view` gives them.
-    """
-    sheet_rows = []
-    for row in sorted(rows, key=lambda r: (r["kind"], r["key"])):
-        caption = f"{row['kind']} {row['key']}: {row['status']}"
-        if row["status"] != "ok":
-            caption += f" ({row['error_code']})"
-            sheet_rows.append((caption, [None]))
-            continue
-        if row["kind"] == "person":
-            image = read_array(dataset, row["ingest_outputs"][0])
-            labels = read_array(dataset, row["parse_outputs"][0])
-            parse_tile = overlay_parse(image, labels) if image is not None and labels is not None else None
-            skeleton = read_array(dataset, row["pose_outputs"][1])
-            tiles = [image, skeleton, parse_tile, read_array(dataset, row["agnostic_outputs"][1])]
-        else:
-            tiles = [read_array(dataset, row["ingest_outputs"][0]), read_array(dataset, row["cloth_mask_outputs"][0])]
-        sheet_rows.append((caption, tiles))
-    return contact_sheet(sheet_rows)
 
 
 def run_demo(out_dir: str = "demo-output", workers: int = 2, show_progress: bool = True) -> dict[str, Any]:

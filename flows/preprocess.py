@@ -9,6 +9,7 @@ manifest part last, then the pairs file, the run summary and the UI artifacts.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -26,6 +27,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import chain, fanout
 from tasks import contract
 from tasks.catalog import (
     GARMENT,
@@ -37,13 +39,24 @@ from tasks.catalog import (
     read_worn_pairs,
     unworn_pairs,
 )
-from tasks.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, PreprocessConfig
+from tasks.config import (
+    DEFAULT_ITEMS_PER_CHILD_RUN,
+    DEFAULT_MAX_FAILED_FRACTION,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_SHARD_SIZE,
+    PreprocessConfig,
+    RunPolicy,
+)
+from tasks.contact_sheet import dataset_contact_sheet, encode_png, thumbnail_data_uri
 from tasks.manifest import (
     GARMENT_STAGES,
     PERSON_STAGES,
     STAGES,
+    item_view,
     ok_items,
     read_current,
+    rows_to_table,
+    run_folder,
     write_summary,
 )
 from tasks.plan import (
@@ -51,6 +64,8 @@ from tasks.plan import (
     WorkItem,
     index_current,
     plan_catalog,
+    read_work_list,
+    split_work,
     stage_fingerprints,
     stages_for,
 )
@@ -74,7 +89,38 @@ def new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-@flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
+class RunFailed(RuntimeError):
+    """The run finished its work but did too badly to call it Completed; `summary` says what happened."""
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self):  # Prefect pickles a failed run's exception as its result
+        return (RunFailed, (str(self), self.summary))
+
+
+def run_name() -> str:
+    """The flow run's name in the UI: what it covers (split, catalog, selection, or its part of a parent)."""
+    params = flow_run.get_parameters()
+    split = params.get("split", "test")
+    work_list = params.get("work_list")
+    if work_list:  # _work/<split>/plans/<parent run id>/part-0003-of-0012.json
+        parent, name = work_list.rstrip("/").split("/")[-2:]
+        part, _, parts = name.removeprefix("part-").removesuffix(".json").partition("-of-")
+        return f"{split} part {int(part)}/{int(parts)} of {parent}"
+    words = [split, "<-", redact(str(params.get("catalog", "")))]
+    if params.get("prefix"):
+        words.append(f"prefix {params['prefix']}")
+    for bound in ("since", "until"):
+        if params.get(bound):
+            words.append(f"{bound} {str(params[bound])[:19]}")
+    if params.get("full_refresh"):
+        words.append("full refresh")
+    return " ".join(words)
+
+
+@flow(name="preprocess", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
 def preprocess(
     catalog: str,
     out: str,
@@ -92,6 +138,13 @@ def preprocess(
     since: datetime | None = None,
     until: datetime | None = None,
     full_refresh: bool = False,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
+    items_per_child_run: int = DEFAULT_ITEMS_PER_CHILD_RUN,
+    tryon_deployment: str | None = None,
+    tryon_persons: list[str] | None = None,
+    train_deployment: str | None = None,
+    train_min_new_pairs: int = 1000,
+    work_list: str | None = None,
 ) -> dict[str, Any]:
     """Turn the catalog at `catalog` into a VITON-HD dataset at `out`; return the run summary.
 
@@ -112,6 +165,14 @@ def preprocess(
         since: backfill only sources modified at or after this time.
         until: backfill only sources modified before this time.
         full_refresh: ignore what the dataset already holds and rerun every stage of the selected items.
+        max_failed_fraction: the run ends Failed when more than this share of the items it processed failed.
+        items_per_child_run: a deployment run planning more items than this splits them into child runs of
+            preprocess/shard-range that any worker picks up (0: never split).
+        tryon_deployment: deployment to start for the garments this run added or changed (e.g. tryon/bulk).
+        tryon_persons: the person roster for those garments; empty = every person in the dataset.
+        train_deployment: deployment to start once train_min_new_pairs new pairs arrived (e.g. train/train).
+        train_min_new_pairs: new pairs since training last started that start it again.
+        work_list: set by a parent run: the dataset-relative path of the items this child run processes.
     """
     config = PreprocessConfig(
         catalog=catalog,
@@ -133,7 +194,17 @@ def preprocess(
         until=epoch_seconds(until),
         full_refresh=full_refresh,
     )
-    return run_preprocess(config, selection)
+    policy = RunPolicy(
+        max_failed_fraction=max_failed_fraction,
+        items_per_child_run=items_per_child_run,
+        tryon_deployment=tryon_deployment,
+        tryon_persons=tryon_persons or None,
+        train_deployment=train_deployment,
+        train_min_new_pairs=train_min_new_pairs,
+    )
+    if work_list:
+        return run_part(config, selection, work_list)
+    return run_preprocess(config, selection, policy)
 
 
 def epoch_seconds(moment: datetime | None) -> float | None:
@@ -143,8 +214,11 @@ def epoch_seconds(moment: datetime | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def run_preprocess(config: PreprocessConfig, selection: Selection = Selection()) -> dict[str, Any]:
-    """The flow's body: list, diff against the manifest, map the stages over shards, collect, summarise."""
+def run_preprocess(
+    config: PreprocessConfig, selection: Selection = Selection(), policy: RunPolicy | None = None
+) -> dict[str, Any]:
+    """The flow's body: list, diff against the manifest, process (here or in child runs), summarise, chain."""
+    policy = policy or RunPolicy()
     logger = get_run_logger()
     started = time.perf_counter()
     run_id = new_run_id()
@@ -161,14 +235,89 @@ def run_preprocess(config: PreprocessConfig, selection: Selection = Selection())
     )
     for kind in (PERSON, GARMENT):
         check_unique_stems(kind, listed[kind])
+    planned = len(works[PERSON]) + len(works[GARMENT])
+    logger.info(
+        "run %s: %d of %d persons and %d of %d garments to process (%s layout)",
+        run_id, len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), layout.name,
+    )
+    children: dict[str, str] = {}
+    fan_out = bool(policy.items_per_child_run) and planned > policy.items_per_child_run
+    if fan_out and not fanout.in_deployment():
+        logger.info("%d items exceed items_per_child_run %d, but this run is not a deployment's (no workers "
+                    "to share with): processing them all here", planned, policy.items_per_child_run)
+        fan_out = False
+    if fan_out:
+        parts = split_work(works, policy.items_per_child_run)
+        logger.info("run %s: splitting %d items into %d child runs of %s",
+                    run_id, planned, len(parts), fanout.CHILD_DEPLOYMENT)
+        children = fanout.start_children(config, selection, parts, run_id)
+        states = fanout.wait_for_children(children, logger)
+        rows = fanout.children_rows(config, children)
+        unfinished = {children[i]: state for i, state in states.items() if state != "Completed"}
+    else:
+        rows = process(config, run_id, works, fingerprints, logger)
+        unfinished = {}
+
+    current = read_current(out, config.split)
+    ok = {kind: {k: s for k, s in ok_items(current, kind, stages_for(kind)).items() if k in listed[kind]}
+          for kind in (PERSON, GARMENT)}
+    pairs = write_pairs(out, config, catalog, layout, ok)
+    summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - started)
+    summary["child_runs"] = sorted(children.values())
+    failure = failure_reason(summary, policy.max_failed_fraction, unfinished)
+    if failure is None:
+        new_garments = sorted({row["stem"] for row in rows if row["kind"] == GARMENT and row["stem"]}
+                              & set(ok[GARMENT].values()))
+        summary["started"] = {
+            "tryon": chain.start_tryon(policy, config, new_garments, sorted(ok[PERSON].values()), logger),
+            "train": chain.start_train(policy, config, len(pairs), logger),
+        }
+    write_summary(out, config.split, run_id, summary)
+    publish(summary, out, rows, keyed=True)
+    logger.info(
+        "run %s: processed %d persons (%d failed) and %d garments (%d failed) in %.1f s; the dataset holds "
+        "%d persons and %d garments",
+        run_id, summary["persons"]["total"], summary["persons"]["error"], summary["garments"]["total"],
+        summary["garments"]["error"], summary["seconds"], len(ok[PERSON]), len(ok[GARMENT]),
+    )
+    if failure is not None:
+        logger.error("run %s failed: %s", run_id, failure)
+        raise RunFailed(failure, summary)
+    return summary
+
+
+def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> dict[str, Any]:
+    """A child run: re-plan the items of a parent's work list against the manifest (a rerun skips what
+    is done), process them, summarise. The parent writes the pairs file and judges the whole run."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    out = Store(config.out, config.storage_options)
+    run_id, items = read_work_list(out, work_list)
+    fingerprints = stage_fingerprints(config)
+    index = index_current(read_current(out, config.split))
+    listed, works = plan_catalog(items, index, fingerprints, Selection(full_refresh=selection.full_refresh))
+    logger.info("run %s: %d of %d persons and %d of %d garments of %s to process", run_id,
+                len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), work_list)
+    rows = process(config, run_id, works, fingerprints, logger)
+    current = read_current(out, config.split)
+    ok = {kind: {k: s for k, s in ok_items(current, kind, stages_for(kind)).items() if k in listed[kind]}
+          for kind in (PERSON, GARMENT)}
+    summary = summarise(config, selection, run_id, rows, listed, works, ok, [], time.perf_counter() - started)
+    summary["work_list"] = work_list
+    write_summary(out, config.split, run_id, summary)
+    publish(summary, out, rows, keyed=False)
+    return summary
+
+
+def process(
+    config: PreprocessConfig, run_id: str, works: dict[str, list[WorkItem]], fingerprints: dict, logger: Any
+) -> list[dict[str, Any]]:
+    """Map the stages over shards in this flow run (ingest -> pose -> parse -> agnostic for persons,
+    ingest -> cloth mask for garments, then each shard's manifest part); returns every row."""
     person_shards = plan_shards(works[PERSON], config.shard_size)
     garment_shards = plan_shards(works[GARMENT], config.shard_size)
-    logger.info(
-        "run %s: %d of %d persons to process in %d shards, %d of %d garments in %d shards (%s layout)",
-        run_id, len(works[PERSON]), len(listed[PERSON]), len(person_shards),
-        len(works[GARMENT]), len(listed[GARMENT]), len(garment_shards), layout.name,
-    )
-
+    logger.info("run %s: %d person shards and %d garment shards of up to %d images",
+                run_id, len(person_shards), len(garment_shards), config.shard_size)
     cfg, fps = unmapped(config), unmapped(fingerprints)
     ingested = ingest_shard.map(cfg, person_shards)
     posed = pose_shard.map(cfg, person_shards, ingested)
@@ -193,22 +342,21 @@ def run_preprocess(config: PreprocessConfig, selection: Selection = Selection())
         [dict(zip(GARMENT_STAGES, stages)) for stages in zip(garment_ingested, masked)],
         fps,
     )
-    rows = collect(list(person_parts) + list(garment_parts))
+    return collect(list(person_parts) + list(garment_parts))
 
-    current = read_current(out, config.split)
-    ok = {kind: {k: s for k, s in ok_items(current, kind, stages_for(kind)).items() if k in listed[kind]}
-          for kind in (PERSON, GARMENT)}
-    pairs = write_pairs(out, config, catalog, layout, ok)
-    summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - started)
-    write_summary(out, config.split, run_id, summary)
-    publish(summary)
-    logger.info(
-        "run %s: processed %d persons (%d failed) and %d garments (%d failed) in %.1f s; the dataset holds "
-        "%d persons and %d garments",
-        run_id, summary["persons"]["total"], summary["persons"]["error"], summary["garments"]["total"],
-        summary["garments"]["error"], summary["seconds"], len(ok[PERSON]), len(ok[GARMENT]),
-    )
-    return summary
+
+def failure_reason(summary: dict[str, Any], max_failed_fraction: float, unfinished: dict[str, str]) -> str | None:
+    """Why the run ends Failed (child runs that did not complete, too many failed items), or None."""
+    if unfinished:
+        listed = ", ".join(f"{run} {state}" for run, state in sorted(unfinished.items()))
+        return f"{len(unfinished)} of {len(summary['child_runs'])} child runs did not complete: {listed}"
+    processed = summary["persons"]["total"] + summary["garments"]["total"]
+    failed = summary["persons"]["error"] + summary["garments"]["error"]
+    if processed and failed / processed > max_failed_fraction:
+        codes = ", ".join(f"{code} {count}" for code, count in sorted(summary["errors"].items()))
+        return (f"{failed} of {processed} items failed ({failed / processed:.1%} > max_failed_fraction "
+                f"{max_failed_fraction:.1%}): {codes}")
+    return None
 
 
 def collect(futures: list, description: str = "Shards finished") -> list[dict[str, Any]]:
@@ -310,21 +458,82 @@ def summarise(
     }
 
 
-def publish(summary: dict[str, Any]) -> None:
-    """The run's stage table and a short markdown report, for the Prefect UI."""
-    table = [
-        {"stage": stage, "items": stats["items"], "mean_ms": round(stats["mean_ms"], 1)}
-        for stage, stats in summary["stages"].items()
-    ]
-    create_table_artifact(table, key="preprocess-stages", description=f"Per-stage timings, run {summary['run_id']}")
+CONTACT_SHEET_ITEMS = 6  # items shown in the run's contact sheet artifact
+CONTACT_SHEET_HEIGHT = 1200  # pixels, as embedded in the artifact
+
+
+def artifact_key(name: str) -> str:
+    """`preprocess-<deployment>-<name>`: one history per deployment on the Artifacts page."""
+    from prefect.runtime import deployment
+
+    where = re.sub(r"[^a-z0-9]+", "-", (deployment.get_name() or "local").lower()).strip("-")
+    return f"preprocess-{where}-{name}"
+
+
+def stage_table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per stage: items, ok, failed, mean and total time, and the error codes with their counts."""
+    table = []
+    for stage, stats in summary["stages"].items():
+        codes = Counter(row["error_code"] for row in rows if row["stage"] == stage and row["status"] == "error")
+        table.append({
+            "stage": stage,
+            "items": stats["items"],
+            "ok": stats["items"] - stats["error"],
+            "failed": stats["error"],
+            "mean_ms": round(stats["mean_ms"], 1),
+            "total_s": round(stats["total_ms"] / 1000.0, 1),
+            "error_codes": ", ".join(f"{code} {n}" for code, n in sorted(codes.items())) or "-",
+        })
+    return table
+
+
+def sample_items(rows: list[dict[str, Any]], count: int = CONTACT_SHEET_ITEMS) -> list[dict[str, Any]]:
+    """A few processed items for people to look at: failures first, then persons and garments alike."""
+    items = item_view(rows_to_table(rows))
+    failed = [item for item in items if item["status"] != "ok"]
+    persons = [item for item in items if item["status"] == "ok" and item["kind"] == PERSON]
+    garments = [item for item in items if item["status"] == "ok" and item["kind"] == GARMENT]
+    chosen = failed[: count // 3]
+    while len(chosen) < count and (persons or garments):
+        for pool in (persons, persons, garments):
+            if pool and len(chosen) < count:
+                chosen.append(pool.pop(0))
+    return chosen
+
+
+def publish(summary: dict[str, Any], out: Store, rows: list[dict[str, Any]], keyed: bool) -> None:
+    """The run's UI artifacts: a keyed per-stage table (a history across runs) and a markdown report
+    with the counts and a contact sheet of a sample of the items it processed."""
+    run_id = summary["run_id"]
+    create_table_artifact(
+        stage_table(summary, rows),
+        key=artifact_key("stages") if keyed else None,
+        description=f"Per-stage counts, timings and error codes, run {run_id}",
+    )
+    sheet = ""
+    sample = sample_items(rows)
+    if sample:
+        try:
+            png = encode_png(dataset_contact_sheet(out, sample))
+            out.write_bytes(f"{run_folder(summary['split'], run_id)}/contact_sheet.png", png)
+            sheet = (f"\n## Sample (photo, pose, parse, agnostic; garment, mask)\n\n"
+                     f"![contact sheet]({thumbnail_data_uri(png, CONTACT_SHEET_HEIGHT)})\n")
+        except (OSError, ValueError) as error:  # a report must not fail a run whose outputs are written
+            get_run_logger().warning("no contact sheet for run %s: %s", run_id, error)
     errors = "\n".join(f"| {code} | {count} |" for code, count in sorted(summary["errors"].items())) or "| none | 0 |"
+    started = "".join(
+        f"- started {info['deployment']}: {info['flow_run_name']}\n"
+        for info in (summary.get("started") or {}).values() if info
+    )
     create_markdown_artifact(
-        f"# preprocess {summary['run_id']}\n\n"
-        f"- persons: {summary['persons']['ok']} ok of {summary['persons']['total']}\n"
-        f"- garments: {summary['garments']['ok']} ok of {summary['garments']['total']}\n"
-        f"- pairs written: {summary['pairs']}\n"
-        f"- {summary['seconds']:.1f} s, {summary['images_per_second']:.2f} images/s\n\n"
-        f"| error code | items |\n|---|---|\n{errors}\n",
-        key="preprocess-summary",
-        description="Run summary",
+        f"# preprocess {run_id}\n\n"
+        f"- persons: {summary['persons']['ok']} ok of {summary['persons']['total']} processed\n"
+        f"- garments: {summary['garments']['ok']} ok of {summary['garments']['total']} processed\n"
+        f"- the dataset holds {summary['dataset']['persons']} persons, {summary['dataset']['garments']} garments, "
+        f"{summary['pairs']} pairs\n"
+        f"- {summary['seconds']:.1f} s, {summary['images_per_second']:.2f} images/s\n"
+        f"{started}\n"
+        f"| error code | items |\n|---|---|\n{errors}\n{sheet}",
+        key=artifact_key("summary") if keyed else None,
+        description=f"Run {run_id}",
     )

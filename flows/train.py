@@ -25,7 +25,14 @@ from vitonhd_models.train import latest_step, read_metrics
 THUMBNAIL_HEIGHT = 384  # sample grids embedded in the UI's markdown artifact
 
 
-@flow(name="train", log_prints=False)
+def run_name() -> str:
+    """The flow run's name in the UI: stage, steps and dataset."""
+    params = flow_run.get_parameters()
+    return (f"{params.get('stage', '?')} to step {params.get('steps', 1000)} on "
+            f"{redact(str(params.get('dataset', '')))} {params.get('split', 'train')}")
+
+
+@flow(name="train", flow_run_name=run_name, log_prints=False)
 def train(
     dataset: str,
     stage: Literal["seg", "gmm", "alias"],

@@ -61,7 +61,20 @@ CONTACT_SHEET_THUMBNAIL = 512  # pixels high, embedded in the UI artifact
 STALE_TEMPORARY_S = 3600.0  # younger partial files may belong to a run writing to the same output now
 
 
-@flow(name="tryon", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
+def run_name() -> str:
+    """The flow run's name in the UI: which pairs of which dataset."""
+    params = flow_run.get_parameters()
+    split = params.get("split", "test")
+    if params.get("persons") and params.get("garments"):
+        what = f"{len(params['garments'])} garments x {len(params['persons'])} persons"
+    elif params.get("pairs"):
+        what = f"pairs of {redact(str(params['pairs']))}"
+    else:
+        what = f"{split}_pairs.txt"
+    return f"{split}: {what} of {redact(str(params.get('dataset', '')))}"
+
+
+@flow(name="tryon", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
 def tryon(
     dataset: str,
     out: str,

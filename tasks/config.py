@@ -48,6 +48,46 @@ class PreprocessConfig(BaseModel):
         return self.parser.split(":", 1)[1] if self.parser.startswith("yolo:") else None
 
 
+DEFAULT_ITEMS_PER_CHILD_RUN = 2000  # ~10k task runs at 64 images per shard: Prefect's comfortable ceiling per flow run
+DEFAULT_MAX_FAILED_FRACTION = 0.1
+
+
+class RunPolicy(BaseModel):
+    """How a preprocess run behaves as part of the service: failure threshold, fan-out and chaining."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_failed_fraction: float = Field(
+        DEFAULT_MAX_FAILED_FRACTION, ge=0.0, le=1.0,
+        description="The run ends Failed when more than this share of the items it processed failed",
+    )
+    items_per_child_run: int = Field(
+        DEFAULT_ITEMS_PER_CHILD_RUN, ge=0,
+        description="A deployment run planning more items splits them into child runs of preprocess/shard-range "
+        "of at most this many items (0: never split)",
+    )
+    tryon_deployment: str | None = Field(
+        None, description="Deployment to start for the garments this run added or changed, e.g. tryon/bulk"
+    )
+    tryon_persons: list[str] | None = Field(
+        None, description="The person roster those garments are rendered on; None = every person in the dataset"
+    )
+    train_deployment: str | None = Field(
+        None, description="Deployment to start once enough new pairs arrived since it was last started, e.g. train/train"
+    )
+    train_min_new_pairs: int = Field(1000, ge=1, description="New pairs that start the train deployment")
+
+    @field_validator("tryon_deployment", "train_deployment")
+    @classmethod
+    def _deployment_name(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        flow_name, sep, deployment = value.partition("/")
+        if not sep or not flow_name or not deployment or "/" in deployment:
+            raise ValueError(f"a deployment is named <flow>/<deployment>, got {value!r}")
+        return value
+
+
 class TrainConfig(BaseModel):
     """One VITON-HD training stage. Defaults: the official architecture at 1024x768, offline."""
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from tasks.contract import CIHP_PALETTE
+from tasks.storage import Store
 
 TILE_WH = (192, 256)  # a quarter of 768x1024
 OVERLAY_ALPHA = 0.55
@@ -53,7 +56,6 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[np.ndarray | None]]]) -> np
 def thumbnail_data_uri(png_or_jpeg: bytes, height: int = 384) -> str:
     """An image scaled to `height` as a JPEG data URI, to embed in a Prefect markdown artifact."""
     import base64
-    import io
 
     image = Image.open(io.BytesIO(png_or_jpeg)).convert("RGB")
     if image.height > height:
@@ -61,3 +63,40 @@ def thumbnail_data_uri(png_or_jpeg: bytes, height: int = 384) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def read_array(store: Store, rel: str | None) -> np.ndarray | None:
+    if not rel or not store.exists(rel):
+        return None
+    with Image.open(io.BytesIO(store.read_bytes(rel))) as image:
+        return np.asarray(image)
+
+
+def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Person rows: photo, skeleton, parse overlay, agnostic. Garment rows: garment, mask.
+
+    `rows` are items as `tasks.manifest.item_view` gives them.
+    """
+    sheet_rows = []
+    for row in sorted(rows, key=lambda r: (r["kind"], r["key"])):
+        caption = f"{row['kind']} {row['key']}: {row['status']}"
+        if row["status"] != "ok":
+            caption += f" ({row['error_code']})"
+            sheet_rows.append((caption, [None]))
+            continue
+        if row["kind"] == "person":
+            image = read_array(dataset, row["ingest_outputs"][0])
+            labels = read_array(dataset, row["parse_outputs"][0])
+            parse_tile = overlay_parse(image, labels) if image is not None and labels is not None else None
+            skeleton = read_array(dataset, row["pose_outputs"][1])
+            tiles = [image, skeleton, parse_tile, read_array(dataset, row["agnostic_outputs"][1])]
+        else:
+            tiles = [read_array(dataset, row["ingest_outputs"][0]), read_array(dataset, row["cloth_mask_outputs"][0])]
+        sheet_rows.append((caption, tiles))
+    return contact_sheet(sheet_rows)
+
+
+def encode_png(sheet: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(sheet).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -27,6 +27,9 @@ DIR_PARSE_VITONHD = "image-parse"
 DIR_POSE_IMG_VITONHD = "openpose-img"
 DIR_POSE_JSON_VITONHD = "openpose-json"
 
+# Ours, not the contract's: intermediate files (pose model outputs, child runs' work lists).
+WORK_DIR = "_work"
+
 DATASET_DIRS = (
     DIR_IMAGE,
     DIR_CLOTH,

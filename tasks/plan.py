@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
+import posixpath
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -25,7 +27,7 @@ from tasks import contract
 from tasks.catalog import GARMENT, PERSON, CatalogItem
 from tasks.config import PreprocessConfig
 from tasks.manifest import GARMENT_STAGES, PERSON_STAGES
-from tasks.storage import file_sha256, local_file
+from tasks.storage import Store, file_sha256, local_file
 
 # Bump a stage's version when its outputs change for the same inputs: every item reruns that stage.
 STAGE_VERSIONS = {"ingest": 1, "pose": 1, "parse": 1, "cloth_mask": 1, "agnostic": 1}
@@ -218,3 +220,46 @@ def plan_catalog(
                 if work is not None:
                     works[kind].append(work)
     return listed, works
+
+
+# ---------------------------------------------------------------------------------------------
+# Fan-out: a big plan split into work lists, one per child flow run
+
+
+def split_work(works: Mapping[str, list[WorkItem]], items_per_part: int) -> list[dict[str, list[CatalogItem]]]:
+    """The planned items cut into equal parts of at most `items_per_part` (persons first, then garments)."""
+    ordered = [work.item for kind in (PERSON, GARMENT) for work in works.get(kind, [])]
+    if not ordered:
+        return []
+    parts = math.ceil(len(ordered) / items_per_part)
+    size = math.ceil(len(ordered) / parts)
+    result = []
+    for start in range(0, len(ordered), size):
+        part: dict[str, list[CatalogItem]] = {PERSON: [], GARMENT: []}
+        for item in ordered[start : start + size]:
+            part[item.kind].append(item)
+        result.append(part)
+    return result
+
+
+def work_list_path(split: str, parent_run_id: str, part: int, parts: int) -> str:
+    """Where a parent run leaves the items of its child run `part` (1-based) of `parts`."""
+    return posixpath.join(contract.WORK_DIR, split, "plans", parent_run_id, f"part-{part:04d}-of-{parts:04d}.json")
+
+
+def child_run_id(parent_run_id: str, part: int) -> str:
+    """A child run's id: its parent's, then the part, so the manifest orders it after its parent."""
+    return f"{parent_run_id}-p{part:04d}"
+
+
+def write_work_list(store: Store, rel: str, run_id: str, items: Mapping[str, list[CatalogItem]]) -> str:
+    payload = {"run_id": run_id, "items": {kind: [asdict(item) for item in found] for kind, found in items.items()}}
+    return store.write_text(rel, json.dumps(payload, sort_keys=True))
+
+
+def read_work_list(store: Store, rel: str) -> tuple[str, dict[str, list[CatalogItem]]]:
+    """(the child's run id, its catalog items per kind) from a work list a parent run wrote."""
+    payload = json.loads(store.read_text(rel))
+    items = {kind: [CatalogItem(**fields) for fields in found] for kind, found in payload["items"].items()}
+    return payload["run_id"], items
+

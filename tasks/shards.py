@@ -18,20 +18,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks import contract, errors
 from tasks.catalog import PERSON
 from tasks.config import PreprocessConfig
 from tasks.errors import ItemError
 from tasks.plan import WorkItem, stages_for
+from tasks.runtime import TASK_OPTIONS, gpu_slot
 from tasks.storage import Store, local_file, sha256_hex
 
 Fields = dict[str, Any]
 StageResult = dict[str, Fields]  # stem -> manifest fields of the items the stage ran for
 
-WORK_DIR = "_work"  # intermediate files (pose model outputs reused by the geometric parser)
-TASK_OPTIONS = dict(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE, persist_result=False)
 
 
 def split_path(config: PreprocessConfig, folder: str, name: str) -> str:
@@ -39,7 +37,7 @@ def split_path(config: PreprocessConfig, folder: str, name: str) -> str:
 
 
 def pose_sidecar_path(config: PreprocessConfig, stem: str) -> str:
-    return f"{WORK_DIR}/{config.split}/pose/{stem}.npz"
+    return f"{contract.WORK_DIR}/{config.split}/pose/{stem}.npz"
 
 
 def output_paths(config: PreprocessConfig, kind: str, stem: str) -> list[str]:
@@ -240,9 +238,19 @@ def parse_items(config: PreprocessConfig, works: Sequence[WorkItem], dependencie
             close()
 
 
+def parser_on_gpu(config: PreprocessConfig) -> bool:
+    """The YOLO parser runs on the GPU when there is one (Ultralytics' default device)."""
+    if config.parser_backend != "yolo":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @task(name="parse", **TASK_OPTIONS)
 def parse_shard(config: PreprocessConfig, works: list[WorkItem], dependencies: list[StageResult]) -> StageResult:
-    return parse_items(config, works, dependencies)
+    with gpu_slot(parser_on_gpu(config)):
+        return parse_items(config, works, dependencies)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
 from tasks.config import TrainConfig
+from tasks.runtime import TASK_OPTIONS, gpu_slot
 from tasks.storage import Store, local_file
 from vitonhd_models import checkpoints as ckpt
 from vitonhd_models import metrics
@@ -162,9 +163,17 @@ def grid_png(grid: np.ndarray, max_height: int = 1024) -> bytes:
     return buffer.getvalue()
 
 
-@task(name="train-until", retries=1, retry_delay_seconds=5)
+@task(name="train-until", **TASK_OPTIONS)
 def train_until(config: TrainConfig, until_step: int, pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Resume from the last checkpoint, train to `until_step`, checkpoint, write metrics and a sample grid."""
+    """Resume from the last checkpoint, train to `until_step`, checkpoint, write metrics and a sample grid.
+
+    A retry (or a rerun) resumes from the checkpoint the failed attempt left.
+    """
+    with gpu_slot(resolve_device(config.device) == "cuda"):
+        return train_to_step(config, until_step, pairs)
+
+
+def train_to_step(config: TrainConfig, until_step: int, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     logger = _logger()
     trainer, info = build_trainer(config)
     store = stage_store(config)
@@ -229,9 +238,14 @@ def feature_metrics(config: TrainConfig) -> tuple[metrics.LPIPS | None, metrics.
     return lpips, fid, notes
 
 
-@task(name="evaluate-stage")
+@task(name="evaluate-stage", **TASK_OPTIONS)
 def evaluate_stage(config: TrainConfig, split: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """Paired-mode metrics of the last checkpoint on the evaluation pairs, also written to eval.json."""
+    with gpu_slot(resolve_device(config.device) == "cuda"):
+        return evaluate_checkpoint(config, split, pairs)
+
+
+def evaluate_checkpoint(config: TrainConfig, split: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     trainer, _ = build_trainer(config)
     store = stage_store(config)
     step = training.load_training_state(store, trainer)
@@ -244,7 +258,7 @@ def evaluate_stage(config: TrainConfig, split: str, pairs: list[tuple[str, str]]
     return result
 
 
-@task(name="export-final")
+@task(name="export-final", **TASK_OPTIONS)
 def export_final(config: TrainConfig) -> dict[str, Any]:
     """`<out>/<stage>_final.pth` (bare weights, the name test.py and tryon load) and its sidecar."""
     trainer, info = build_trainer(config)

@@ -32,12 +32,12 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks import contract, errors
 from tasks.errors import ItemError
 from tasks.normalize import encode_jpeg
+from tasks.runtime import TASK_OPTIONS, gpu_slot
 from tasks.storage import StorageError, Store
 from vitonhd_models.checkpoints import (
     RANDOM_INIT,
@@ -67,7 +67,6 @@ TRYON_SCHEMA_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 OK, ERROR = "ok", "error"
-TASK_OPTIONS = {"retries": 2, "retry_delay_seconds": [2, 10], "cache_policy": NO_CACHE, "persist_result": False}
 NETWORK_CACHE_SIZE = 2  # loaded network sets kept per process (a long-lived worker may switch checkpoints)
 
 
@@ -523,7 +522,8 @@ def render_shard(config: TryOnConfig, settings: RenderSettings, shard: str, work
     """One shard: render its pairs (images first), then write its manifest part, last; returns its rows."""
     logger = get_run_logger()
     loaded = cached_networks(config.checkpoints, settings.device, config.seed, config.storage_options)
-    rows = render_pairs(config, settings, shard, works, loaded, logger)
+    with gpu_slot(settings.device == "cuda"):
+        rows = render_pairs(config, settings, shard, works, loaded, logger)
     write_part(Store(config.out, config.storage_options), settings.run_id, shard, rows)
     logger.info("%s: %d of %d pairs rendered", shard, sum(row["status"] == OK for row in rows), len(rows))
     return rows

@@ -54,8 +54,9 @@ def test_preprocess_on_a_vitonhd_root_with_bad_files_prints_json(tmp_path, sampl
     result = vitonprep(
         "preprocess", "--catalog", str(catalog), "--out", f"file://{tmp_path / 'out'}", "--shard-size", "2", "--json"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout)
+    assert result.returncode == 1, "2 of 10 failed is over the default max_failed_fraction 0.1: exit 1\n" + result.stderr[-3000:]
+    assert "2 of 10 items failed" in result.stderr, result.stderr[-3000:]
+    summary = json.loads(result.stdout)  # the summary is printed all the same
     assert summary["persons"] == {"total": 6, "ok": 4, "error": 2}
     assert summary["garments"] == {"total": 4, "ok": 4, "error": 0}
     codes = {f["key"]: f["error_code"] for f in summary["failed"]}

@@ -1,9 +1,10 @@
-"""prefect.yaml: every deployment points at a real flow and passes parameters that flow takes."""
+"""prefect.yaml and deployments/: every deployment points at a real flow and passes parameters it takes."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -13,24 +14,66 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
 
 
+def by_name(name: str) -> dict:
+    return next(d for d in DEPLOYMENTS if d["name"] == name)
+
+
 def load_entrypoint(entrypoint: str):
-    path, name = entrypoint.split(":")
-    spec = importlib.util.spec_from_file_location(Path(path).stem, PROJECT_ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
+    """A module-path entrypoint (`package.module.flow`): workers run the installed package, not a checkout."""
+    module, _, name = entrypoint.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
 def test_deployment_entrypoint_is_a_flow_taking_its_parameters(deployment):
     flow = load_entrypoint(deployment["entrypoint"])
-    assert flow.name == deployment["entrypoint"].split(":")[1]
+    assert flow.name == deployment["entrypoint"].rsplit(".", 1)[1]
     accepted = set(inspect.signature(flow.fn).parameters)
     unknown = set(deployment.get("parameters", {})) - accepted
     assert not unknown, f"{deployment['name']} passes parameters the flow does not take: {unknown}"
 
 
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_every_deployment_runs_on_the_gpu_process_pool(deployment):
+    assert deployment["work_pool"]["name"] == "gpu-process"
+
+
 def test_the_nightly_run_never_overlaps_itself():
-    catalog = next(d for d in DEPLOYMENTS if d["name"] == "catalog")
+    catalog = by_name("catalog")
     assert catalog["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert catalog["schedules"][0]["cron"] and catalog["schedules"][0]["timezone"]
+
+
+def test_the_nightly_run_fans_out_to_the_shard_range_deployment_and_chains_tryon():
+    from flows.fanout import CHILD_DEPLOYMENT
+
+    names = {f"{d['entrypoint'].rsplit('.', 1)[1]}/{d['name']}" for d in DEPLOYMENTS}
+    assert CHILD_DEPLOYMENT in names, f"child runs need the {CHILD_DEPLOYMENT} deployment"
+    assert by_name("catalog")["parameters"]["tryon_deployment"] in names
+
+
+def test_flow_parameters_all_have_descriptions_for_the_ui():
+    """Prefect builds the UI form from the signature and the docstring's Args: every parameter needs a line."""
+    from prefect.utilities.callables import parameter_schema
+
+    for deployment in DEPLOYMENTS:
+        flow = load_entrypoint(deployment["entrypoint"])
+        schema = parameter_schema(flow.fn)
+        undocumented = [name for name, prop in schema.properties.items() if not prop.get("description")]
+        assert not undocumented, f"{flow.name}: parameters without a description: {undocumented}"
+
+
+def test_work_pool_template_keeps_flow_runs_offline():
+    template = json.loads((PROJECT_ROOT / "deployments" / "gpu-process.json").read_text())
+    env = template["variables"]["properties"]["env"]["default"]
+    assert env["YOLO_OFFLINE"] == "1" and env["YOLO_AUTOINSTALL"] == "0"
+    assert set(template["job_configuration"]) >= {"command", "env", "working_dir"}
+
+
+def test_automations_file_is_valid_for_prefect():
+    from prefect.events.schemas.automations import AutomationCore
+
+    automations = yaml.safe_load((PROJECT_ROOT / "deployments" / "automations.yaml").read_text())["automations"]
+    assert automations
+    for automation in automations:
+        AutomationCore.model_validate(automation)

@@ -95,13 +95,33 @@ def catalog(tmp_path_factory, samples_dir):
 
 
 @pytest.fixture(scope="module")
-def run(catalog, tmp_path_factory, prefect_server):
+def failed_run(catalog, tmp_path_factory, prefect_server):
+    """The catalog above through the flow with the default failure threshold: (dataset, final state)."""
     from flows.preprocess import preprocess
 
     out = Store(str(tmp_path_factory.mktemp("dataset")))
-    summary = preprocess(catalog=catalog.url, out=out.url, split="train", shard_size=3)
+    state = preprocess(catalog=catalog.url, out=out.url, split="train", shard_size=3, return_state=True)
+    return out, state
+
+
+@pytest.fixture(scope="module")
+def run(failed_run):
+    out, state = failed_run
+    summary = state.result(raise_on_failure=False).summary
     rows = item_view(read_run(out, "train", summary["run_id"]))
     return out, summary, {(row["kind"], row["key"]): row for row in rows}
+
+
+def test_a_run_with_more_failed_items_than_the_threshold_ends_failed_with_its_counts(failed_run):
+    from flows.preprocess import RunFailed
+
+    _, state = failed_run
+    failure = state.result(raise_on_failure=False)
+    assert state.is_failed(), f"8 of 18 items are broken, yet the run ended {state.type}"
+    assert isinstance(failure, RunFailed)
+    assert "8 of 18 items failed" in state.message and "max_failed_fraction 10.0%" in state.message, state.message
+    assert failure.summary["persons"]["error"] == 7 and failure.summary["garments"]["error"] == 1
+    assert failure.summary["pairs"] > 0, "the good items still make a dataset"
 
 
 def test_every_input_gets_exactly_one_manifest_row(run, catalog):

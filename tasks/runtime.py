@@ -1,0 +1,75 @@
+"""How task runs behave on a fleet of workers: retries on infrastructure errors, and the GPU slot.
+
+A shard task that raises lost its storage, its network or its GPU memory (per-item problems are
+caught and become manifest rows), so it is retried with exponential backoff and jitter; a bug or a
+bad configuration is not retried. A model stage on a GPU holds the machine's GPU slot, a Prefect
+global concurrency limit named per machine (Prefect's "per-worker task concurrency" pattern), so one
+GPU never runs two model stages at once, across task runs and across flow runs on that machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+GPU_LIMIT_ENV = "VITONPREP_GPU_LIMIT"  # the limit's name; default gpu:<host name>
+INFRASTRUCTURE_RETRIES = 3
+BACKOFF_FACTOR_S = 2.0  # retry delays 2, 4, 8 s, each +-50 %
+GPU_SLOT_LEASE_S = 600.0  # renewed while held; a crashed holder frees the slot after this
+
+# Exceptions that come from outside our code: storage, network, the GPU's memory.
+_INFRASTRUCTURE_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "httpx", "s3fs", "fsspec")
+_INFRASTRUCTURE_NAMES = ("OutOfMemoryError",)  # torch.cuda.OutOfMemoryError: another process held the memory
+
+
+def is_infrastructure_error(error: BaseException) -> bool:
+    """Is `error` worth a retry later (I/O, network, GPU memory) rather than a bug or bad configuration?"""
+    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+        return True
+    kind = type(error)
+    return kind.__module__.split(".")[0] in _INFRASTRUCTURE_MODULES or kind.__name__ in _INFRASTRUCTURE_NAMES
+
+
+def retry_on_infrastructure_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: retry only when the run failed on an infrastructure error."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    return error is not None and is_infrastructure_error(error)
+
+
+# The options of every shard task: no Prefect caching or result persistence (the manifest is the
+# record of what is done), and retries for infrastructure errors only.
+TASK_OPTIONS: dict[str, Any] = {
+    "retries": INFRASTRUCTURE_RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=BACKOFF_FACTOR_S),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_on_infrastructure_error,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
+
+
+def gpu_limit_name() -> str:
+    """The GPU slot's concurrency limit: `$VITONPREP_GPU_LIMIT`, else `gpu:<host name>`."""
+    return os.environ.get(GPU_LIMIT_ENV) or f"gpu:{socket.gethostname()}"
+
+
+@contextmanager
+def gpu_slot(on_gpu: bool) -> Iterator[None]:
+    """Hold this machine's GPU slot while a model stage runs on the GPU; nothing on the CPU.
+
+    Without the limit on the server (`deployments/stack.py` creates it), Prefect warns and lets the
+    stage run: a single local run has nobody to share the GPU with.
+    """
+    if not on_gpu:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(gpu_limit_name(), occupy=1, lease_duration=GPU_SLOT_LEASE_S):
+        yield
