@@ -219,9 +219,11 @@ def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
 
 
 def stop(process: subprocess.Popen | None, what: str) -> None:
-    """SIGTERM to the process group, wait, SIGKILL the group if it is still there."""
+    """SIGTERM to the process group, wait, SIGKILL the group if it is still there; then SIGKILL any
+    descendant that left the group (the process worker starts each flow run in a session of its own)."""
     if process is None:
         return
+    descendants = descendants_of(process.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -233,6 +235,21 @@ def stop(process: subprocess.Popen | None, what: str) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_GRACE_S)
+    for child in descendants:
+        with contextlib.suppress(Exception):
+            if child.is_running():
+                log(f"{what}: SIGKILL to a leftover child, pid {child.pid}")
+                child.kill()
+
+
+def descendants_of(pid: int) -> list:
+    try:
+        import psutil
+    except ImportError:
+        return []
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).children(recursive=True)
+    return []
 
 
 def wait_healthy(url: str, server: subprocess.Popen, log_path: Path) -> float:
@@ -523,11 +540,13 @@ def child_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # ---- Report ----------------------------------------------------------------------------------------
 
 
-def count_locked(*paths: Path) -> dict[str, int]:
-    counts = {}
+def count_locked(*paths: Path) -> dict[str, Any]:
+    """How often SQLite's 'database is locked' shows in each log, and the first few lines that say it."""
+    counts: dict[str, Any] = {}
     for path in paths:
         with contextlib.suppress(OSError):
-            counts[path.name] = path.read_text(errors="replace").count(LOCKED)
+            lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if LOCKED in line]
+            counts[path.name] = {"count": len(lines), "lines": lines[:3]}
     return counts
 
 
@@ -588,7 +607,11 @@ def print_tables(report: dict[str, Any]) -> None:
             print(f"\nworker online {worker['worker_ready_s']:.1f} s after start; query and prefetch every 1 s, "
                   f"limit {WORKER_LIMIT}")
     locked = report["database_locked"]
-    print(f"\n'{LOCKED}' in the logs: " + (", ".join(f"{name} {count}" for name, count in locked.items()) or "none"))
+    print(f"\n'{LOCKED}' in the logs: "
+          + (", ".join(f"{name} {found['count']}" for name, found in locked.items()) or "none"))
+    for name, found in locked.items():
+        for line in found["lines"]:
+            print(f"- {name}: `{line[:200]}`")
 
 
 # ---- Main --------------------------------------------------------------------------------------------

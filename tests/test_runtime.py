@@ -1,0 +1,93 @@
+"""tasks/runtime.py: which failures a shard task retries, and the GPU slot."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tasks.errors import ItemError
+from tasks.runtime import GPU_LIMIT_ENV, TASK_OPTIONS, gpu_slot, is_infrastructure_error
+from tasks.storage import StorageUnavailableError
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError("disk gone"), TimeoutError("slow"), ConnectionResetError("peer"), StorageUnavailableError("s3 503")],
+    ids=repr,
+)
+def test_storage_network_and_timeouts_are_infrastructure_errors(error):
+    assert is_infrastructure_error(error)
+
+
+@pytest.mark.parametrize(
+    "error", [ValueError("bad config"), KeyError("bug"), ItemError("bad_input", "one bad photo")], ids=repr
+)
+def test_bugs_and_bad_configuration_are_not_retried(error):
+    assert not is_infrastructure_error(error)
+
+
+def test_gpu_out_of_memory_is_retried():
+    class OutOfMemoryError(RuntimeError):  # as torch.cuda.OutOfMemoryError is named
+        pass
+
+    assert is_infrastructure_error(OutOfMemoryError("CUDA out of memory"))
+
+
+def test_a_shard_task_retries_an_infrastructure_error_but_not_a_bug(prefect_server):
+    from prefect import flow, task
+
+    attempts = {"io": 0, "bug": 0}
+
+    @task(**{**TASK_OPTIONS, "retry_delay_seconds": 0, "retry_jitter_factor": None})
+    def flaky_io():
+        attempts["io"] += 1
+        if attempts["io"] < 3:
+            raise OSError("connection reset by the object store")
+        return "ok"
+
+    @task(**{**TASK_OPTIONS, "retry_delay_seconds": 0, "retry_jitter_factor": None})
+    def buggy():
+        attempts["bug"] += 1
+        raise ValueError("a bug")
+
+    @flow
+    def both():
+        return flaky_io.submit().result(), buggy.submit().result(raise_on_failure=False)
+
+    io_result, bug_result = both()
+    assert io_result == "ok" and attempts["io"] == 3
+    assert isinstance(bug_result, ValueError) and attempts["bug"] == 1, "a bug must fail at once, not retry"
+
+
+def test_without_a_gpu_the_slot_is_free_and_asks_prefect_nothing(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens: any request would fail
+    with gpu_slot(False):
+        pass
+
+
+def test_the_gpu_slot_lets_one_model_stage_at_a_time_on_a_machine(prefect_server, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    monkeypatch.setenv(GPU_LIMIT_ENV, "gpu:test-machine")
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu:test-machine", limit=1))
+    spans: list[tuple[float, float]] = []
+
+    def stage():
+        with gpu_slot(True):
+            start = time.monotonic()
+            time.sleep(0.5)
+            spans.append((start, time.monotonic()))
+
+    threads = [threading.Thread(target=stage) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spans.sort()
+    assert len(spans) == 3
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"two model stages held the GPU at once: {spans}"
