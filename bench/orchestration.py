@@ -8,7 +8,7 @@ PREFECT_HOME in a temporary folder, analytics and UI off), points this process a
 1. per shard: runs a flow with exactly the task graph of `flows/preprocess.py:run_preprocess` -- per
    person shard ingest -> pose -> parse -> agnostic -> finish-shard (5 task runs), per garment shard
    ingest -> cloth-mask -> finish-shard (3 task runs), mapped with `.map` under
-   `ThreadPoolTaskRunner(max_workers=2)`, with `tasks.shards.TASK_OPTIONS` (retries, NO_CACHE,
+   `ThreadPoolTaskRunner(max_workers=2)`, with `tasks.runtime.TASK_OPTIONS` (retries, NO_CACHE,
    persist_result=False), collected with `flows.preprocess.collect` (as_completed plus a progress
    artifact updated per shard) and the two summary artifacts at the end -- for each shard count S in
    --shards. The tasks do no work: they return the same shape of result a real shard returns (a
@@ -128,7 +128,7 @@ def bench_flow():
     from flows.preprocess import collect
     from tasks.config import PreprocessConfig
     from tasks.manifest import GARMENT_STAGES, PERSON_STAGES
-    from tasks.shards import TASK_OPTIONS
+    from tasks.runtime import TASK_OPTIONS
 
     @task(name="ingest", **TASK_OPTIONS)
     def ingest_shard(config, works):

@@ -48,7 +48,9 @@ class PreprocessConfig(BaseModel):
         return self.parser.split(":", 1)[1] if self.parser.startswith("yolo:") else None
 
 
-DEFAULT_ITEMS_PER_CHILD_RUN = 2000  # ~10k task runs at 64 images per shard: Prefect's comfortable ceiling per flow run
+# A child run of 2,000 items is ~160 task runs at 64 images per shard (Prefect is comfortable up to a
+# few thousand per flow run) and roughly half an hour of one GPU machine: a unit worth a process start.
+DEFAULT_ITEMS_PER_CHILD_RUN = 2000
 DEFAULT_MAX_FAILED_FRACTION = 0.1
 
 

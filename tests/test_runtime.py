@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -89,5 +90,5 @@ def test_the_gpu_slot_lets_one_model_stage_at_a_time_on_a_machine(prefect_server
         thread.join()
     spans.sort()
     assert len(spans) == 3
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two model stages held the GPU at once: {spans}"
