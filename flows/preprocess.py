@@ -16,6 +16,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -55,7 +57,6 @@ from tasks.manifest import (
     item_view,
     ok_items,
     read_current,
-    rows_to_table,
     run_folder,
     write_summary,
 )
@@ -273,7 +274,7 @@ def run_preprocess(
             "train": chain.start_train(policy, config, len(pairs), logger),
         }
     write_summary(out, config.split, run_id, summary)
-    publish(summary, out, rows, keyed=True)
+    publish(summary, out, rows, current, keyed=True)
     logger.info(
         "run %s: processed %d persons (%d failed) and %d garments (%d failed) in %.1f s; the dataset holds "
         "%d persons and %d garments",
@@ -305,7 +306,7 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     summary = summarise(config, selection, run_id, rows, listed, works, ok, [], time.perf_counter() - started)
     summary["work_list"] = work_list
     write_summary(out, config.split, run_id, summary)
-    publish(summary, out, rows, keyed=False)
+    publish(summary, out, rows, current, keyed=False)
     return summary
 
 
@@ -487,21 +488,33 @@ def stage_table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[dic
     return table
 
 
-def sample_items(rows: list[dict[str, Any]], count: int = CONTACT_SHEET_ITEMS) -> list[dict[str, Any]]:
-    """A few processed items for people to look at: failures first, then persons and garments alike."""
-    items = item_view(rows_to_table(rows))
-    failed = [item for item in items if item["status"] != "ok"]
-    persons = [item for item in items if item["status"] == "ok" and item["kind"] == PERSON]
-    garments = [item for item in items if item["status"] == "ok" and item["kind"] == GARMENT]
+def sample_items(
+    rows: list[dict[str, Any]], current: pa.Table, count: int = CONTACT_SHEET_ITEMS
+) -> list[dict[str, Any]]:
+    """A few items this run processed, for people to look at (failures first, then persons and garments),
+    as the current view holds them: every stage's outputs, also those of stages this run did not rerun."""
+    status: dict[tuple[str, str], str] = {}
+    for row in rows:
+        if status.get((row["kind"], row["key"])) != "error":
+            status[(row["kind"], row["key"])] = row["status"]
+    failed = [item for item, state in status.items() if state == "error"]
+    persons = [item for item, state in status.items() if state == "ok" and item[0] == PERSON]
+    garments = [item for item, state in status.items() if state == "ok" and item[0] == GARMENT]
     chosen = failed[: count // 3]
     while len(chosen) < count and (persons or garments):
         for pool in (persons, persons, garments):
             if pool and len(chosen) < count:
                 chosen.append(pool.pop(0))
-    return chosen
+    if not chosen:
+        return []
+    mine = current.filter(pc.is_in(current["key"], value_set=pa.array(sorted({key for _, key in chosen}))))
+    items = {(item["kind"], item["key"]): item for item in item_view(mine)}
+    return [items[item] for item in chosen if item in items]
 
 
-def publish(summary: dict[str, Any], out: Store, rows: list[dict[str, Any]], keyed: bool) -> None:
+def publish(
+    summary: dict[str, Any], out: Store, rows: list[dict[str, Any]], current: pa.Table, keyed: bool
+) -> None:
     """The run's UI artifacts: a keyed per-stage table (a history across runs) and a markdown report
     with the counts and a contact sheet of a sample of the items it processed."""
     run_id = summary["run_id"]
@@ -511,14 +524,14 @@ def publish(summary: dict[str, Any], out: Store, rows: list[dict[str, Any]], key
         description=f"Per-stage counts, timings and error codes, run {run_id}",
     )
     sheet = ""
-    sample = sample_items(rows)
+    sample = sample_items(rows, current)
     if sample:
         try:
             png = encode_png(dataset_contact_sheet(out, sample))
             out.write_bytes(f"{run_folder(summary['split'], run_id)}/contact_sheet.png", png)
             sheet = (f"\n## Sample (photo, pose, parse, agnostic; garment, mask)\n\n"
                      f"![contact sheet]({thumbnail_data_uri(png, CONTACT_SHEET_HEIGHT)})\n")
-        except (OSError, ValueError) as error:  # a report must not fail a run whose outputs are written
+        except (OSError, ValueError, KeyError, IndexError) as error:  # a report never fails a finished run
             get_run_logger().warning("no contact sheet for run %s: %s", run_id, error)
     errors = "\n".join(f"| {code} | {count} |" for code, count in sorted(summary["errors"].items())) or "| none | 0 |"
     started = "".join(
