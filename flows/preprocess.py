@@ -9,20 +9,15 @@ manifest part last, then the pairs file, the run summary and the UI artifacts.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
-    create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.futures import as_completed
@@ -30,6 +25,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
+from flows.report import publish
 from tasks import contract
 from tasks.catalog import (
     GARMENT,
@@ -49,15 +45,12 @@ from tasks.config import (
     PreprocessConfig,
     RunPolicy,
 )
-from tasks.contact_sheet import dataset_contact_sheet, encode_png, thumbnail_data_uri
 from tasks.manifest import (
     GARMENT_STAGES,
     PERSON_STAGES,
     STAGES,
-    item_view,
     ok_items,
     read_current,
-    run_folder,
     write_summary,
 )
 from tasks.plan import (
@@ -457,96 +450,3 @@ def summarise(
         "seconds": seconds,
         "images_per_second": n_processed / seconds if seconds > 0 else 0.0,
     }
-
-
-CONTACT_SHEET_ITEMS = 6  # items shown in the run's contact sheet artifact
-CONTACT_SHEET_HEIGHT = 1200  # pixels, as embedded in the artifact
-
-
-def artifact_key(name: str) -> str:
-    """`preprocess-<deployment>-<name>`: one history per deployment on the Artifacts page."""
-    from prefect.runtime import deployment
-
-    where = re.sub(r"[^a-z0-9]+", "-", (deployment.get_name() or "local").lower()).strip("-")
-    return f"preprocess-{where}-{name}"
-
-
-def stage_table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per stage: items, ok, failed, mean and total time, and the error codes with their counts."""
-    table = []
-    for stage, stats in summary["stages"].items():
-        codes = Counter(row["error_code"] for row in rows if row["stage"] == stage and row["status"] == "error")
-        table.append({
-            "stage": stage,
-            "items": stats["items"],
-            "ok": stats["items"] - stats["error"],
-            "failed": stats["error"],
-            "mean_ms": round(stats["mean_ms"], 1),
-            "total_s": round(stats["total_ms"] / 1000.0, 1),
-            "error_codes": ", ".join(f"{code} {n}" for code, n in sorted(codes.items())) or "-",
-        })
-    return table
-
-
-def sample_items(
-    rows: list[dict[str, Any]], current: pa.Table, count: int = CONTACT_SHEET_ITEMS
-) -> list[dict[str, Any]]:
-    """A few items this run processed, for people to look at (failures first, then persons and garments),
-    as the current view holds them: every stage's outputs, also those of stages this run did not rerun."""
-    status: dict[tuple[str, str], str] = {}
-    for row in rows:
-        if status.get((row["kind"], row["key"])) != "error":
-            status[(row["kind"], row["key"])] = row["status"]
-    failed = [item for item, state in status.items() if state == "error"]
-    persons = [item for item, state in status.items() if state == "ok" and item[0] == PERSON]
-    garments = [item for item, state in status.items() if state == "ok" and item[0] == GARMENT]
-    chosen = failed[: count // 3]
-    while len(chosen) < count and (persons or garments):
-        for pool in (persons, persons, garments):
-            if pool and len(chosen) < count:
-                chosen.append(pool.pop(0))
-    if not chosen:
-        return []
-    mine = current.filter(pc.is_in(current["key"], value_set=pa.array(sorted({key for _, key in chosen}))))
-    items = {(item["kind"], item["key"]): item for item in item_view(mine)}
-    return [items[item] for item in chosen if item in items]
-
-
-def publish(
-    summary: dict[str, Any], out: Store, rows: list[dict[str, Any]], current: pa.Table, keyed: bool
-) -> None:
-    """The run's UI artifacts: a keyed per-stage table (a history across runs) and a markdown report
-    with the counts and a contact sheet of a sample of the items it processed."""
-    run_id = summary["run_id"]
-    create_table_artifact(
-        stage_table(summary, rows),
-        key=artifact_key("stages") if keyed else None,
-        description=f"Per-stage counts, timings and error codes, run {run_id}",
-    )
-    sheet = ""
-    sample = sample_items(rows, current)
-    if sample:
-        try:
-            png = encode_png(dataset_contact_sheet(out, sample))
-            out.write_bytes(f"{run_folder(summary['split'], run_id)}/contact_sheet.png", png)
-            sheet = (f"\n## Sample (photo, pose, parse, agnostic; garment, mask)\n\n"
-                     f"![contact sheet]({thumbnail_data_uri(png, CONTACT_SHEET_HEIGHT)})\n")
-        except (OSError, ValueError, KeyError, IndexError) as error:  # a report never fails a finished run
-            get_run_logger().warning("no contact sheet for run %s: %s", run_id, error)
-    errors = "\n".join(f"| {code} | {count} |" for code, count in sorted(summary["errors"].items())) or "| none | 0 |"
-    started = "".join(
-        f"- started {info['deployment']}: {info['flow_run_name']}\n"
-        for info in (summary.get("started") or {}).values() if info
-    )
-    create_markdown_artifact(
-        f"# preprocess {run_id}\n\n"
-        f"- persons: {summary['persons']['ok']} ok of {summary['persons']['total']} processed\n"
-        f"- garments: {summary['garments']['ok']} ok of {summary['garments']['total']} processed\n"
-        f"- the dataset holds {summary['dataset']['persons']} persons, {summary['dataset']['garments']} garments, "
-        f"{summary['pairs']} pairs\n"
-        f"- {summary['seconds']:.1f} s, {summary['images_per_second']:.2f} images/s\n"
-        f"{started}\n"
-        f"| error code | items |\n|---|---|\n{errors}\n{sheet}",
-        key=artifact_key("summary") if keyed else None,
-        description=f"Run {run_id}",
-    )
