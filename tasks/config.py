@@ -134,3 +134,28 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     cache_samples: bool = Field(False, description="Keep decoded samples in memory (small datasets)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
+
+
+class ParserTrainConfig(BaseModel):
+    """Train the YOLOv8-seg human parser on a `vitonprep parser-dataset` folder. Defaults: offline, the x model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str = Field(description="Folder URL of a parser dataset (data.yaml, images/, labels/)")
+    out: str = Field(description="Output URL: weights/best.pt, results.csv, curves.png, model card, evaluation")
+    model: str = Field(
+        "yolov8x-seg.yaml",
+        description="An Ultralytics architecture file (trains from scratch) or the URL of .pt weights to fine-tune",
+    )
+    epochs: int = Field(100, ge=1, description="Training epochs (a rerun resumes up to this)")
+    imgsz: int = Field(1024, ge=32, description="Training and evaluation image size (pixels, long side)")
+    batch: int = Field(8, ge=1, description="Images per batch")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when there is one")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    patience: int = Field(50, ge=1, description="Epochs without improvement before stopping early")
+    seed: int = Field(0, ge=0)
+    compare_geometric: bool = Field(
+        True, description="Also evaluate the bundled geometric parser on the val split (pixel IoU)"
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
+

@@ -87,6 +87,18 @@ DEFAULT_YOLO_CLASS_TO_CIHP: Mapping[int, int] = {
 }
 
 
+def class_table_for_names(names: Mapping[int, str]) -> dict[int, int]:
+    """A model's class -> CIHP table from its class names: our 8 classes, or CIHP's own labels (cihp20)."""
+    if [names[k] for k in sorted(names)] == list(YOLO_CLASS_NAMES):
+        return dict(DEFAULT_YOLO_CLASS_TO_CIHP)
+    by_name = {label.name.lower(): int(label) for label in Cihp}
+    unknown = [name for name in names.values() if name.lower() not in by_name]
+    if unknown:
+        raise ValueError(f"YOLO classes {unknown} are neither the parser's 8 classes nor CIHP labels; "
+                         "give class_to_cihp explicitly")
+    return {int(k): by_name[name.lower()] for k, name in names.items()}
+
+
 def _validated_class_table(class_to_cihp: Mapping[int, int]) -> dict[int, int]:
     table = {int(k): int(v) for k, v in dict(class_to_cihp).items()}
     bad = {k: v for k, v in table.items() if not 0 <= v < CIHP_NUM_LABELS}
@@ -108,7 +120,7 @@ class YoloParser:
     def __init__(
         self,
         weights_path: str,
-        class_to_cihp: Mapping[int, int] = DEFAULT_YOLO_CLASS_TO_CIHP,
+        class_to_cihp: Mapping[int, int] | None = None,
         device: str | None = None,
         conf: float = 0.25,
         imgsz: int = 1024,
@@ -121,13 +133,16 @@ class YoloParser:
         from ultralytics import YOLO
 
         self.weights_path = str(path)
-        self.class_to_cihp = _validated_class_table(class_to_cihp)
         self.device = device
         self.conf = conf
         self.imgsz = imgsz
         self.half = half
         self._sha256 = file_sha256(path)
         self.model = YOLO(self.weights_path)
+        # Without a table, the model's own class names say which CIHP label each class paints.
+        self.class_to_cihp = _validated_class_table(
+            class_table_for_names(self.model.names) if class_to_cihp is None else class_to_cihp
+        )
 
     @property
     def parser_id(self) -> str:
