@@ -9,10 +9,9 @@ Ctrl-C or SIGTERM it stops the workers, then the server, and kills whatever they
     python deployments/stack.py --workers 2 --port 4300 --home /tmp/vitonprep-stack
     PREFECT_API_URL=http://127.0.0.1:4200/api prefect deployment run preprocess/catalog
 
-The deployments' catalog, dataset, try-on output and checkpoints URLs come from --catalog,
---dataset, --tryon-out and --checkpoints (default: the VITONPREP_* environment, else folders under
---home). With --ready-file, a JSON file with the API URL and the process ids is written once
-everything is up. Every process started carries VITONPREP_STACK=<token> in its environment; that is
+The deployments' URLs come from --catalog, --dataset, --tryon-out, --checkpoints, --parser-data and
+--parser-out (default: the VITONPREP_* environment, else folders under --home). With --ready-file,
+a JSON file with the API URL and the process ids is written once everything is up. Every process started carries VITONPREP_STACK=<token> in its environment; that is
 how the shutdown finds the flow-run processes the workers started.
 """
 
@@ -41,6 +40,8 @@ URL_ENV = {
     "dataset": "VITONPREP_DATASET",
     "tryon_out": "VITONPREP_TRYON_OUT",
     "checkpoints": "VITONPREP_CHECKPOINTS",
+    "parser_data": "VITONPREP_PARSER_DATA",
+    "parser_out": "VITONPREP_PARSER_OUT",
 }
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "YOLO_OFFLINE": "1",
                "YOLO_AUTOINSTALL": "0"}
@@ -215,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", help="dataset URL (default $VITONPREP_DATASET or <home>/dataset)")
     parser.add_argument("--tryon-out", help="try-on output URL (default $VITONPREP_TRYON_OUT or <home>/tryon-out)")
     parser.add_argument("--checkpoints", help="checkpoints URL (default $VITONPREP_CHECKPOINTS or <home>/checkpoints)")
+    parser.add_argument("--parser-data", help="parser dataset URL (default $VITONPREP_PARSER_DATA or <home>/parser-data)")
+    parser.add_argument("--parser-out", help="parser training output URL (default $VITONPREP_PARSER_OUT or <home>/parser-out)")
     parser.add_argument("--ready-file", type=Path, help="write the API URL and process ids here once up")
     return parser.parse_args(argv)
 

@@ -27,7 +27,7 @@ def load_entrypoint(entrypoint: str):
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
 def test_deployment_entrypoint_is_a_flow_taking_its_parameters(deployment):
     flow = load_entrypoint(deployment["entrypoint"])
-    assert flow.name == deployment["entrypoint"].rsplit(".", 1)[1]
+    assert flow.name == deployment["entrypoint"].rsplit(".", 1)[1].replace("_", "-")
     accepted = set(inspect.signature(flow.fn).parameters)
     unknown = set(deployment.get("parameters", {})) - accepted
     assert not unknown, f"{deployment['name']} passes parameters the flow does not take: {unknown}"
@@ -47,7 +47,7 @@ def test_the_nightly_run_never_overlaps_itself():
 def test_the_nightly_run_fans_out_to_the_shard_range_deployment_and_chains_tryon():
     from flows.fanout import CHILD_DEPLOYMENT
 
-    names = {f"{d['entrypoint'].rsplit('.', 1)[1]}/{d['name']}" for d in DEPLOYMENTS}
+    names = {f"{load_entrypoint(d['entrypoint']).name}/{d['name']}" for d in DEPLOYMENTS}
     assert CHILD_DEPLOYMENT in names, f"child runs need the {CHILD_DEPLOYMENT} deployment"
     assert by_name("catalog")["parameters"]["tryon_deployment"] in names
 
