@@ -337,11 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_tryon_arguments(tryon)
     tryon.set_defaults(func=cmd_tryon)
 
+    from flows.parser_dataset_cli import add_parser_dataset_command
     from flows.train_cli import add_train_command
     from flows.train_parser_cli import add_train_parser_command
     from flows.validate import add_validate_command
 
     add_train_command(commands)
+    add_parser_dataset_command(commands)
     add_train_parser_command(commands)
     add_validate_command(commands)
     return parser

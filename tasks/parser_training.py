@@ -315,53 +315,36 @@ def val_items(data_yaml: Path) -> list[tuple[str, Path]]:
     return sorted((path.stem, path) for path in folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
-def seed8_cihp_to_class() -> dict[int, int]:
-    """CIHP id -> seed8 class: the inverse of the parser's class table, with dress and coat as upper body."""
-    from tasks.contract import Cihp
-    from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP
-
-    table = {cihp: cls for cls, cihp in DEFAULT_YOLO_CLASS_TO_CIHP.items()}
-    upper = table[int(Cihp.UPPER_CLOTHES)]
-    table.update({int(Cihp.DRESS): upper, int(Cihp.COAT): upper})
-    return table
-
-
 def label_tables(spec: Mapping[str, Any]) -> tuple[dict[int, int], dict[int, int]]:
-    """(class -> CIHP id, CIHP id -> class) of a parser dataset's class set."""
-    from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP
+    """(class -> CIHP id, CIHP id -> class) of a parser dataset's class set (seed8 or cihp20)."""
+    from tasks.parser_dataset import class_table
 
-    class_to_cihp = {int(k): int(v) for k, v in (spec.get("class_to_cihp") or DEFAULT_YOLO_CLASS_TO_CIHP).items()}
-    if spec.get("classes", "seed8") == "seed8":
-        return class_to_cihp, seed8_cihp_to_class()
-    return class_to_cihp, {cihp: cls for cls, cihp in class_to_cihp.items()}
+    table = class_table(spec.get("classes", "seed8"))
+    return dict(table.class_to_cihp), dict(table.cihp_to_class)
 
 
 def ground_truth(spec: Mapping[str, Any], data_yaml: Path, stem: str, shape: tuple[int, int],
-                 class_to_cihp: Mapping[int, int]) -> np.ndarray:
+                 class_to_cihp: Mapping[int, int], storage_options: Mapping[str, Any]) -> np.ndarray:
     """The val image's ground-truth CIHP map: the source dataset's label map when readable, else the
     polygons of its label file painted back (holes are bridged, so they come back empty)."""
-    import cv2
-
-    from tasks.contract import DIR_PARSE, parse_name
+    from tasks.contract import DIR_PARSE, DIR_PARSE_VITONHD, parse_name
     from tasks.parse import decode_parse_png
+    from tasks.parser_dataset import parse_label_lines, rasterise_polygons
 
-    source, split = spec.get("source"), spec.get("source_split") or spec.get("split")
-    if source and split:
-        store = Store(str(source))
-        rel = f"{split}/{DIR_PARSE}/{parse_name(stem)}"
-        if store.exists(rel):
-            return decode_parse_png(store.read_bytes(rel))
+    if spec.get("source"):
+        source = Store(str(spec["source"]), dict(storage_options))
+        for folder in (DIR_PARSE, DIR_PARSE_VITONHD):
+            if source.exists(folder, parse_name(stem)):
+                return decode_parse_png(source.read_bytes(f"{folder}/{parse_name(stem)}"))
     local = yaml.safe_load(data_yaml.read_text())
     label_path = Path(local["path"]) / "labels" / "val" / f"{stem}.txt"
     height, width = shape
-    truth = np.zeros((height, width), dtype=np.uint8)
-    for line in label_path.read_text().splitlines() if label_path.exists() else []:
-        values = line.split()
-        if len(values) < 7:
-            continue
-        points = np.asarray(values[1:], dtype=np.float64).reshape(-1, 2) * (width, height)
-        cv2.fillPoly(truth, [np.round(points).astype(np.int32)], int(class_to_cihp[int(values[0])]))
-    return truth
+    text = label_path.read_text() if label_path.exists() else ""
+    classes = rasterise_polygons(parse_label_lines(text, width, height), shape)
+    lookup = np.zeros(256, dtype=np.uint8)
+    for cls, cihp in class_to_cihp.items():
+        lookup[cls] = cihp
+    return lookup[classes]
 
 
 def evaluate_pixels(config: ParserTrainConfig, weights: Path, data_yaml: Path, spec: Mapping[str, Any]) -> list[dict]:
@@ -383,8 +366,10 @@ def evaluate_pixels(config: ParserTrainConfig, weights: Path, data_yaml: Path, s
         for stem, path in val_items(data_yaml):
             with Image.open(path) as opened:
                 image = np.asarray(opened.convert("RGB"))
-            truth = expressible(ground_truth(spec, data_yaml, stem, image.shape[:2], class_to_cihp),
-                                class_to_cihp, cihp_to_class)
+            truth = expressible(
+                ground_truth(spec, data_yaml, stem, image.shape[:2], class_to_cihp, config.storage_options),
+                class_to_cihp, cihp_to_class,
+            )
             trained.add(yolo.parse(image), truth)
             if geometric is not None:
                 geometric.add(expressible(parse_geometric(image), class_to_cihp, cihp_to_class), truth)

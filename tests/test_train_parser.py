@@ -9,7 +9,7 @@ import pytest
 
 from tasks.contract import Cihp
 from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES, class_table_for_names
-from tasks.parser_training import IouAccumulator, best_epoch, expressible, seed8_cihp_to_class
+from tasks.parser_training import IouAccumulator, best_epoch, expressible, label_tables
 
 
 def test_iou_is_intersection_over_union_summed_over_the_split():
@@ -24,6 +24,10 @@ def test_iou_is_intersection_over_union_summed_over_the_split():
     assert rows["face"]["iou"] is None, "a label absent from prediction and truth has no IoU"
     assert rows["mean"]["iou"] == pytest.approx(7 / 9), "the mean is over labels that occur"
     assert rows["mean"]["images"] == 2
+
+
+def seed8_cihp_to_class() -> dict[int, int]:
+    return label_tables({"classes": "seed8"})[1]
 
 
 def test_dress_and_coat_count_as_upper_body_for_the_8_classes():
@@ -62,3 +66,111 @@ def test_the_amp_check_never_claims_amp_off_a_gpu():
     from tasks.parser_training import amp_is_safe
 
     assert amp_is_safe(SegmentationModel("yolov8n-seg.yaml", nc=8, verbose=False)) is False
+
+
+# ---------------------------------------------------------------------------------------------
+# A real training run: painted people -> parser dataset -> yolov8n-seg, 2 epochs on the CPU
+
+
+@pytest.fixture(scope="module")
+def parser_dataset(tmp_path_factory):
+    from tasks.parser_dataset import ParserDatasetConfig, convert_dataset
+    from tasks.storage import Store
+    from tests.test_parser_dataset import person_map, write_item
+
+    root = tmp_path_factory.mktemp("parser")
+    source = Store(str(root / "source"))
+    for index in range(12):
+        write_item(source, f"{index + 1:05d}_00", person_map(shift=index * 2 - 12))
+    summary = convert_dataset(ParserDatasetConfig(out=str(root / "data"), from_parse=source.url, val_fraction=0.3))
+    assert summary["items"]["val"] and summary["items"]["train"], summary["items"]
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(parser_dataset, prefect_server):
+    from flows.train_parser import train_parser
+
+    return train_parser(data=str(parser_dataset / "data"), out=str(parser_dataset / "out"), model="yolov8n-seg.yaml",
+                        epochs=2, imgsz=128, batch=4, device="cpu", workers=0)
+
+
+@pytest.mark.slow
+def test_training_writes_weights_curves_and_a_model_card(parser_dataset, trained):
+    out = parser_dataset / "out"
+    for rel in ("run/weights/best.pt", "run/weights/last.pt", "run/results.csv", "curves.png", "model_card.json",
+                "model_card.md"):
+        assert (out / rel).is_file(), f"{rel} missing"
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["classes"] == list(YOLO_CLASS_NAMES)
+    assert {int(k): v for k, v in card["class_to_cihp"].items()} == dict(DEFAULT_YOLO_CLASS_TO_CIHP)
+    assert card["data"]["fingerprint"] and card["training"]["epochs_run"] == 2
+    assert card["training"]["best_epoch"] in (1, 2)
+
+
+@pytest.mark.slow
+def test_the_per_class_table_holds_box_and_mask_metrics_in_range(parser_dataset, trained):
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(parser_dataset / "out" / "eval" / "per_class.parquet").to_pylist()
+    assert rows[-1]["class"] == "all" and rows[-1]["images"] >= 1
+    for row in rows:
+        for column in ("box_p", "box_r", "box_map50", "box_map50_95", "mask_p", "mask_r", "mask_map50", "mask_map50_95"):
+            assert 0.0 <= row[column] <= 1.0, (row["class"], column, row[column])
+    assert {row["class"] for row in rows[:-1]} <= set(YOLO_CLASS_NAMES)
+
+
+@pytest.mark.slow
+def test_the_pixel_iou_report_covers_both_parsers_with_values_in_range(parser_dataset, trained):
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(parser_dataset / "out" / "eval" / "pixel_iou.parquet").to_pylist()
+    assert {row["parser"] for row in rows} == {"yolo", "geometric"}
+    for parser in ("yolo", "geometric"):
+        mean = next(row for row in rows if row["parser"] == parser and row["label"] == "mean")
+        assert mean["iou"] is not None and 0.0 <= mean["iou"] <= 1.0
+        assert mean["images"] >= 1
+    present = [row for row in rows if row["parser"] == "yolo" and row["label"] != "mean" and row["iou"] is not None]
+    assert {row["label"] for row in present} >= {"hair", "face", "upper_clothes"}, "the painted labels are scored"
+
+
+@pytest.mark.slow
+def test_the_parse_stage_loads_the_trained_weights_and_writes_cihp_ids(parser_dataset, trained):
+    from tasks.parse import parser_from_spec
+    from tests.test_parser_dataset import HEIGHT, WIDTH
+
+    weights = parser_dataset / "out" / "run" / "weights" / "best.pt"
+    parser = parser_from_spec(f"yolo:{weights}", device="cpu", imgsz=128, conf=0.001)
+    image = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
+    labels = parser.parse(image)
+    assert labels.shape == (HEIGHT, WIDTH) and labels.dtype == np.uint8
+    assert set(np.unique(labels).tolist()) <= {0, *DEFAULT_YOLO_CLASS_TO_CIHP.values()}
+    assert parser.parser_id.startswith("yolo:best.pt:")
+
+
+@pytest.mark.slow
+def test_an_interrupted_training_resumes_from_its_last_epoch(parser_dataset, monkeypatch):
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from tasks.config import ParserTrainConfig
+    from tasks.parser_training import checkpoint_epoch, read_results, train, working_dir
+
+    config = ParserTrainConfig(data=str(parser_dataset / "data"), out=str(parser_dataset / "interrupted"),
+                               model="yolov8n-seg.yaml", epochs=2, imgsz=128, batch=4, device="cpu", workers=0)
+    save_model = BaseTrainer.save_model
+
+    def save_then_die(self):
+        save_model(self)
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(BaseTrainer, "save_model", save_then_die)
+    with pytest.raises(RuntimeError, match="went away"):
+        train(config)
+    last = working_dir(config) / "run" / "weights" / "last.pt"
+    assert checkpoint_epoch(last) == 0, "the first epoch's checkpoint is left behind"
+    monkeypatch.setattr(BaseTrainer, "save_model", save_model)
+    info = train(config)
+    assert info["resumed_from_epoch"] == 1
+    assert [int(row["epoch"]) for row in read_results(working_dir(config) / "run")] == [1, 2]
+    assert checkpoint_epoch(last) is None, "the resumed training finished"
+
