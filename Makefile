@@ -7,7 +7,7 @@ export YOLO_AUTOINSTALL := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test bench bench-tryon bench-orchestration install clean
+.PHONY: demo test bench bench-tryon bench-parser bench-orchestration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 # Try-on inference and training speed at 512x384 and 1024x768 (CUDA when there is one); slow on a CPU.
 bench-tryon: $(STAMP)
 	$(VENV)/bin/python bench/tryon.py $(BENCH_TRYON_ARGS)
+
+# YOLOv8-seg parser speed at imgsz 1024 for sizes n s m x (random weights; CPU by default, BENCH_PARSER_ARGS=--device cuda).
+bench-parser: $(STAMP)
+	$(VENV)/bin/python bench/parser.py $(BENCH_PARSER_ARGS)
 
 # Prefect's orchestration overhead per task run, shard, image and child flow run (starts its own API server).
 bench-orchestration: $(STAMP)
