@@ -47,7 +47,6 @@ import gc
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -68,6 +67,8 @@ sys.path.insert(0, str(REPO))
 import cv2
 import numpy as np
 import torch
+
+from bench.machine import cpu_model
 
 # torch's default thread count, read before Ultralytics is imported: `import ultralytics` sets OMP_NUM_THREADS=1
 # when it is unset, which makes every later process (and this one, had torch come second) use one thread.
@@ -186,14 +187,6 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 # ---- The machine ---------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def device_info(device: str) -> dict:

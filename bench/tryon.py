@@ -28,7 +28,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from bench.machine import cpu_model
 from tasks.storage import Store
 from vitonhd_models import pipeline
 from vitonhd_models.checkpoints import Architecture, build_network, load_networks, with_load_size
@@ -159,14 +159,6 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 # ---- The machine ---------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def device_info(device: str) -> dict:
