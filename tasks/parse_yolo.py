@@ -11,6 +11,8 @@ import os
 # Ultralytics reads these once at import; nothing here may reach the network (DESIGN.md "Models").
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+# Ultralytics sets OMP_NUM_THREADS=1 when it is unset, pinning torch (and DataLoader workers) to one thread.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path

@@ -18,6 +18,8 @@ import os
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # read once at import by Ultralytics
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+# Ultralytics sets OMP_NUM_THREADS=1 when it is unset, pinning torch (and DataLoader workers) to one thread.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 import copy
 import hashlib
