@@ -17,7 +17,6 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from tasks.contract import CIHP_NUM_LABELS, Cihp
@@ -59,6 +58,22 @@ def composite_instances(
         out[masks[index] > 0] = label
     return out
 
+
+
+def composite_instances_on_device(masks, class_ids, confidences, class_to_cihp: Mapping[int, int]) -> np.ndarray:
+    """`composite_instances` on torch tensors where they are (the GPU, after predict): the same map,
+    and only the (H, W) result is copied to the host, not N full-resolution masks."""
+    import torch
+
+    height, width = int(masks.shape[-2]), int(masks.shape[-1])
+    out = torch.zeros((height, width), dtype=torch.uint8, device=masks.device)
+    order = torch.argsort(confidences.float().cpu(), stable=True).tolist()  # least confident first
+    classes = class_ids.cpu().tolist()
+    for index in order:
+        label = class_to_cihp.get(int(classes[index]))
+        if label is not None:
+            out[masks[index] > 0.5] = label
+    return out.cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,14 +186,12 @@ class YoloParser:
         height, width = shape
         if result.masks is None or result.boxes is None or len(result.boxes) == 0:
             return np.zeros((height, width), dtype=np.uint8)
-        masks = result.masks.data.cpu().numpy() > 0.5
-        if masks.shape[1:] != (height, width):  # retina_masks gives full size; guard other model formats
-            masks = np.stack(
-                [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
-            )
-        class_ids = result.boxes.cls.cpu().numpy().astype(int)
-        confidences = result.boxes.conf.cpu().numpy()
-        return composite_instances(masks, class_ids, confidences, self.class_to_cihp, (height, width))
+        masks = result.masks.data
+        if tuple(masks.shape[1:]) != (height, width):  # retina_masks gives full size; guard other model formats
+            import torch.nn.functional as F
+
+            masks = F.interpolate(masks[None].float(), size=(height, width), mode="nearest")[0]
+        return composite_instances_on_device(masks, result.boxes.cls, result.boxes.conf, self.class_to_cihp)
 
     def close(self) -> None:
         pass

@@ -24,6 +24,7 @@ from tasks.parse import (
     encode_parse_png,
     parser_from_spec,
 )
+from tasks.parse_yolo import composite_instances_on_device
 from tests.yolo_weights import TINY_IMGSZ as _TINY
 
 # ---------------------------------------------------------------------------------------------
@@ -332,3 +333,20 @@ def test_geometric_parse_of_an_empty_pose_is_background(geometric):
     )
     labels = geometric.parse(image, pose)
     assert labels.shape == (1024, 768) and not labels.any()
+
+
+def test_compositing_on_the_device_paints_the_same_map_as_on_the_host():
+    import torch
+
+    rng = np.random.default_rng(3)
+    masks = rng.random((6, 24, 16)) > 0.6
+    class_ids = np.array([0, 1, 3, 1, 7, 2])
+    confidences = np.array([0.5, 0.9, 0.5, 0.2, 0.7, 0.9])  # ties keep their order, as on the host
+    table = {0: 2, 1: 13, 2: 10, 3: 5}  # class 7 is not in the table: ignored
+    host = composite_instances(masks, class_ids, confidences, table, (24, 16))
+    device = composite_instances_on_device(
+        torch.from_numpy(masks.astype(np.float32)), torch.from_numpy(class_ids).float(),
+        torch.from_numpy(confidences).float(), table,
+    )
+    assert device.dtype == np.uint8 and np.array_equal(device, host)
+
