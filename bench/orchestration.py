@@ -68,6 +68,8 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 from prefect import flow
 
+from bench.machine import fmt, log
+
 DEFAULT_SHARDS = (1, 8, 32, 128)
 KINDS = ("mixed", "person")
 PERSON_TASKS = 5  # ingest, pose, parse, agnostic, finish-shard
@@ -81,8 +83,6 @@ WORKER_LIMIT = 4
 LOCKED = "database is locked"
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---- The flows --------------------------------------------------------------------------------
@@ -550,8 +550,6 @@ def count_locked(*paths: Path) -> dict[str, Any]:
     return counts
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def print_tables(report: dict[str, Any]) -> None:

@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -68,7 +66,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.machine import cpu_model
+from bench.machine import device_info, fmt, log, peak_rss_gib, release, synchronizer
 
 # torch's default thread count, read before Ultralytics is imported: `import ultralytics` sets OMP_NUM_THREADS=1
 # when it is unset, which makes every later process (and this one, had torch come second) use one thread.
@@ -90,8 +88,6 @@ with contextlib.suppress(ImportError):
     from tasks.parse_yolo import YOLO_CLASS_NAMES as CLASS_NAMES  # the project's own, when present
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---- Configuration, validated once --------------------------------------------------------------
@@ -189,28 +185,12 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
 # ---- The machine ---------------------------------------------------------------------------------
 
 
-def device_info(device: str) -> dict:
-    info = {"device": device, "torch": torch.__version__, "ultralytics": ultralytics.__version__,
-            "threads": torch.get_num_threads(), "cpu": cpu_model(), "cpus": os.cpu_count()}  # fmt: skip
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
 
 
-def synchronizer(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def release(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ---- Inputs and models ---------------------------------------------------------------------------
@@ -460,8 +440,6 @@ def run_sizes(config: BenchConfig) -> list[dict]:
 # ---- Report --------------------------------------------------------------------------------------
 
 
-def fmt(value: float | None, spec: str = ".0f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def print_tables(report: dict) -> None:
@@ -520,7 +498,7 @@ def print_tables(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = config_from_args(argv)
-    info = {**device_info(config.device), "threads": config.threads, "loadavg_start": os.getloadavg()}
+    info = {**device_info(config.device, ultralytics=ultralytics.__version__), "threads": config.threads, "loadavg_start": os.getloadavg()}
     _, described = load_images(config.samples)
     log(f"bench parser on {info.get('gpu', info['cpu'])} ({config.device}): sizes {' '.join(config.sizes)}, "
         f"batch {' '.join(map(str, config.batches))}, {' '.join(config.precisions)}; {described}")

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import logging
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -46,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from bench.machine import cpu_model
+from bench.machine import device_info, log, peak_rss_gib, release, synchronizer
 from tasks.storage import Store
 from vitonhd_models import pipeline
 from vitonhd_models.checkpoints import Architecture, build_network, load_networks, with_load_size
@@ -68,8 +66,6 @@ GMM_MULTIPLE = 4
 TRYON_PARTS = (("seg", "predict_parse7"), ("gmm + warp", "warp_cloth"), ("alias", "generate"))
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---- Configuration, validated once --------------------------------------------------------------
@@ -161,17 +157,8 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
 # ---- The machine ---------------------------------------------------------------------------------
 
 
-def device_info(device: str) -> dict:
-    info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": cpu_model(), "cpus": os.cpu_count()}  # fmt: skip
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
 
 
-def synchronizer(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
 # ---- The dataset ---------------------------------------------------------------------------------
@@ -334,10 +321,6 @@ def bench_training(config: BenchConfig, split: Store, pairs: list, hw: tuple[int
             "stages": stages}  # fmt: skip
 
 
-def release(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 def reset_peak(device: str) -> None:
@@ -349,9 +332,6 @@ def cuda_peak_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
 
 
-def peak_rss_gib() -> float:
-    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def guarded(what: str, identity: dict, function: Callable[..., dict], *args) -> dict:

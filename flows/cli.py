@@ -138,7 +138,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
 def run_flow(config, workers: int = 2, show_progress: bool = True, **selection: Any) -> dict[str, Any]:
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.preprocess import preprocess, progress_logger
+    from flows.preprocess import preprocess
+    from flows.report import progress_logger
 
     with progress_bar(progress_logger, show_progress, "preprocess"):
         bounded = preprocess.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
@@ -296,7 +297,7 @@ def cmd_tryon(args: argparse.Namespace) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     config = tryon_config_from_args(args)
-    from flows.preprocess import progress_logger
+    from flows.report import progress_logger
     from flows.tryon import tryon
 
     with progress_bar(progress_logger, not args.no_progress and not args.json, "tryon"):

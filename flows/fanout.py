@@ -9,16 +9,15 @@ children write the manifest; their rows are the parent's result.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
+from flows.report import RunProgress
 from tasks.catalog import CatalogItem
 from tasks.config import PreprocessConfig
 from tasks.manifest import read_run
@@ -27,8 +26,6 @@ from tasks.storage import Store
 
 CHILD_DEPLOYMENT = "preprocess/shard-range"
 POLL_S = 2.0  # how often the parent asks the API about its children
-
-progress_logger = logging.getLogger("vitonprep.progress")
 
 
 def in_deployment() -> bool:
@@ -64,22 +61,19 @@ def start_children(
 
 def wait_for_children(children: dict[str, str], logger: Any) -> dict[str, str]:
     """Poll the API until every child run is final; returns Prefect id -> final state name."""
-    total = len(children)
-    artifact = create_progress_artifact(0.0, description="Child runs finished")
-    progress_logger.info("start", extra={"done": 0, "total": total})
+    progress = RunProgress(len(children), "Child runs finished")
     final: dict[str, str] = {}
     with get_client(sync_client=True) as client:
-        while len(final) < total:
+        while len(final) < len(children):
             pending = [child for child in children if child not in final]
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=pending)))
             for run in runs:
                 if run.state is not None and run.state.is_final():
                     final[str(run.id)] = run.state.name
+                    progress.advance()
                     logger.info("child run %s (%s) ended %s; %d of %d done",
-                                run.name, children[str(run.id)], run.state.name, len(final), total)
-                    update_progress_artifact(artifact, 100.0 * len(final) / total)
-                    progress_logger.info("child", extra={"done": len(final), "total": total})
-            if len(final) < total:
+                                run.name, children[str(run.id)], run.state.name, len(final), len(children))
+            if len(final) < len(children):
                 time.sleep(POLL_S)
     return final
 

@@ -8,7 +8,6 @@ manifest part last, then the pairs file, the run summary and the UI artifacts.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections import Counter
@@ -16,16 +15,12 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import (
-    create_progress_artifact,
-    update_progress_artifact,
-)
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
-from flows.report import publish
+from flows.report import RunProgress, publish
 from tasks import contract
 from tasks.catalog import (
     GARMENT,
@@ -72,10 +67,6 @@ from tasks.shards import (
     pose_shard,
 )
 from tasks.storage import Store, redact
-
-# The CLI listens here to draw its progress bar; records carry `done` and `total` shards.
-progress_logger = logging.getLogger("vitonprep.progress")
-progress_logger.propagate = False  # for progress bars, not for the console log
 
 
 def new_run_id() -> str:
@@ -253,8 +244,7 @@ def run_preprocess(
         unfinished = {}
 
     current = read_current(out, config.split)
-    ok = {kind: {k: s for k, s in ok_items(current, kind, stages_for(kind)).items() if k in listed[kind]}
-          for kind in (PERSON, GARMENT)}
+    ok = ok_listed(current, listed)
     pairs = write_pairs(out, config, catalog, layout, ok)
     summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - started)
     summary["child_runs"] = sorted(children.values())
@@ -294,13 +284,18 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
                 len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), work_list)
     rows = process(config, run_id, works, fingerprints, logger)
     current = read_current(out, config.split)
-    ok = {kind: {k: s for k, s in ok_items(current, kind, stages_for(kind)).items() if k in listed[kind]}
-          for kind in (PERSON, GARMENT)}
+    ok = ok_listed(current, listed)
     summary = summarise(config, selection, run_id, rows, listed, works, ok, [], time.perf_counter() - started)
     summary["work_list"] = work_list
     write_summary(out, config.split, run_id, summary)
     publish(summary, out, rows, current, keyed=False)
     return summary
+
+
+def ok_listed(current, listed: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Per kind, key -> stem of the listed items whose every stage is ok in the current view."""
+    return {kind: {k: s for k, s in ok_items(current, kind, stages_for(kind)).items() if k in listed[kind]}
+            for kind in (PERSON, GARMENT)}
 
 
 def process(
@@ -355,15 +350,11 @@ def failure_reason(summary: dict[str, Any], max_failed_fraction: float, unfinish
 
 def collect(futures: list, description: str = "Shards finished") -> list[dict[str, Any]]:
     """Wait for every shard's rows, reporting progress (a progress artifact, the CLI's bar) as each lands."""
-    total = len(futures)
-    artifact = create_progress_artifact(0.0, description=description) if total else None
-    progress_logger.info("start", extra={"done": 0, "total": total})
+    progress = RunProgress(len(futures), description)
     rows: list[dict[str, Any]] = []
-    for done, future in enumerate(as_completed(futures), start=1):
+    for future in as_completed(futures):
         rows.extend(future.result())
-        if artifact is not None:
-            update_progress_artifact(artifact, 100.0 * done / total)
-        progress_logger.info("shard", extra={"done": done, "total": total})
+        progress.advance()
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from typing import Any
@@ -9,12 +10,37 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from tasks.catalog import GARMENT, PERSON
 from tasks.contact_sheet import dataset_contact_sheet, encode_png, thumbnail_data_uri
 from tasks.manifest import item_view, run_folder
 from tasks.storage import Store
+
+# The CLI listens here to draw its progress bar; records carry `done` and `total`.
+progress_logger = logging.getLogger("vitonprep.progress")
+progress_logger.propagate = False  # for progress bars, not for the console log
+
+
+class RunProgress:
+    """One progress artifact per run (and the CLI's bar), advanced as each unit of work finishes."""
+
+    def __init__(self, total: int, description: str):
+        self.total, self.done = total, 0
+        self.artifact = create_progress_artifact(0.0, description=description) if total else None
+        progress_logger.info("start", extra={"done": 0, "total": total})
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.artifact is not None:
+            update_progress_artifact(self.artifact, 100.0 * self.done / self.total)
+        progress_logger.info("done", extra={"done": self.done, "total": self.total})
+
 
 CONTACT_SHEET_ITEMS = 6  # items shown in the run's contact sheet artifact
 CONTACT_SHEET_HEIGHT = 1200  # pixels, as embedded in the artifact

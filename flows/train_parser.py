@@ -122,7 +122,7 @@ def train_parser(
 
 
 def model_card(config: ParserTrainConfig, trained: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    _, spec = parser_training.local_dataset(config)
+    spec = parser_training.dataset_spec(config)  # no second copy of the dataset just for its metadata
     overall = next(row for row in evaluation["classes"] if row["class"] == "all")
     means = {row["parser"]: row["iou"] for row in evaluation["pixel"] if row["label"] == "mean"}
     names = {int(k): v for k, v in spec["names"].items()}

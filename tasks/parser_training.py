@@ -54,10 +54,15 @@ def working_dir(config: ParserTrainConfig) -> Path:
     return CACHE_DIR / "parser-train" / digest
 
 
+def dataset_spec(config: ParserTrainConfig) -> dict[str, Any]:
+    """The parser dataset's data.yaml: Ultralytics' keys plus classes, class_to_cihp, source, fingerprint."""
+    return yaml.safe_load(Store(config.data, config.storage_options).read_text("data.yaml"))
+
+
 def local_dataset(config: ParserTrainConfig) -> tuple[Path, dict[str, Any]]:
     """(a local data.yaml whose `path` is a local copy of the dataset, its contents)."""
     store = Store(config.data, config.storage_options)
-    spec = yaml.safe_load(store.read_text("data.yaml"))
+    spec = dataset_spec(config)
     if store.is_local:
         root = Path(store.root)
     else:

@@ -63,9 +63,16 @@ def test_a_shard_task_retries_an_infrastructure_error_but_not_a_bug(prefect_serv
 
 
 def test_without_a_gpu_the_slot_is_free_and_asks_prefect_nothing(monkeypatch):
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens: any request would fail
+    import prefect.concurrency.sync
+
+    def no_call(*args, **kwargs):
+        raise AssertionError("gpu_slot(False) asked Prefect for a concurrency slot")
+
+    monkeypatch.setattr(prefect.concurrency.sync, "concurrency", no_call)
+    entered = False
     with gpu_slot(False):
-        pass
+        entered = True
+    assert entered
 
 
 def test_the_gpu_slot_lets_one_model_stage_at_a_time_on_a_machine(prefect_server, monkeypatch):

@@ -180,8 +180,12 @@ def test_tryon_was_started_once_for_the_new_garments_on_the_roster(stack, nightl
     assert len(list((stack.root / "tryon" / "results").iterdir())) == 4 * 2
 
 
-def test_the_rerun_finds_nothing_to_do(nightly):
+def test_the_rerun_finds_nothing_to_do(stack, nightly):
     assert nightly["rerun"].state.is_completed()
+    runs = sorted(path.name for path in (stack.root / "dataset" / "manifests" / "test").iterdir())
+    summary = json.loads((stack.root / "dataset" / "manifests" / "test" / runs[-1] / "summary.json").read_text())
+    assert summary["planned"] == {"persons": 0, "garments": 0}, summary["planned"]
+    assert summary["child_runs"] == [] and summary["started"] == {"tryon": None, "train": None}
 
 
 def test_the_run_publishes_progress_a_keyed_stage_table_and_a_contact_sheet(stack, nightly):
