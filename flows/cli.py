@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
+
+from tasks.config import DEFAULT_MAX_SOURCE_BYTES, DEFAULT_PARSE_BATCH_SIZE
 
 
 def _offline_environment() -> None:
@@ -75,7 +78,14 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pose-model", default=None, help="URL of a MediaPipe Tasks .task pose model")
     parser.add_argument("--cloth-mask-model", default=None, help="URL of a ClothUNet checkpoint")
-    parser.add_argument("--workers", type=int, default=2, help="task runs in flight at once (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes for the CPU stages (default: one per core; 0: in the flow's own process)",
+    )
+    parser.add_argument("--parse-batch-size", type=int, default=DEFAULT_PARSE_BATCH_SIZE,
+                        help=f"images per YOLO parser call (default {DEFAULT_PARSE_BATCH_SIZE})")
+    parser.add_argument("--max-source-bytes", type=int, default=DEFAULT_MAX_SOURCE_BYTES,
+                        help=f"larger source files are rejected without being read (default {DEFAULT_MAX_SOURCE_BYTES})")
     parser.add_argument("--prefix", default="", help="backfill only keys under this prefix, e.g. garments/2026-11/")
     parser.add_argument("--since", type=moment, default=None, help="backfill only sources modified at or after (ISO 8601)")
     parser.add_argument("--until", type=moment, default=None, help="backfill only sources modified before (ISO 8601)")
@@ -129,21 +139,33 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         agnostic_recipe=args.agnostic_recipe,
         pose_model=args.pose_model,
         cloth_mask_model=args.cloth_mask_model,
+        workers=args.workers,
+        parse_batch_size=args.parse_batch_size,
+        max_source_bytes=args.max_source_bytes,
         storage_options=storage_options_from(args.storage_option),
     )
     values.update(overrides)
     return PreprocessConfig(**values)
 
 
-def run_flow(config, workers: int = 2, show_progress: bool = True, **selection: Any) -> dict[str, Any]:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
+def run_flow(config, show_progress: bool = True, **selection: Any) -> dict[str, Any]:
     from flows.preprocess import preprocess
     from flows.report import progress_logger
+    from tasks.engine import warm_up
 
+    warm_up(config)  # the worker processes start while Prefect starts its temporary API server
     with progress_bar(progress_logger, show_progress, "preprocess"):
-        bounded = preprocess.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
-        return bounded(**config.model_dump(), **selection)
+        return preprocess(**config.model_dump(), **selection)
+
+
+@contextmanager
+def stdout_for_json(as_json: bool) -> Iterator[None]:
+    """With `--json`, stdout carries the JSON alone: whatever libraries print goes to stderr."""
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -171,16 +193,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     try:
-        summary = run_flow(
-            config,
-            workers=args.workers,
-            show_progress=not args.no_progress and not args.json,
-            prefix=args.prefix,
-            since=args.since,
-            until=args.until,
-            full_refresh=args.full_refresh,
-            max_failed_fraction=args.max_failed_fraction,
-        )
+        with stdout_for_json(args.json):
+            summary = run_flow(
+                config,
+                show_progress=not args.no_progress and not args.json,
+                prefix=args.prefix,
+                since=args.since,
+                until=args.until,
+                full_refresh=args.full_refresh,
+                max_failed_fraction=args.max_failed_fraction,
+            )
     except RunFailed as failure:
         print_summary(failure.summary, args.json)
         print(f"error: {failure}", file=sys.stderr)
@@ -192,7 +214,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    result = run_demo(args.out, workers=args.workers, show_progress=not args.no_progress and not args.json)
+    with stdout_for_json(args.json):
+        result = run_demo(args.out, workers=args.workers, show_progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -324,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
         "preprocess it on the embedded defaults and write a contact sheet."
     ))
     demo.add_argument("--out", default="demo-output", help="output folder (default ./demo-output)")
-    demo.add_argument("--workers", type=int, default=2, help="task runs in flight at once (default 2)")
+    demo.add_argument("--workers", type=int, default=None,
+                      help="worker processes for the CPU stages (default: one per core)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)

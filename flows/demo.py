@@ -72,7 +72,7 @@ def build_demo_catalog(catalog: Store) -> None:
         catalog.write_bytes(f"garments/{name}.png", buffer.getvalue())
 
 
-def run_demo(out_dir: str = "demo-output", workers: int = 2, show_progress: bool = True) -> dict[str, Any]:
+def run_demo(out_dir: str = "demo-output", workers: int | None = None, show_progress: bool = True) -> dict[str, Any]:
     from flows.cli import run_flow
     from tasks.config import PreprocessConfig
     from tasks.manifest import item_view, read_run
@@ -81,9 +81,9 @@ def run_demo(out_dir: str = "demo-output", workers: int = 2, show_progress: bool
     catalog = Store(os.path.join(out_dir, "catalog"))
     build_demo_catalog(catalog)
     dataset = Store(os.path.join(out_dir, "dataset"))
-    config = PreprocessConfig(catalog=catalog.url, out=dataset.url, shard_size=4)
+    config = PreprocessConfig(catalog=catalog.url, out=dataset.url, shard_size=4, workers=workers)
     # The cat is there to show how a photo without a person is reported, not to fail the demo.
-    summary = run_flow(config, workers=workers, show_progress=show_progress, max_failed_fraction=1.0)
+    summary = run_flow(config, show_progress=show_progress, max_failed_fraction=1.0)
     rows = item_view(read_run(dataset, config.split, summary["run_id"]))
     sheet = dataset_contact_sheet(dataset, rows)
     buffer = io.BytesIO()

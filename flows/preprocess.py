@@ -1,9 +1,9 @@
 """The `preprocess` flow: catalog photos in, a VITON-HD dataset out.
 
 Plan: list the catalog, diff each item against the manifest's current view (only new or changed
-items and stages run), cut the work into shards, map one task run per shard and stage (ingest ->
-pose -> parse -> agnostic for persons, ingest -> cloth mask for garments), write each shard's
-manifest part last, then the pairs file, the run summary and the UI artifacts.
+items and stages run), cut the work into shards, map one task run per shard, which runs every
+planned stage of its items in one pass (`tasks.engine`) and writes the shard's manifest part last,
+then the pairs file, the run summary and the UI artifacts.
 """
 
 from __future__ import annotations
@@ -36,18 +36,15 @@ from tasks.config import (
     DEFAULT_ITEMS_PER_CHILD_RUN,
     DEFAULT_MAX_FAILED_FRACTION,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SOURCE_BYTES,
+    DEFAULT_PARSE_BATCH_SIZE,
     DEFAULT_SHARD_SIZE,
     PreprocessConfig,
     RunPolicy,
 )
-from tasks.manifest import (
-    GARMENT_STAGES,
-    PERSON_STAGES,
-    STAGES,
-    ok_items,
-    read_current,
-    write_summary,
-)
+from tasks.engine import ShardRun, warm_up, workers_of
+from tasks.manifest import ok_items, read_current, write_summary
+from tasks.model_cache import resolve_weights
 from tasks.plan import (
     Selection,
     WorkItem,
@@ -55,17 +52,10 @@ from tasks.plan import (
     plan_catalog,
     read_work_list,
     split_work,
-    stage_fingerprints,
-    stages_for,
 )
-from tasks.shards import (
-    agnostic_shard,
-    cloth_mask_shard,
-    finish_shard,
-    ingest_shard,
-    parse_shard,
-    pose_shard,
-)
+from tasks.registry import ALL_STAGES, stage_fingerprints, stages_for
+from tasks.runtime import SHARDS_IN_FLIGHT
+from tasks.shards import shard_task
 from tasks.storage import Store, redact
 
 
@@ -105,7 +95,8 @@ def run_name() -> str:
     return " ".join(words)
 
 
-@flow(name="preprocess", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
+@flow(name="preprocess", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT),
+      log_prints=False)
 def preprocess(
     catalog: str,
     out: str,
@@ -118,6 +109,9 @@ def preprocess(
     cloth_mask_model: str | None = None,
     visibility_threshold: float = 0.5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES,
+    workers: int | None = None,
+    parse_batch_size: int = DEFAULT_PARSE_BATCH_SIZE,
     storage_options: dict[str, Any] | None = None,
     prefix: str = "",
     since: datetime | None = None,
@@ -145,6 +139,9 @@ def preprocess(
         cloth_mask_model: URL of a ClothUNet checkpoint; empty for classical background removal.
         visibility_threshold: joints MediaPipe sees less well than this are written as 0,0,0.
         max_pixels: larger images are rejected as decompression bombs.
+        max_source_bytes: larger source files are rejected without being read.
+        workers: worker processes for the CPU stages on the machine running this flow; empty = one per core.
+        parse_batch_size: images per call of the YOLO parser (on the GPU).
         storage_options: fsspec options for every URL (endpoint_url, profile, ...).
         prefix: backfill only catalog keys under this prefix (relative to the catalog root, e.g. garments/2026-11/).
         since: backfill only sources modified at or after this time.
@@ -171,6 +168,9 @@ def preprocess(
         cloth_mask_model=cloth_mask_model,
         visibility_threshold=visibility_threshold,
         max_pixels=max_pixels,
+        max_source_bytes=max_source_bytes,
+        workers=workers,
+        parse_batch_size=parse_batch_size,
         storage_options=storage_options or {},
     )
     selection = Selection(
@@ -213,8 +213,10 @@ def run_preprocess(
     leftovers = out.remove_temporaries()
     if leftovers:
         logger.info("removed %d partial files left by an interrupted run", leftovers)
-    index = index_current(read_current(out, config.split))
-    fingerprints = stage_fingerprints(config)
+    current = read_current(out, config.split)
+    index = index_current(current)
+    weights = resolve_weights(config)
+    fingerprints = stage_fingerprints(config, weights)
     listed, works = plan_catalog(
         {kind: list_items(catalog, layout, kind) for kind in (PERSON, GARMENT)}, index, fingerprints, selection
     )
@@ -226,6 +228,7 @@ def run_preprocess(
         run_id, len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), layout.name,
     )
     children: dict[str, str] = {}
+    failed_shards: list[dict[str, str]] = []
     fan_out = bool(policy.items_per_child_run) and planned > policy.items_per_child_run
     if fan_out and not fanout.in_deployment():
         logger.info("%d items exceed items_per_child_run %d, but this run is not a deployment's (no workers "
@@ -240,14 +243,16 @@ def run_preprocess(
         rows = fanout.children_rows(config, children)
         unfinished = {children[i]: state for i, state in states.items() if state != "Completed"}
     else:
-        rows = process(config, run_id, works, fingerprints, logger)
+        rows, failed_shards = process(config, ShardRun(run_id, fingerprints, weights), works, logger)
         unfinished = {}
 
-    current = read_current(out, config.split)
+    if rows or children:  # else the view read at the start still holds
+        current = read_current(out, config.split)
     ok = ok_listed(current, listed)
     pairs = write_pairs(out, config, catalog, layout, ok)
     summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - started)
     summary["child_runs"] = sorted(children.values())
+    summary["failed_shards"] = failed_shards
     failure = failure_reason(summary, policy.max_failed_fraction, unfinished)
     if failure is None:
         new_garments = sorted({row["stem"] for row in rows if row["kind"] == GARMENT and row["stem"]}
@@ -256,7 +261,8 @@ def run_preprocess(
             "tryon": chain.start_tryon(policy, config, new_garments, sorted(ok[PERSON].values()), logger),
             "train": chain.start_train(policy, config, len(pairs), logger),
         }
-    write_summary(out, config.split, run_id, summary)
+    if planned or children:  # an unchanged catalog's run writes nothing
+        write_summary(out, config.split, run_id, summary)
     publish(summary, out, rows, current, keyed=True)
     logger.info(
         "run %s: processed %d persons (%d failed) and %d garments (%d failed) in %.1f s; the dataset holds "
@@ -277,18 +283,22 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     started = time.perf_counter()
     out = Store(config.out, config.storage_options)
     run_id, items = read_work_list(out, work_list)
-    fingerprints = stage_fingerprints(config)
+    weights = resolve_weights(config)
+    fingerprints = stage_fingerprints(config, weights)
     index = index_current(read_current(out, config.split))
     listed, works = plan_catalog(items, index, fingerprints, Selection(full_refresh=selection.full_refresh))
     logger.info("run %s: %d of %d persons and %d of %d garments of %s to process", run_id,
                 len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), work_list)
-    rows = process(config, run_id, works, fingerprints, logger)
+    rows, failed_shards = process(config, ShardRun(run_id, fingerprints, weights), works, logger)
     current = read_current(out, config.split)
     ok = ok_listed(current, listed)
     summary = summarise(config, selection, run_id, rows, listed, works, ok, [], time.perf_counter() - started)
     summary["work_list"] = work_list
+    summary["failed_shards"] = failed_shards
     write_summary(out, config.split, run_id, summary)
     publish(summary, out, rows, current, keyed=False)
+    if failed_shards:  # the parent sees this run Failed and says so; the other shards' rows stand
+        raise RunFailed(shards_failure(failed_shards, summary), summary)
     return summary
 
 
@@ -299,43 +309,49 @@ def ok_listed(current, listed: dict[str, dict[str, str]]) -> dict[str, dict[str,
 
 
 def process(
-    config: PreprocessConfig, run_id: str, works: dict[str, list[WorkItem]], fingerprints: dict, logger: Any
-) -> list[dict[str, Any]]:
-    """Map the stages over shards in this flow run (ingest -> pose -> parse -> agnostic for persons,
-    ingest -> cloth mask for garments, then each shard's manifest part); returns every row."""
-    person_shards = plan_shards(works[PERSON], config.shard_size)
-    garment_shards = plan_shards(works[GARMENT], config.shard_size)
-    logger.info("run %s: %d person shards and %d garment shards of up to %d images",
-                run_id, len(person_shards), len(garment_shards), config.shard_size)
-    cfg, fps = unmapped(config), unmapped(fingerprints)
-    ingested = ingest_shard.map(cfg, person_shards)
-    posed = pose_shard.map(cfg, person_shards, ingested)
-    geometric = config.parser_backend == "geometric"  # reads the pose model's outputs, so waits for pose
-    parsed = parse_shard.map(cfg, person_shards, [[i, p] if geometric else [i] for i, p in zip(ingested, posed)])
-    freed = agnostic_shard.map(cfg, person_shards, posed, parsed)
-    person_parts = finish_shard.map(
-        cfg,
-        unmapped(run_id),
-        [f"person-{i:05d}" for i in range(len(person_shards))],
-        person_shards,
-        [dict(zip(PERSON_STAGES, stages)) for stages in zip(ingested, posed, parsed, freed)],
-        fps,
-    )
-    garment_ingested = ingest_shard.map(cfg, garment_shards)
-    masked = cloth_mask_shard.map(cfg, garment_shards, garment_ingested)
-    garment_parts = finish_shard.map(
-        cfg,
-        unmapped(run_id),
-        [f"garment-{i:05d}" for i in range(len(garment_shards))],
-        garment_shards,
-        [dict(zip(GARMENT_STAGES, stages)) for stages in zip(garment_ingested, masked)],
-        fps,
-    )
-    return collect(list(person_parts) + list(garment_parts))
+    config: PreprocessConfig, run: ShardRun, works: dict[str, list[WorkItem]], logger: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """One task run per shard (persons and garments), each through every planned stage in one pass;
+    returns every finished shard's rows and the shards that failed (their items have no rows yet)."""
+    shards = [(f"{kind}-{i:05d}", shard) for kind in (PERSON, GARMENT)
+              for i, shard in enumerate(plan_shards(works[kind], config.shard_size))]
+    logger.info("run %s: %d person and %d garment items in %d shards of up to %d, %d worker processes",
+                run.run_id, len(works[PERSON]), len(works[GARMENT]), len(shards), config.shard_size,
+                workers_of(config))
+    if not shards:
+        return [], []
+    warm_up(config)  # starts the worker processes while the first shards read their inputs
+    futures = shard_task.map(unmapped(config), unmapped(run), [name for name, _ in shards],
+                             [shard for _, shard in shards])
+    return collect_shards(dict(zip(futures, (name for name, _ in shards))), logger)
+
+
+def collect_shards(futures: dict, logger: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Wait for every shard, reporting progress as each lands; a failed shard never stops the others."""
+    progress = RunProgress(len(futures), "Shards finished")
+    rows: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    for future in as_completed(list(futures)):
+        result = future.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            reason = redact(f"{type(result).__name__}: {result}")
+            failed.append({"shard": futures[future], "error": reason})
+            logger.error("shard %s failed: %s", futures[future], reason)
+        else:
+            rows.extend(result)
+        progress.advance()
+    return rows, sorted(failed, key=lambda failure: failure["shard"])
+
+
+def shards_failure(failed: list[dict[str, str]], summary: dict[str, Any]) -> str:
+    return f"{len(failed)} shards failed, their items are left for the next run: " + "; ".join(
+        f"{failure['shard']}: {failure['error']}" for failure in failed[:3])
 
 
 def failure_reason(summary: dict[str, Any], max_failed_fraction: float, unfinished: dict[str, str]) -> str | None:
-    """Why the run ends Failed (child runs that did not complete, too many failed items), or None."""
+    """Why the run ends Failed (child runs or shards that did not complete, too many failed items), or None."""
+    if summary.get("failed_shards"):
+        return shards_failure(summary["failed_shards"], summary)
     if unfinished:
         listed = ", ".join(f"{run} {state}" for run, state in sorted(unfinished.items()))
         return f"{len(unfinished)} of {len(summary['child_runs'])} child runs did not complete: {listed}"
@@ -376,7 +392,9 @@ def write_pairs(
     else:
         pairs = unworn_pairs(list(ok[PERSON].values()), list(ok[GARMENT].values()), worn)
     lines = "".join(f"{contract.person_image_name(p)} {contract.cloth_image_name(g)}\n" for p, g in pairs)
-    out.write_text(contract.pairs_file_name(config.split), lines)
+    name = contract.pairs_file_name(config.split)
+    if not out.exists(name) or out.read_text(name) != lines:  # object stores bill and notify every PUT
+        out.write_text(name, lines)
     return pairs
 
 
@@ -404,7 +422,7 @@ def summarise(
         return {"total": len(processed[kind]), "ok": len(processed[kind]) - errors, "error": errors}
 
     stage_stats = {}
-    for stage in STAGES:
+    for stage in ALL_STAGES:
         mine = [row for row in rows if row["stage"] == stage]
         if mine:
             total_ms = sum(row["ms"] or 0.0 for row in mine)

@@ -23,6 +23,7 @@ from tasks.contract import (
     AGNOSTIC_REQUIRED_KEYPOINTS,
     BODY25_COUNT,
     HEAD_LABELS,
+    JPEG_QUALITY,
     LOWER_BODY_LABELS,
     NECK_LABELS,
     UPPER_CLOTHES_LABELS,
@@ -360,3 +361,27 @@ def image_agnostic(
     agnostic = image.copy()
     agnostic[gray] = GRAY
     return agnostic
+
+
+# ---- The agnostic stage (declared in tasks/registry.py) -------------------------------------------
+
+
+def make_agnostic(env, item) -> tuple[np.ndarray, np.ndarray]:
+    """The parse-agnostic map and the clothing-agnostic image of one person."""
+    labels = item.values["parse"]
+    keypoints = item.values["pose"].keypoints_body25
+    image = item.values["ingest"].image
+    return (parse_agnostic(labels, keypoints),
+            image_agnostic(image, labels, keypoints, recipe=env.config.agnostic_recipe))
+
+
+def encode_agnostic(value: tuple[np.ndarray, np.ndarray]) -> tuple[bytes, ...]:
+    from tasks.normalize import encode_jpeg
+    from tasks.parse import encode_parse_png
+
+    parse_free, image_free = value
+    return encode_parse_png(parse_free), encode_jpeg(image_free, quality=JPEG_QUALITY)
+
+
+def agnostic_fields(env, value) -> dict:
+    return {"model": env.config.agnostic_recipe}

@@ -18,8 +18,8 @@ Limits: one garment per image (the largest component wins: a detached belt is dr
 that is not plain (a gradient, a room) raises the thresholds with the border spread and may lose a
 white garment, or yield NO_GARMENT.
 
-Option (`UNetClothMasker`): a small U-Net (`ClothUNet`) from a checkpoint (a strict state dict), with
-the same post-processing.
+Option (`UNetClothMasker`): a small U-Net (`vitonhd_models.cloth_unet.ClothUNet`) from a checkpoint
+(a strict state dict), with the same post-processing. PyTorch is imported only when one is configured.
 
 Output contract (contract §1.1, §5): `cloth-mask/<stem>.jpg`, a single-channel JPEG that the loaders
 read as `np.array(mask) >= 128`; `encode_cloth_mask` writes one that thresholds back to the same mask.
@@ -33,8 +33,6 @@ from collections.abc import Mapping
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from tasks.errors import NO_GARMENT, ItemError
 from tasks.normalize import border_pixels, encode_jpeg
@@ -243,53 +241,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the usual normalisation of an ImageNet-
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class _DoubleConv(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-
-class ClothUNet(nn.Module):
-    """A small U-Net: 3-channel RGB in, 1-channel garment probability (sigmoid) out, same size.
-
-    `depth` poolings of 2, so height and width must be multiples of 2**depth (16 by default).
-    """
-
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 16, depth: int = 4):
-        super().__init__()
-        widths = [base_channels * 2**i for i in range(depth + 1)]
-        self.depth = depth
-        self.encoders = nn.ModuleList()
-        previous = in_channels
-        for width in widths:
-            self.encoders.append(_DoubleConv(previous, width))
-            previous = width
-        self.pool = nn.MaxPool2d(2)
-        self.upsamples = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for width in reversed(widths[:-1]):
-            self.upsamples.append(nn.ConvTranspose2d(width * 2, width, kernel_size=2, stride=2))
-            self.decoders.append(_DoubleConv(width * 2, width))
-        self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for index, encoder in enumerate(self.encoders):
-            x = encoder(x)
-            if index < self.depth:
-                skips.append(x)
-                x = self.pool(x)
-        for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([upsample(x), skip], dim=1))
-        return torch.sigmoid(self.head(x))
-
-
 class CheckpointError(ValueError):
     """A checkpoint file that is not a ClothUNet state dict (wrong keys, wrong shapes, not a dict)."""
 
@@ -304,6 +255,10 @@ class UNetClothMasker:
         height, width = (int(v) for v in input_size)
         if height <= 0 or width <= 0 or height % 16 or width % 16:
             raise ValueError(f"input_size {input_size!r} must be positive multiples of 16 (height, width)")
+        import torch
+
+        from vitonhd_models.cloth_unet import ClothUNet
+
         self.input_size = (height, width)
         self.device = torch.device(device)
         with open(checkpoint_path, "rb") as handle:
@@ -340,6 +295,8 @@ class UNetClothMasker:
 
     def predict(self, cloth_rgb: np.ndarray) -> np.ndarray:
         """The garment probability at every pixel of the input: (H, W) float32 in 0..1."""
+        import torch
+
         _check_rgb(cloth_rgb)
         height, width = cloth_rgb.shape[:2]
         in_h, in_w = self.input_size
@@ -362,3 +319,31 @@ class UNetClothMasker:
         if check:
             check_coverage(mask)
         return mask
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cloth mask stage (declared in tasks/registry.py)
+# ---------------------------------------------------------------------------------------------------
+
+CLASSICAL_MODEL_ID = "classical-v1"
+
+
+def _masker(env) -> UNetClothMasker:
+    weights = env.weights.cloth_mask
+    return env.model(("cloth-unet", weights.sha256), lambda: UNetClothMasker(weights.path))
+
+
+def mask_cloth(env, item) -> np.ndarray:
+    cloth = item.values["ingest"].image
+    if env.weights.cloth_mask is None:
+        return cloth_mask_classical(cloth)
+    return _masker(env).mask(cloth)
+
+
+def encode_mask(mask: np.ndarray) -> tuple[bytes, ...]:
+    return (encode_cloth_mask(mask),)
+
+
+def mask_fields(env, mask: np.ndarray) -> dict:
+    model = CLASSICAL_MODEL_ID if env.weights.cloth_mask is None else _masker(env).model_id
+    return {"model": model, "cloth_mask_coverage": float((mask > 0).mean())}

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_SHARD_SIZE = 64
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; bigger headers are treated as decompression bombs
+DEFAULT_MAX_SOURCE_BYTES = 64 * 2**20  # a real catalog photo is a few MB; a 64 MB one is not read
+DEFAULT_PARSE_BATCH_SIZE = 8  # images per YOLO call: most of a GPU's throughput at a few GB of memory
 
 
 class PreprocessConfig(BaseModel):
@@ -30,6 +32,13 @@ class PreprocessConfig(BaseModel):
     cloth_mask_model: str | None = Field(None, description="URL of a ClothUNet checkpoint; None = classical")
     visibility_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Larger images are rejected as bombs")
+    max_source_bytes: int = Field(
+        DEFAULT_MAX_SOURCE_BYTES, ge=1, description="Larger source files are rejected without being read"
+    )
+    workers: int | None = Field(
+        None, ge=0, description="Worker processes for the CPU stages; None = one per core, 0 = in the task's own process"
+    )
+    parse_batch_size: int = Field(DEFAULT_PARSE_BATCH_SIZE, ge=1, description="Images per YOLO parser call")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
 
     @field_validator("parser")

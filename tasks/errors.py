@@ -8,12 +8,27 @@ from __future__ import annotations
 
 
 class ItemError(Exception):
-    """One input cannot produce its outputs. `code` is stable; `message` says why, for people."""
+    """One input cannot produce its outputs. `code` is stable; `message` says why, for people.
 
-    def __init__(self, code: str, message: str):
+    `fields` are manifest fields the stage learned before it failed (a pose's confidences, say).
+    """
+
+    def __init__(self, code: str, message: str, fields: dict | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.fields = dict(fields or {})
+
+    def __reduce__(self):  # crosses from worker processes to the shard task
+        return (ItemError, (self.code, self.message, self.fields))
+
+
+# Reading the source
+SOURCE_MISSING = "source_missing"  # gone between listing and reading, or a symlink to nothing
+SOURCE_PERMISSION_DENIED = "source_permission_denied"
+SOURCE_NOT_A_FILE = "source_not_a_file"  # a FIFO, a device, a socket named like a photo
+SOURCE_TOO_LARGE = "source_too_large"  # more than max_source_bytes
+SOURCE_UNREADABLE = "source_unreadable"  # any other read error of one object (a symlink loop, say)
 
 
 # Decoding and normalisation
@@ -32,7 +47,7 @@ NO_GARMENT = "no_garment"
 # Try-on and training: a dataset file a pair needs is absent or does not follow the contract
 MISSING_INPUT = "missing_input"
 BAD_INPUT = "bad_input"
-# A stage whose inputs an earlier stage did not produce
-UPSTREAM_FAILED = "upstream_failed"
 # A bug or an unexpected library error on one item, kept from failing the shard
 STAGE_ERROR = "stage_error"
+# The worker process died (a crash in native code, or killed for memory) on this item, twice
+WORKER_CRASHED = "worker_crashed"

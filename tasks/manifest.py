@@ -24,9 +24,6 @@ from tasks.storage import Store
 MANIFEST_SCHEMA_VERSION = 2
 MANIFESTS_DIR = "manifests"
 
-PERSON_STAGES = ("ingest", "pose", "parse", "agnostic")
-GARMENT_STAGES = ("ingest", "cloth_mask")
-STAGES = ("ingest", "pose", "parse", "cloth_mask", "agnostic")
 ITEM_KEY = ("kind", "key")
 
 SCHEMA = pa.schema(
@@ -60,8 +57,11 @@ SCHEMA = pa.schema(
         ("persons_detected", pa.int32()),
         ("keypoint_confidences", pa.list_(pa.float32())),
         ("cloth_mask_coverage", pa.float64()),
+        ("details", pa.string()),  # JSON: what a stage records beyond the columns above
     ]
 )
+# Columns added after a dataset's first parts were written; older parts read them as nulls.
+ADDED_COLUMNS = frozenset({"details"})
 
 
 def run_folder(split: str, run_id: str) -> str:
@@ -95,6 +95,8 @@ def _read_parts(store: Store, folder: str) -> list[pa.Table]:
     for info in store.list_files(folder):
         if info.key.endswith(".parquet"):
             table = pq.read_table(io.BytesIO(store.read_bytes(posixpath.join(folder, info.key))))
+            for name in ADDED_COLUMNS - set(table.column_names):
+                table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
             tables.append(table.select(SCHEMA.names).cast(SCHEMA))
     return tables
 

@@ -21,6 +21,7 @@ Decisions:
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -448,3 +449,56 @@ def _array_to_pil(array: np.ndarray, allow: tuple[str, ...]) -> Image.Image:
     if mode not in allow:
         raise ValueError(f"cannot encode a {mode} array of shape {array.shape} here; allowed {allow}")
     return Image.fromarray(np.ascontiguousarray(array), mode=mode)
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """One of our own written images back as an RGB array (what VITON-HD's loaders will see)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ingest stage (declared in tasks/registry.py): source bytes -> the 768x1024 image as written
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """Ingest's result: the canvas as its JPEG decodes (what every later stage and every loader of
+    the dataset sees), how the photo was placed on it, and the encoded file itself."""
+
+    image: np.ndarray
+    fit: FitRecord | None
+    jpeg: bytes | None = None  # None when loaded back from an earlier run's file
+
+
+def ingest(env, item, *, person: bool) -> Ingested:
+    """Decode the source, fit it onto the canvas (crop: around the person the pose model finds), encode."""
+    image = decode_image(item.source, max_pixels=env.config.max_pixels)
+    array = np.asarray(image)
+    method = env.config.fit if person else "pad"
+    box = None
+    if method == "crop":
+        from tasks.pose import _locator
+
+        box = _locator(env).person_box(array)
+    canvas, fit = fit_to_canvas(array, method=method, person_box=box)
+    jpeg = encode_jpeg(canvas, quality=JPEG_QUALITY)
+    return Ingested(decode_rgb(jpeg), fit, jpeg)
+
+
+def encode_ingested(value: Ingested) -> tuple[bytes, ...]:
+    return (value.jpeg,)
+
+
+def ingested_fields(env, value: Ingested) -> dict[str, Any]:
+    return {
+        "fit": json.dumps(value.fit.to_dict(), sort_keys=True),
+        "source_width": value.fit.source_width,
+        "source_height": value.fit.source_height,
+    }
+
+
+def load_ingested(work, files: tuple[bytes, ...]) -> Ingested:
+    fit = FitRecord.from_dict(json.loads(work.previous_fit)) if work.previous_fit else None
+    return Ingested(decode_rgb(files[0]), fit)

@@ -24,6 +24,7 @@ from tasks.parse_yolo import (  # noqa: F401  (the stage's public names)
     YOLO_CLASS_NAMES,
     YoloParser,
     composite_instances,
+    yolo_parser_id,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -90,3 +91,45 @@ def parser_from_spec(spec: str, **kwargs) -> GeometricParser | YoloParser:
             raise ValueError(f"parser spec {spec!r}: resolve the URL to a local file before building the parser")
         return YoloParser(path, **kwargs)
     raise ValueError(f"unknown parser spec {spec!r}; expected 'geometric' or 'yolo:<local weights path>'")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The parse stage (declared in tasks/registry.py): geometric per item, YOLO over batches
+# ---------------------------------------------------------------------------------------------------
+
+
+def _geometric_parser(env) -> GeometricParser:
+    return env.model(("geometric",), GeometricParser)
+
+
+def prepare_geometric(env) -> None:
+    _geometric_parser(env).prepare()
+
+
+def parse_geometric(env, item) -> np.ndarray:
+    return _geometric_parser(env).parse(item.values["ingest"].image, item.values["pose"])
+
+
+def _yolo_parser(env) -> YoloParser:
+    weights = env.weights.parser
+    return env.model(("yolo", weights.sha256), lambda: YoloParser(weights.path, sha256=weights.sha256))
+
+
+def parse_yolo_batch(env, batch) -> list[np.ndarray]:
+    """One batched YOLO predict over the batch's images (the engine sizes batches by parse_batch_size)."""
+    return _yolo_parser(env).parse_batch([item.values["ingest"].image for item in batch])
+
+
+def encode_parse(labels: np.ndarray) -> tuple[bytes, ...]:
+    return (encode_parse_png(labels),)
+
+
+def parse_fields(env, labels: np.ndarray) -> dict:
+    weights = env.weights.parser
+    if weights is None:
+        return {"model": GeometricParser.parser_id}
+    return {"model": yolo_parser_id(weights.path, weights.sha256)}
+
+
+def load_parse(work, files: tuple[bytes, ...]) -> np.ndarray:
+    return decode_parse_png(files[0])

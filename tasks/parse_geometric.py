@@ -132,6 +132,10 @@ class GeometricParser:
             )
         return self._face_mesh
 
+    def prepare(self) -> None:
+        """Build the Face Mesh graph now rather than on the first image."""
+        self._mesh()
+
     def close(self) -> None:
         if self._face_mesh is not None:
             self._face_mesh.close()

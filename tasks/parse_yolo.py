@@ -131,6 +131,11 @@ def _fp16_predict_args() -> dict:
     return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
 
 
+def yolo_parser_id(weights_path: str, sha256: str) -> str:
+    """The parser's id in the manifest: the weights' file name and the start of their hash."""
+    return f"yolo:{Path(weights_path).name}:{sha256[:12]}"
+
+
 class YoloParser:
     """Parse with an Ultralytics YOLO-seg checkpoint at a local path (no download, ever)."""
 
@@ -142,6 +147,7 @@ class YoloParser:
         conf: float = 0.25,
         imgsz: int = 1024,
         half: bool = False,
+        sha256: str | None = None,
     ):
         path = Path(weights_path)
         if not path.is_file():
@@ -154,7 +160,7 @@ class YoloParser:
         self.conf = conf
         self.imgsz = imgsz
         self.half = half
-        self._sha256 = file_sha256(path)
+        self._sha256 = sha256 or file_sha256(path)  # the run hashed it already, for the fingerprint
         self.model = YOLO(self.weights_path)
         # Without a table, the model's own class names say which CIHP label each class paints.
         self.class_to_cihp = _validated_class_table(
@@ -163,7 +169,7 @@ class YoloParser:
 
     @property
     def parser_id(self) -> str:
-        return f"yolo:{Path(self.weights_path).name}:{self._sha256[:12]}"
+        return yolo_parser_id(self.weights_path, self._sha256)
 
     def parse_batch(self, images_rgb: list[np.ndarray]) -> list[np.ndarray]:
         """One batched predict over RGB (H, W, 3) uint8 arrays; one (H, W) uint8 CIHP map each."""

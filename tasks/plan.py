@@ -12,8 +12,6 @@ listing and a diff, nothing more.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import math
 import posixpath
@@ -25,58 +23,8 @@ import pyarrow as pa
 
 from tasks import contract
 from tasks.catalog import GARMENT, PERSON, CatalogItem
-from tasks.config import PreprocessConfig
-from tasks.manifest import GARMENT_STAGES, PERSON_STAGES
-from tasks.storage import Store, file_sha256, local_file
-
-# Bump a stage's version when its outputs change for the same inputs: every item reruns that stage.
-STAGE_VERSIONS = {"ingest": 1, "pose": 1, "parse": 1, "cloth_mask": 1, "agnostic": 1}
-
-
-def stages_for(kind: str) -> tuple[str, ...]:
-    return PERSON_STAGES if kind == PERSON else GARMENT_STAGES
-
-
-def dependencies(config: PreprocessConfig) -> dict[str, tuple[str, ...]]:
-    """Which stages' outputs each stage reads (the geometric parser reads the pose model's outputs)."""
-    return {
-        "ingest": (),
-        "pose": ("ingest",),
-        "parse": ("ingest", "pose") if config.parser_backend == "geometric" else ("ingest",),
-        "agnostic": ("pose", "parse"),
-        "cloth_mask": ("ingest",),
-    }
-
-
-def _model_hash(url: str, storage_options: Mapping[str, Any]) -> str:
-    return file_sha256(local_file(url, dict(storage_options)))
-
-
-def stage_fingerprints(config: PreprocessConfig) -> dict[str, dict[str, str]]:
-    """kind -> stage -> a short hash of everything besides the input that decides the stage's output."""
-    mediapipe_id = f"mediapipe-{importlib.metadata.version('mediapipe')}"  # no import: a no-op run stays quick
-    pose_model = _model_hash(config.pose_model, config.storage_options) if config.pose_model else "pose_landmark_full"
-    parser = (
-        f"yolo:{_model_hash(config.parser_weights_url, config.storage_options)}"
-        if config.parser_weights_url
-        else f"geometric-v1:{mediapipe_id}"
-    )
-    cloth_model = (
-        _model_hash(config.cloth_mask_model, config.storage_options) if config.cloth_mask_model else "classical-v1"
-    )
-    parts = {
-        (PERSON, "ingest"): {"fit": config.fit, "max_pixels": config.max_pixels, "jpeg": contract.JPEG_QUALITY},
-        (GARMENT, "ingest"): {"fit": "pad", "max_pixels": config.max_pixels, "jpeg": contract.JPEG_QUALITY},
-        (PERSON, "pose"): {"model": f"{mediapipe_id}/{pose_model}", "visibility": config.visibility_threshold},
-        (PERSON, "parse"): {"parser": parser},
-        (PERSON, "agnostic"): {"recipe": config.agnostic_recipe},
-        (GARMENT, "cloth_mask"): {"model": cloth_model},
-    }
-    fingerprints: dict[str, dict[str, str]] = {PERSON: {}, GARMENT: {}}
-    for (kind, stage), params in parts.items():
-        text = json.dumps({"stage": stage, "version": STAGE_VERSIONS[stage], **params}, sort_keys=True)
-        fingerprints[kind][stage] = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return fingerprints
+from tasks.registry import stages_for
+from tasks.storage import Store
 
 
 @dataclass(frozen=True)
@@ -166,7 +114,7 @@ def plan_item(
     """The work an item needs, or None when the dataset already holds its current outputs (or failure).
 
     Stages of a healthy item that must run are planned here; the stages after them rerun when they
-    actually change their output, which only running them can tell (`shards.run_items`).
+    actually change their output, which only running them can tell (`tasks.engine`).
     """
     stages = stages_for(item.kind)
     if state is None or full_refresh:
@@ -187,7 +135,7 @@ def plan_item(
         if stage not in state.stages or state.stages[stage].fingerprint != fingerprints[item.kind][stage]
     }
     # The listing changed but no fingerprint did: ingest hashes the source, and when the hash changed
-    # too, every later stage reruns (see `shards.run_items`).
+    # too, every later stage reruns (see `tasks.engine`).
     verify = listing_changed and "ingest" not in planned
     if not planned and not verify:
         return None

@@ -18,6 +18,7 @@ Decisions (peers.md §3 lists the choices the MediaPipe -> BODY_25 converters di
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import zipfile
@@ -639,3 +640,77 @@ def pose_from_npz_bytes(data: bytes) -> PoseResult:
             )
     except (OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # not an npz, or a field missing
         raise ValueError(f"not a pose npz: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pose stage (declared in tasks/registry.py)
+# ---------------------------------------------------------------------------------------------------
+
+
+def pose_sidecar_name(stem: str) -> str:
+    """The pose model's outputs for the parse stage, under `_work/<split>/pose/`."""
+    return f"{stem}.npz"
+
+
+def _estimator(env) -> PoseEstimator:
+    weights, threshold = env.weights.pose, env.config.visibility_threshold
+    key = ("pose", weights.sha256 if weights else "bundled", threshold)
+    return env.model(key, lambda: PoseEstimator(task_model_path=weights.path if weights else None,
+                                                visibility_threshold=threshold))
+
+
+def _locator(env) -> PoseEstimator:
+    """The person finder of `fit=crop` (ingest): the bundled model at its default threshold."""
+    return env.model(("pose", "bundled", DEFAULT_VISIBILITY_THRESHOLD), PoseEstimator)
+
+
+def prepare_pose(env) -> None:
+    if env.config.pose_model is None:
+        _estimator(env)
+
+
+def prepare_locator(env) -> None:
+    if env.config.fit == "crop":
+        _locator(env)
+
+
+def as_stored(result: PoseResult) -> PoseResult:
+    """The result as its sidecar stores it (segmentation in steps of 1/255): what later stages see."""
+    if result.segmentation is None:
+        return result
+    seg_u8 = np.round(np.clip(np.asarray(result.segmentation, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return PoseResult(result.keypoints_body25, result.landmarks_px, seg_u8.astype(np.float32) / 255.0,
+                      result.persons_detected)
+
+
+def estimate_pose(env, item) -> PoseResult:
+    from tasks.agnostic import check_agnostic_keypoints
+
+    ingested = item.values["ingest"]
+    valid_box = ingested.fit.content_box() if ingested.fit is not None else None
+    result = _estimator(env).estimate(ingested.image, valid_box=valid_box)
+    try:  # fail early: without these joints the agnostic masks would be silently wrong
+        check_agnostic_keypoints(result.keypoints_body25)
+    except ItemError as error:
+        raise ItemError(error.code, error.message, pose_fields(env, result)) from None
+    return as_stored(result)
+
+
+def encode_pose(result: PoseResult) -> tuple[bytes, ...]:
+    from tasks.normalize import encode_png
+
+    keypoints = result.keypoints_body25
+    return (json.dumps(openpose_json(keypoints)).encode("utf-8"), encode_png(render_body25(keypoints)),
+            pose_to_npz_bytes(result))
+
+
+def pose_fields(env, result: PoseResult) -> dict:
+    return {
+        "model": _estimator(env).backend_id,
+        "persons_detected": int(result.persons_detected),
+        "keypoint_confidences": [float(c) for c in result.keypoints_body25[:, 2]],
+    }
+
+
+def load_pose(work, files: tuple[bytes, ...]) -> PoseResult:
+    return pose_from_npz_bytes(files[0])

@@ -22,6 +22,9 @@ GPU_LIMIT_ENV = "VITONPREP_GPU_LIMIT"  # the limit's name; default gpu:<host nam
 INFRASTRUCTURE_RETRIES = 3
 BACKOFF_FACTOR_S = 2.0  # retry delays 2, 4, 8 s, each +-50 %
 GPU_SLOT_LEASE_S = 600.0  # renewed while held; a crashed holder frees the slot after this
+# Shard task runs in flight per flow run. They only feed the worker processes (tasks.engine) and wait
+# on storage, so a few keep the processes busy while one shard starts and another writes its part.
+SHARDS_IN_FLIGHT = 4
 
 # Exceptions that come from outside our code: storage, network, the GPU's memory.
 _INFRASTRUCTURE_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "httpx", "s3fs", "fsspec")

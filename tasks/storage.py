@@ -27,6 +27,7 @@ import posixpath
 import random
 import re
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -223,6 +224,10 @@ class StoragePermissionError(StorageError, PermissionError):
 
 class StorageUnavailableError(StorageError):
     """A transient error (timeout, 5xx, throttling) outlasted every retry."""
+
+
+class NotARegularFileError(StorageError):
+    """A FIFO, a device or a socket where a file was expected; it is never read."""
 
 
 @dataclass(frozen=True)
@@ -524,6 +529,17 @@ class Store:
     def read_text(self, *parts: str) -> str:
         return self.read_bytes(*parts).decode("utf-8")
 
+    def read_bounded(self, rel: str, max_bytes: int) -> bytes:
+        """At most `max_bytes + 1` bytes of `rel` (more than `max_bytes` means the file is too large).
+
+        Locally only a regular file is read: a FIFO or a device raises `NotARegularFileError`
+        before a byte is read, so it can neither block nor fill memory. Elsewhere one ranged GET.
+        """
+        target = self.path(rel)
+        if self.is_local:
+            return self._call("read", target, lambda: _read_regular_file(target, max_bytes + 1))
+        return self._call("read", target, lambda: self.fs.cat_file(target, start=0, end=max_bytes + 1))
+
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Write `data` at `rel` so no reader ever sees a partial file; returns the path written.
 
@@ -708,6 +724,29 @@ class Store:
                 if os.path.exists(tmp):
                     os.remove(tmp)
         return local
+
+
+def _read_regular_file(path: str, limit: int) -> bytes:
+    """Up to `limit` bytes of the regular file at `path` (symlinks followed), never blocking on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                    stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}.get(stat.S_IFMT(mode), "not a file")
+            error = NotARegularFileError(f"read file://{path} failed: it is {kind}, not a regular file")
+            error.operation, error.url, error.code = "read", redact(f"file://{path}"), "not_a_regular_file"
+            raise error
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.read(fd, min(1 << 20, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def parse_timestamp(value: Any) -> Any:

@@ -18,12 +18,12 @@ from tasks import errors
 from tasks.cloth_mask import (
     MASK_THRESHOLD,
     CheckpointError,
-    ClothUNet,
     UNetClothMasker,
     cloth_mask_classical,
     encode_cloth_mask,
 )
 from tasks.errors import ItemError
+from vitonhd_models.cloth_unet import ClothUNet
 
 HEIGHT, WIDTH = 320, 240  # the 3:4 catalog aspect, small enough to keep the tests quick
 
