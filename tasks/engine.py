@@ -347,6 +347,7 @@ class ItemRun:
     unencoded: list[str] = field(default_factory=list)  # batched stages whose results wait for a worker
     failed: bool = False
     crashes: int = 0
+    reloaded: bool = False  # planned afresh from its source once already
     writes: int = 0  # outstanding writes or removals
 
 
@@ -526,8 +527,10 @@ class ShardPass:
 
     # -- computing -----------------------------------------------------------------------------
     def _needed_later(self, item: ItemRun, segment: int) -> tuple[str, ...]:
+        """The results of this or earlier segments that stages of later segments read."""
         later = [stage for s in self.segments[segment + 1:] for stage in s.stages if stage.name in item.schedule]
-        return tuple(dict.fromkeys(read for stage in later for read in stage.reads))
+        made_later = {stage.name for stage in later}
+        return tuple(dict.fromkeys(read for stage in later for read in stage.reads if read not in made_later))
 
     def _advance(self, item: ItemRun) -> int:
         """Move the item to its next piece of work; returns 1 when it finished without writes."""
@@ -584,10 +587,13 @@ class ShardPass:
         return 0
 
     def _merge(self, item: ItemRun, result: JobResult) -> int:
-        if result.reload:
+        if result.reload and not item.reloaded:
             self._from_source(item)
+            item.reloaded = True
             self._submit_io("read", self._read, item)
             return 0
+        if result.reload:  # it read nothing of an earlier run this time: the engine itself is wrong
+            raise RuntimeError(f"{item.work.kind} {item.work.item.key}: a stage found no input after a run from source")
         item.files_in.pop(SOURCE, None)
         item.values = result.values
         item.files_out.update(result.files)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tasks.config import PreprocessConfig
-from tasks.manifest import GARMENT_STAGES, PERSON_STAGES, read_all, read_current
-from tasks.shards import output_paths
+from tasks.manifest import read_all, read_current
+from tasks.registry import output_paths, stages_for
 from tasks.storage import Store
 
 pytestmark = pytest.mark.slow
@@ -87,9 +87,9 @@ def test_a_killed_run_is_finished_by_the_next_one_without_redoing_work(catalog, 
     store = Store(str(out))
     current = read_current(store, "test")
     rows = list(zip(current["kind"].to_pylist(), current["key"].to_pylist(), current["stage"].to_pylist()))
-    assert len(rows) == len(set(rows)) == 4 * COPIES * len(PERSON_STAGES) + 2 * len(GARMENT_STAGES)
+    assert len(rows) == len(set(rows)) == 4 * COPIES * len(stages_for("person")) + 2 * len(stages_for("garment"))
     assert set(current["status"].to_pylist()) == {"ok"}
     config = PreprocessConfig(catalog=str(catalog), out=str(out))
     for kind, stem in set(zip(current["kind"].to_pylist(), current["stem"].to_pylist())):
-        missing = [rel for rel in output_paths(config, kind, stem) if not store.exists(rel)]
+        missing = [rel for rel in output_paths(config.split, kind, stem) if not store.exists(rel)]
         assert not missing, f"{kind} {stem}: missing {missing}"
