@@ -1,18 +1,26 @@
-"""Benchmark: the preprocess flow against a one-image-at-a-time sequential baseline.
+"""Benchmark: the preprocess flow against the model floor, measured in one invocation on one catalog.
 
-    .venv/bin/python bench/preprocess.py [--samples ../shared/samples/vitonhd] [--repeat 4] [--workers 2]
+    .venv/bin/python bench/preprocess.py [--samples ../shared/samples/vitonhd] [--repeat 4] [--workers N]
+        [--shard-size 8] [--runners engine,prefect-process] [--json]
 
-Builds a catalog of the sample photos (each repeated under new names), then
-1. runs the `preprocess` flow on it and reads the per-stage milliseconds from its manifest;
-2. runs the same models one image at a time (decode, pose, parse, mask, agnostic, write), as
-   one-image scripts do, loading the models once per image ("cold") and once in all ("warm").
-Prints per-stage ms/image and end-to-end images/s for each, and the flow's overhead.
+Builds a catalog of the sample photos (each repeated under new names), then measures
+1. the flow, as `vitonprep preprocess` runs it (a temporary Prefect API server; the worker processes
+   start while it starts): images/s inside its run (the flow body: listing, planning, every stage,
+   every read and write, manifest, pairs, artifacts) and for the whole command, and per-stage
+   ms/image from its manifest (compute and encoding, in the worker processes). Runner `engine` is the
+   shipped one: shard tasks on threads, the stages in the engine's worker processes. `prefect-process`
+   runs each shard task in Prefect's ProcessPoolTaskRunner instead, the stages inline in it.
+2. the model floor: the same stage functions on pre-decoded arrays, one process per core (the items
+   dealt round-robin, models built and photos decoded before the clock starts), no storage, no
+   encoding: per-stage ms/image and images/s.
+3. the ratio of (1) to (2), and a plain loop over the same models in one process for reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -22,151 +30,210 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-
-from tasks.storage import Store  # noqa: E402
+from bench.machine import cpu_model, log  # noqa: E402
 
 DEFAULT_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "vitonhd"
+FLOOR_STAGES = ("ingest", "pose", "parse", "agnostic", "cloth_mask")
 
 
 def build_catalog(samples: Path, root: Path, repeat: int) -> tuple[list[Path], list[Path]]:
     persons, garments = [], []
     for copy in range(repeat):
-        for path in sorted((samples / "image").glob("*.jpg")):
-            target = root / "persons" / f"{path.stem}-{copy}.jpg"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            persons.append(target)
-        for path in sorted((samples / "cloth").glob("*.jpg")):
-            target = root / "garments" / f"{path.stem}-{copy}.jpg"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            garments.append(target)
+        for folder, kind, found in (("image", "persons", persons), ("cloth", "garments", garments)):
+            for path in sorted((samples / folder).glob("*.jpg")):
+                target = root / kind / f"{path.stem}-{copy}.jpg"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                found.append(target)
     return persons, garments
 
 
-def run_flow(catalog: Path, out: Path, workers: int, shard_size: int) -> tuple[float, dict, list[dict]]:
-    from flows.cli import run_flow as run
+# ---- 1. the flow -----------------------------------------------------------------------------
+
+
+def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: str) -> dict:
+    from flows.cli import run_flow as run_like_the_cli
     from tasks.config import PreprocessConfig
     from tasks.manifest import item_view, read_run
+    from tasks.storage import Store
 
-    config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size)
     started = time.perf_counter()
-    summary = run(config, workers=workers, show_progress=False)
-    seconds = time.perf_counter() - started
+    if runner == "engine":
+        config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size, workers=workers)
+        summary = run_like_the_cli(config, show_progress=False)
+    else:
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        from flows.preprocess import preprocess
+
+        config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size, workers=0)
+        flow = preprocess.with_options(task_runner=ProcessPoolTaskRunner(max_workers=workers))
+        summary = flow(**config.model_dump())
+    command_s = time.perf_counter() - started
     rows = item_view(read_run(Store(str(out)), "test", summary["run_id"]))
-    return seconds, summary, rows
+    stage_ms = {}
+    for stage in FLOOR_STAGES:
+        values = [row[f"{stage}_ms"] for row in rows if row.get(f"{stage}_ms") is not None]
+        stage_ms[stage] = sum(values) / len(values) if values else None
+    failed = summary["persons"]["error"] + summary["garments"]["error"]
+    if failed:
+        raise RuntimeError(f"{failed} items failed in the flow: {summary['failed'][:3]}")
+    return {"command_s": command_s, "run_s": summary["seconds"], "stage_ms": stage_ms}
 
 
-def sequential(persons: list[Path], garments: list[Path], out: Path, cold: bool) -> tuple[float, dict[str, list[float]]]:
-    """One image after another, every step in line; `cold` loads the models for every image."""
+# ---- 2. the floor ------------------------------------------------------------------------------
+
+
+def _floor_worker(paths: list[tuple[str, str]], barrier, results) -> None:
+    """One core's share: decode, build the models, wait for the others, then time the stage functions."""
+    import numpy as np
+
     from tasks.agnostic import image_agnostic, parse_agnostic
-    from tasks.cloth_mask import cloth_mask_classical, encode_cloth_mask
-    from tasks.normalize import decode_image, encode_jpeg, encode_png, fit_to_canvas
-    from tasks.parse import GeometricParser, encode_parse_png
-    from tasks.pose import PoseEstimator, openpose_json, render_body25
+    from tasks.cloth_mask import cloth_mask_classical
+    from tasks.config import PreprocessConfig
+    from tasks.model_cache import Weights
+    from tasks.normalize import decode_image, fit_to_canvas
+    from tasks.parse import _geometric_parser
+    from tasks.pose import _estimator
+    from tasks.registry import StageEnv
 
-    store = Store(str(out))
-    times: dict[str, list[float]] = {k: [] for k in ("decode", "pose", "parse", "agnostic", "cloth_mask", "write")}
-    models = None if cold else (PoseEstimator(), GeometricParser())
+    env = StageEnv(PreprocessConfig(catalog="-", out="-"), Weights())
+    estimator, parser = _estimator(env), _geometric_parser(env)
+    parser.prepare()
+    decoded = [(kind, np.asarray(decode_image(Path(path).read_bytes()))) for kind, path in paths]
+    times: dict[str, list[float]] = {stage: [] for stage in FLOOR_STAGES}
+    barrier.wait()
     started = time.perf_counter()
-    for path in persons:
+    for kind, array in decoded:
         t0 = time.perf_counter()
-        image, _ = fit_to_canvas(np.asarray(decode_image(path.read_bytes())))
+        canvas, fit = fit_to_canvas(array)
         t1 = time.perf_counter()
-        estimator, parser = models or (PoseEstimator(), GeometricParser())
-        pose = estimator.estimate(image)
+        times["ingest"].append(t1 - t0)
+        if kind == "garment":
+            cloth_mask_classical(canvas)
+            times["cloth_mask"].append(time.perf_counter() - t1)
+            continue
+        pose = estimator.estimate(canvas, valid_box=fit.content_box())
         t2 = time.perf_counter()
-        labels = parser.parse(image, pose)
+        labels = parser.parse(canvas, pose)
         t3 = time.perf_counter()
-        free_parse = parse_agnostic(labels, pose.keypoints_body25)
-        free_image = image_agnostic(image, labels, pose.keypoints_body25)
+        parse_agnostic(labels, pose.keypoints_body25)
+        image_agnostic(canvas, labels, pose.keypoints_body25)
         t4 = time.perf_counter()
-        stem = path.stem
-        store.write_bytes(f"image/{stem}.jpg", encode_jpeg(image))
-        store.write_text(f"openpose_json/{stem}_keypoints.json", json.dumps(openpose_json(pose.keypoints_body25)))
-        store.write_bytes(f"openpose_img/{stem}_rendered.png", encode_png(render_body25(pose.keypoints_body25)))
-        store.write_bytes(f"image-parse-v3/{stem}.png", encode_parse_png(labels))
-        store.write_bytes(f"image-parse-agnostic-v3.2/{stem}.png", encode_parse_png(free_parse))
-        store.write_bytes(f"agnostic-v3.2/{stem}.jpg", encode_jpeg(free_image))
-        t5 = time.perf_counter()
-        if models is None:
-            estimator.close()
-            parser.close()
-        for name, value in zip(("decode", "pose", "parse", "agnostic", "write"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-            times[name].append(value * 1000)
-    for path in garments:
-        t0 = time.perf_counter()
-        cloth, _ = fit_to_canvas(np.asarray(decode_image(path.read_bytes())))
-        t1 = time.perf_counter()
-        mask = cloth_mask_classical(cloth)
-        t2 = time.perf_counter()
-        store.write_bytes(f"cloth/{path.stem}.jpg", encode_jpeg(cloth))
-        store.write_bytes(f"cloth-mask/{path.stem}.jpg", encode_cloth_mask(mask))
-        t3 = time.perf_counter()
-        times["decode"].append((t1 - t0) * 1000)
-        times["cloth_mask"].append((t2 - t1) * 1000)
-        times["write"].append((t3 - t2) * 1000)
-    if models is not None:
-        for model in models:
-            model.close()
-    return time.perf_counter() - started, times
+        times["pose"].append(t2 - t1)
+        times["parse"].append(t3 - t2)
+        times["agnostic"].append(t4 - t3)
+    results.put({"wall_s": time.perf_counter() - started, "times": times})
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+def run_floor(persons: list[Path], garments: list[Path], processes: int) -> dict:
+    items = [("person", str(p)) for p in persons] + [("garment", str(g)) for g in garments]
+    shares = [items[i::processes] for i in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_floor_worker, args=(share, barrier, results)) for share in shares]
+    for worker in workers:
+        worker.start()
+    found = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    wall = max(result["wall_s"] for result in found)
+    stage_ms = {}
+    for stage in FLOOR_STAGES:
+        values = [t for result in found for t in result["times"][stage]]
+        stage_ms[stage] = 1000 * sum(values) / len(values) if values else None
+    return {"wall_s": wall, "stage_ms": stage_ms}
+
+
+# ---- 3. a plain loop, for reference ------------------------------------------------------------------
+
+
+def run_loop(persons: list[Path], garments: list[Path], out: Path) -> float:
+    """Every photo through every stage and its writes, one after another, in one process."""
+    from tasks.catalog import CatalogItem
+    from tasks.config import PreprocessConfig
+    from tasks.engine import SOURCE, Job, prepare_models, run_job
+    from tasks.model_cache import Weights
+    from tasks.plan import WorkItem
+    from tasks.registry import stages_for
+    from tasks.storage import Store
+
+    config = PreprocessConfig(catalog="-", out=str(out), workers=0)
+    store = Store(str(out))
+    prepare_models(config)
+    started = time.perf_counter()
+    for kind, paths in (("person", persons), ("garment", garments)):
+        for path in paths:
+            item = CatalogItem(kind, path.name, path.name, str(path), path.stat().st_size, path.stem)
+            job = Job(WorkItem(item, frozenset(stages_for(kind))), stages_for(kind), (), {},
+                      {SOURCE: path.read_bytes()}, ())
+            result = run_job(config, Weights(), job)
+            for rel, data in result.files.items():
+                store.write_bytes(rel, data)
+    return time.perf_counter() - started
+
+
+def fmt(value: float | None, spec: str = "8.1f") -> str:
+    return f"{'-':>8}" if value is None else format(value, spec)
 
 
 def main() -> int:
+    from tasks.engine import default_workers
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES, help="folder with image/ and cloth/")
     parser.add_argument("--repeat", type=int, default=4, help="copies of each sample photo (default 4)")
-    parser.add_argument("--workers", type=int, default=2, help="flow task runs in flight (default 2)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="processes (default: one per core)")
     parser.add_argument("--shard-size", type=int, default=8, help="flow shard size (default 8)")
+    parser.add_argument("--runners", default="engine,prefect-process", help="flow runners to measure")
+    parser.add_argument("--no-loop", action="store_true", help="skip the one-process loop")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     if not (args.samples / "image").is_dir():
         print(f"no sample photos at {args.samples}", file=sys.stderr)
         return 1
+    runners = [name for name in args.runners.split(",") if name]
 
     work = Path(tempfile.mkdtemp(prefix="vitonprep-bench-"))
     try:
         persons, garments = build_catalog(args.samples, work / "catalog", args.repeat)
-        n_images = len(persons) + len(garments)
-        flow_s, summary, rows = run_flow(work / "catalog", work / "flow-out", args.workers, args.shard_size)
-        warm_s, warm = sequential(persons, garments, work / "warm-out", cold=False)
-        cold_s, cold = sequential(persons[: len(persons) // args.repeat], [], work / "cold-out", cold=True)
-        cold_persons = len(persons) // args.repeat
+        images = len(persons) + len(garments)
+        flows = {}
+        for runner in runners:
+            log(f"flow, runner {runner}")
+            flows[runner] = run_flow(work / "catalog", work / f"out-{runner}", args.workers, args.shard_size, runner)
+        log("floor")
+        floor = run_floor(persons, garments, args.workers)
+        loop_s = None if args.no_loop else run_loop(persons, garments, work / "out-loop")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def flow_stage(stage: str) -> float:
-        return mean([r[f"{stage}_ms"] for r in rows if r.get(f"{stage}_ms") is not None and r["kind"] in {
-            "ingest": ("person", "garment"), "cloth_mask": ("garment",)}.get(stage, ("person",))])
-
-    print(f"\n{len(persons)} persons + {len(garments)} garments (768x1024 samples x{args.repeat}), "
-          f"{os.cpu_count()} CPUs, flow workers={args.workers}, shard size={args.shard_size}\n")
-    print(f"{'stage':<12}{'flow ms/img':>14}{'sequential warm':>18}{'sequential cold':>18}")
-    stages = [("decode+fit", "ingest", "decode"), ("pose", "pose", "pose"), ("parse", "parse", "parse"),
-              ("agnostic", "agnostic", "agnostic"), ("cloth mask", "cloth_mask", "cloth_mask"), ("write", None, "write")]
-    for label, flow_name, seq_name in stages:
-        flow_value = f"{flow_stage(flow_name):14.1f}" if flow_name else f"{'(in stages)':>14}"
-        print(f"{label:<12}{flow_value}{mean(warm[seq_name]):18.1f}{mean(cold[seq_name]):18.1f}")
-    stage_sum_s = sum(sum(r.get(f"{s}_ms") or 0 for s in ("ingest", "pose", "parse", "cloth_mask", "agnostic")) for r in rows) / 1000
-    body_s = summary["seconds"]
+    floor_rate = images / floor["wall_s"]
+    print(f"\n{len(persons)} persons + {len(garments)} garments (768x1024 samples x{args.repeat}); "
+          f"{os.cpu_count()} CPUs ({cpu_model()}); {args.workers} processes; shard size {args.shard_size}\n")
+    print(f"| stage ms/image | {' | '.join(f'flow ({r})' for r in runners)} | floor |")
+    print(f"|---|{'---|' * len(runners)}---|")
+    for stage in FLOOR_STAGES:
+        cells = " | ".join(fmt(flows[r]["stage_ms"][stage]).strip() for r in runners)
+        print(f"| {stage} | {cells} | {fmt(floor['stage_ms'][stage]).strip()} |")
     print()
-    print(f"{'end to end':<34}{'seconds':>10}{'images/s':>12}")
-    print(f"{'flow, whole command':<34}{flow_s:10.1f}{n_images / flow_s:12.2f}")
-    print(f"{'flow, inside the flow run':<34}{body_s:10.1f}{n_images / body_s:12.2f}")
-    print(f"{'sequential, models loaded once':<34}{warm_s:10.1f}{n_images / warm_s:12.2f}")
-    print(f"{'sequential, models per image':<34}{cold_s:10.1f}{cold_persons / cold_s:12.2f}   (persons only)")
-    print(f"\noverhead: {flow_s - body_s:.1f} s Prefect start-up and shut-down (import, temporary local API server); "
-          f"inside the run {body_s:.1f} s wall for {stage_sum_s:.1f} s of stage time over {args.workers} workers")
+    print("| what | seconds | images/s | of the floor |")
+    print("|---|---|---|---|")
+    print(f"| floor: stage functions on decoded arrays, {args.workers} processes | {floor['wall_s']:.2f} "
+          f"| {floor_rate:.2f} | 1.00 |")
+    for runner, result in flows.items():
+        for label, seconds in (("inside its run", result["run_s"]), ("whole command", result["command_s"])):
+            rate = images / seconds
+            print(f"| flow ({runner}), {label} | {seconds:.2f} | {rate:.2f} | {rate / floor_rate:.2f} |")
+    if loop_s is not None:
+        print(f"| plain loop in one process (decode, stages, encode, write) | {loop_s:.2f} | {images / loop_s:.2f} "
+              f"| {images / loop_s / floor_rate:.2f} |")
     if args.json:
-        print(json.dumps({"images": n_images, "flow_s": flow_s, "warm_s": warm_s, "cold_s": cold_s,
-                          "cold_persons": cold_persons, "summary_stages": summary["stages"]}, indent=2))
+        print(json.dumps({"images": images, "workers": args.workers, "floor": floor, "flows": flows,
+                          "loop_s": loop_s}, indent=2))
     return 0
 
 

@@ -205,6 +205,7 @@ class WorkerPool:
     def __init__(self, workers: int):
         self.workers = workers
         self.generation = 0
+        self.successes = 0  # jobs finished since the pool was made: crashes then are the inputs' doing
         self._lock = threading.Lock()
         self._executor = self._start()
 
@@ -213,6 +214,13 @@ class WorkerPool:
                                    initializer=_init_worker)
 
     def submit(self, function: Callable, *args: Any) -> tuple[Future, int]:
+        with self._lock:
+            generation = self.generation
+            try:
+                return self._executor.submit(function, *args), generation
+            except BrokenProcessPool:  # a worker died while the pool was idle
+                pass
+        self.restart(generation)
         with self._lock:
             return self._executor.submit(function, *args), self.generation
 
@@ -455,6 +463,8 @@ class ShardPass:
                 result = future.result()
             except BrokenProcessPool:
                 return self._crashed(item, generation)
+            if self.pool is not None:
+                self.pool.successes += 1
             return self._merge(item, result)
         if what == "batch":
             segment, items = subject
@@ -576,6 +586,9 @@ class ShardPass:
     def _crashed(self, item: ItemRun, generation: int) -> int:
         self.pool.restart(generation)
         item.crashes += 1
+        if item.crashes >= MAX_CRASHES and not self.pool.successes:
+            raise RuntimeError("the worker processes died on every job they were given (a broken installation "
+                               "or too little memory), not on one input")
         if item.crashes >= MAX_CRASHES:
             name = next((n for n in self.segments[item.segment].names if n in item.schedule), self.source_stage)
             item.fields[name] = {"error_code": errors.WORKER_CRASHED, "error_message": (
