@@ -10,9 +10,10 @@ Builds a catalog of the sample photos (each repeated under new names), then meas
    ms/image from its manifest (compute and encoding, in the worker processes). Runner `engine` is the
    shipped one: shard tasks on threads, the stages in the engine's worker processes. `prefect-process`
    runs each shard task in Prefect's ProcessPoolTaskRunner instead, the stages inline in it.
-2. the model floor: the same stage functions on pre-decoded arrays, one process per core (the items
-   dealt round-robin, models built and photos decoded before the clock starts), no storage, no
-   encoding: per-stage ms/image and images/s.
+2. the model floor: the same stage functions (the registry's, each stage's compute and the encoding
+   of its outputs) on pre-decoded arrays, one process per core (the items dealt round-robin, models
+   built and photos decoded before the clock starts), no storage: per-stage ms/image and images/s,
+   and the same for the compute alone.
 3. the ratio of (1) to (2), and a plain loop over the same models in one process for reference.
 """
 
@@ -88,45 +89,50 @@ def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: st
 
 
 def _floor_worker(paths: list[tuple[str, str]], barrier, results) -> None:
-    """One core's share: decode, build the models, wait for the others, then time the stage functions."""
+    """One core's share: decode, build the models, wait for the others, then time the stages.
+
+    Each stage is the registry's own function on the results of the stages before it, in memory:
+    its compute (`run`) and, timed apart, the encoding of its outputs (`encode`). Ingest starts from
+    the decoded source: fit it onto the canvas, then its JPEG and the decode of that JPEG.
+    """
     import numpy as np
 
-    from tasks.agnostic import image_agnostic, parse_agnostic
-    from tasks.cloth_mask import cloth_mask_classical
+    from tasks.catalog import CatalogItem
     from tasks.config import PreprocessConfig
+    from tasks.engine import prepare_models
     from tasks.model_cache import Weights
-    from tasks.normalize import decode_image, fit_to_canvas
-    from tasks.parse import _geometric_parser
-    from tasks.pose import _estimator
-    from tasks.registry import StageEnv
+    from tasks.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
+    from tasks.plan import WorkItem
+    from tasks.registry import StageEnv, StageInput, active_stages
 
-    env = StageEnv(PreprocessConfig(catalog="-", out="-"), Weights())
-    estimator, parser = _estimator(env), _geometric_parser(env)
-    parser.prepare()
+    config = PreprocessConfig(catalog="-", out="-")
+    env = StageEnv(config, Weights())
+    prepare_models(config)
     decoded = [(kind, np.asarray(decode_image(Path(path).read_bytes()))) for kind, path in paths]
-    times: dict[str, list[float]] = {stage: [] for stage in FLOOR_STAGES}
+    compute: dict[str, list[float]] = {stage: [] for stage in FLOOR_STAGES}
+    encode: dict[str, list[float]] = {stage: [] for stage in FLOOR_STAGES}
     barrier.wait()
     started = time.perf_counter()
-    for kind, array in decoded:
+    for index, (kind, array) in enumerate(decoded):
+        work = WorkItem(CatalogItem(kind, f"{index}.jpg", f"{index}.jpg", "-", 0, f"item{index}"), frozenset())
         t0 = time.perf_counter()
         canvas, fit = fit_to_canvas(array)
         t1 = time.perf_counter()
-        times["ingest"].append(t1 - t0)
-        if kind == "garment":
-            cloth_mask_classical(canvas)
-            times["cloth_mask"].append(time.perf_counter() - t1)
-            continue
-        pose = estimator.estimate(canvas, valid_box=fit.content_box())
-        t2 = time.perf_counter()
-        labels = parser.parse(canvas, pose)
-        t3 = time.perf_counter()
-        parse_agnostic(labels, pose.keypoints_body25)
-        image_agnostic(canvas, labels, pose.keypoints_body25)
-        t4 = time.perf_counter()
-        times["pose"].append(t2 - t1)
-        times["parse"].append(t3 - t2)
-        times["agnostic"].append(t4 - t3)
-    results.put({"wall_s": time.perf_counter() - started, "times": times})
+        jpeg = encode_jpeg(canvas)
+        values = {"ingest": Ingested(decode_rgb(jpeg), fit, jpeg)}
+        compute["ingest"].append(t1 - t0)
+        encode["ingest"].append(time.perf_counter() - t1)
+        for stage in active_stages(config, kind)[1:]:
+            t0 = time.perf_counter()
+            [value] = stage.run(env, [StageInput(work, {name: values[name] for name in stage.reads})])
+            if isinstance(value, BaseException):
+                raise value
+            t1 = time.perf_counter()
+            stage.encode(value)
+            compute[stage.name].append(t1 - t0)
+            encode[stage.name].append(time.perf_counter() - t1)
+            values[stage.name] = value
+    results.put({"wall_s": time.perf_counter() - started, "compute": compute, "encode": encode})
 
 
 def run_floor(persons: list[Path], garments: list[Path], processes: int) -> dict:
@@ -140,12 +146,19 @@ def run_floor(persons: list[Path], garments: list[Path], processes: int) -> dict
     found = [results.get() for _ in workers]
     for worker in workers:
         worker.join()
-    wall = max(result["wall_s"] for result in found)
-    stage_ms = {}
-    for stage in FLOOR_STAGES:
-        values = [t for result in found for t in result["times"][stage]]
-        stage_ms[stage] = 1000 * sum(values) / len(values) if values else None
-    return {"wall_s": wall, "stage_ms": stage_ms}
+
+    def mean_ms(part: str, stage: str) -> float | None:
+        values = [t for result in found for t in result[part][stage]]
+        return 1000 * sum(values) / len(values) if values else None
+
+    compute_s = max(sum(sum(v) for v in result["compute"].values()) for result in found)
+    return {
+        "wall_s": max(result["wall_s"] for result in found),  # compute and encoding
+        "compute_s": compute_s,  # the busiest process's compute alone
+        "compute_ms": {stage: mean_ms("compute", stage) for stage in FLOOR_STAGES},
+        "stage_ms": {stage: (mean_ms("compute", stage) or 0) + (mean_ms("encode", stage) or 0)
+                     if mean_ms("compute", stage) is not None else None for stage in FLOOR_STAGES},
+    }
 
 
 # ---- 3. a plain loop, for reference ------------------------------------------------------------------
@@ -212,18 +225,22 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     floor_rate = images / floor["wall_s"]
+    compute_rate = images / floor["compute_s"]
     print(f"\n{len(persons)} persons + {len(garments)} garments (768x1024 samples x{args.repeat}); "
           f"{os.cpu_count()} CPUs ({cpu_model()}); {args.workers} processes; shard size {args.shard_size}\n")
-    print(f"| stage ms/image | {' | '.join(f'flow ({r})' for r in runners)} | floor |")
-    print(f"|---|{'---|' * len(runners)}---|")
+    print(f"| stage ms/image | {' | '.join(f'flow ({r})' for r in runners)} | floor | floor, compute alone |")
+    print(f"|---|{'---|' * len(runners)}---|---|")
     for stage in FLOOR_STAGES:
         cells = " | ".join(fmt(flows[r]["stage_ms"][stage]).strip() for r in runners)
-        print(f"| {stage} | {cells} | {fmt(floor['stage_ms'][stage]).strip()} |")
+        print(f"| {stage} | {cells} | {fmt(floor['stage_ms'][stage]).strip()} "
+              f"| {fmt(floor['compute_ms'][stage]).strip()} |")
     print()
     print("| what | seconds | images/s | of the floor |")
     print("|---|---|---|---|")
-    print(f"| floor: stage functions on decoded arrays, {args.workers} processes | {floor['wall_s']:.2f} "
-          f"| {floor_rate:.2f} | 1.00 |")
+    print(f"| floor: the stages (compute + encoding) on decoded arrays, {args.workers} processes, no storage "
+          f"| {floor['wall_s']:.2f} | {floor_rate:.2f} | 1.00 |")
+    print(f"| floor, compute alone (no encoding; the busiest process) | {floor['compute_s']:.2f} "
+          f"| {compute_rate:.2f} | {compute_rate / floor_rate:.2f} |")
     for runner, result in flows.items():
         for label, seconds in (("inside its run", result["run_s"]), ("whole command", result["command_s"])):
             rate = images / seconds

@@ -45,7 +45,6 @@ from tasks.errors import ItemError
 from tasks.model_cache import Weights
 from tasks.plan import WorkItem
 from tasks.registry import KINDS, Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
-from tasks.runtime import gpu_slot, is_infrastructure_error
 from tasks.storage import (
     NotARegularFileError,
     Store,
@@ -291,6 +290,8 @@ def run_batch(env: StageEnv, stage: Stage, items: Sequence[StageInput]) -> tuple
     An infrastructure error (GPU memory, I/O) fails the shard; anything else is narrowed down to the
     item that caused it by running the items one at a time.
     """
+    from tasks.runtime import gpu_slot, is_infrastructure_error  # Prefect: never imported by worker processes
+
     started = time.perf_counter()
     with gpu_slot(_uses_gpu()):
         try:

@@ -620,8 +620,12 @@ def pose_to_npz_bytes(result: PoseResult) -> bytes:
     if result.segmentation is not None:
         seg = np.clip(np.asarray(result.segmentation, dtype=np.float32), 0.0, 1.0)
         arrays["segmentation_u8"] = np.round(seg * 255.0).astype(np.uint8)
+    # What np.savez_compressed writes, at zlib level 1: a third of the time for a tenth more bytes.
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 
