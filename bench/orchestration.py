@@ -5,15 +5,14 @@
 Starts its own Prefect API server (`prefect server start` on a free loopback port, SQLite database and
 PREFECT_HOME in a temporary folder, analytics and UI off), points this process at it, and then:
 
-1. per shard: runs a flow with exactly the task graph of `flows/preprocess.py:run_preprocess` -- per
-   person shard ingest -> pose -> parse -> agnostic -> finish-shard (5 task runs), per garment shard
-   ingest -> cloth-mask -> finish-shard (3 task runs), mapped with `.map` under
-   `ThreadPoolTaskRunner(max_workers=2)`, with `tasks.runtime.TASK_OPTIONS` (retries, NO_CACHE,
-   persist_result=False), collected with `flows.preprocess.collect` (as_completed plus a progress
-   artifact updated per shard) and the two summary artifacts at the end -- for each shard count S in
-   --shards. The tasks do no work: they return the same shape of result a real shard returns (a
-   stem -> fields dict per stage, manifest rows from finish-shard) for --shard-size placeholder items
-   (real `WorkItem`s and a real `PreprocessConfig` as arguments), so all the time is orchestration.
+1. per shard: runs a flow with exactly the task graph of `flows/preprocess.py:process` -- one task run
+   per shard (`tasks.shards.shard_task`'s signature and options: `tasks.runtime.TASK_OPTIONS`, retries,
+   NO_CACHE, persist_result=False, the run named after the shard), mapped with `.map` under
+   `ThreadPoolTaskRunner(max_workers=2)`, collected with `flows.preprocess.collect_shards` (as_completed
+   plus a progress artifact updated per shard) and the two summary artifacts at the end -- for each shard
+   count S in --shards. The tasks do no work: they return the manifest rows a real shard returns for
+   --shard-size placeholder items (real `WorkItem`s, a real `PreprocessConfig` and `ShardRun` as
+   arguments), so all the time is orchestration.
    --kinds mixed (default) makes ceil(S/2) person shards and floor(S/2) garment shards; --kinds person
    makes all S person shards. One unreported S=1 run warms the process up first.
    Per S: the wall seconds of the flow call; the flow body alone; "flushed": until this process's
@@ -72,8 +71,8 @@ from bench.machine import fmt, log
 
 DEFAULT_SHARDS = (1, 8, 32, 128)
 KINDS = ("mixed", "person")
-PERSON_TASKS = 5  # ingest, pose, parse, agnostic, finish-shard
-GARMENT_TASKS = 3  # ingest, cloth-mask, finish-shard
+PERSON_TASKS = 1  # one task run per shard: every stage of its items in one pass
+GARMENT_TASKS = 1
 SERVER_STARTUP_TIMEOUT_S = 180
 RECORD_TIMEOUT_S = 180
 CHILD_TIMEOUT_S = 180
@@ -96,7 +95,9 @@ def noop_child() -> dict[str, bool]:
 
 def placeholder_works(kind: str, shard: int, size: int) -> list:
     """`size` real WorkItems of one kind (what a real shard passes its tasks), pointing nowhere."""
-    from tasks.plan import CatalogItem, WorkItem, stages_for
+    from tasks.catalog import CatalogItem
+    from tasks.plan import WorkItem
+    from tasks.registry import stages_for
 
     folder = "persons" if kind == "person" else "garments"
     stages = frozenset(stages_for(kind))
@@ -110,83 +111,45 @@ def placeholder_works(kind: str, shard: int, size: int) -> list:
     return works
 
 
-def stage_result(works: Sequence) -> dict[str, dict[str, Any]]:
-    """What a stage task returns for a shard where every item ran: stem -> manifest fields."""
-    return {work.stem: {"changed": True, "model": "bench", "outputs": [f"{work.stem}.out"], "ms": 0.0}
-            for work in works}
-
-
 @functools.cache
 def bench_flow():
-    """The preprocess task graph with no-op tasks (built on first use, so a worker loading
+    """The preprocess task graph with no-op shard tasks (built on first use, so a worker loading
     `noop_child` from this file imports no more than Prefect)."""
-    from prefect import task, unmapped
+    from prefect import get_run_logger, task, unmapped
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.runtime import flow_run
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.preprocess import collect
+    from flows.preprocess import collect_shards
     from tasks.config import PreprocessConfig
-    from tasks.manifest import GARMENT_STAGES, PERSON_STAGES
+    from tasks.engine import ShardRun
+    from tasks.model_cache import Weights
+    from tasks.registry import stages_for
     from tasks.runtime import TASK_OPTIONS
 
-    @task(name="ingest", **TASK_OPTIONS)
-    def ingest_shard(config, works):
-        return stage_result(works)
-
-    @task(name="pose", **TASK_OPTIONS)
-    def pose_shard(config, works, ingested):
-        return stage_result(works)
-
-    @task(name="parse", **TASK_OPTIONS)
-    def parse_shard(config, works, dependencies):
-        return stage_result(works)
-
-    @task(name="cloth-mask", **TASK_OPTIONS)
-    def cloth_mask_shard(config, works, ingested):
-        return stage_result(works)
-
-    @task(name="agnostic", **TASK_OPTIONS)
-    def agnostic_shard(config, works, posed, parsed):
-        return stage_result(works)
-
-    @task(name="finish-shard", **TASK_OPTIONS)
-    def finish_shard(config, run_id, shard, works, results, fingerprints):
-        return [{"run_id": run_id, "shard": shard, "kind": work.kind, "key": work.item.key, "stem": work.stem,
-                 "stage": stage, "status": "ok", **fields[work.stem]}
-                for work in works for stage, fields in results.items()]
+    @task(name="shard", task_run_name="{shard}", **TASK_OPTIONS)
+    def shard_task(config, run, shard, works):
+        return [{"run_id": run.run_id, "shard": shard, "kind": work.kind, "key": work.item.key, "stem": work.stem,
+                 "stage": stage, "status": "ok", "model": "bench", "outputs": [f"{work.stem}.out"], "ms": 0.0}
+                for work in works for stage in stages_for(work.kind)]
 
     @flow(name="orchestration-bench", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
     def orchestration_bench(person_shards: int, garment_shards: int, shard_size: int) -> dict[str, Any]:
         started = time.perf_counter()
         config = PreprocessConfig(catalog="memory://bench", out="memory://bench-out", shard_size=shard_size)
-        run_id = f"bench-{flow_run.get_id()}"
-        fingerprints = {kind: {stage: "0" * 16 for stage in stages}
-                        for kind, stages in (("person", PERSON_STAGES), ("garment", GARMENT_STAGES))}
-        persons = [placeholder_works("person", i, shard_size) for i in range(person_shards)]
-        garments = [placeholder_works("garment", i, shard_size) for i in range(garment_shards)]
-
-        # As flows/preprocess.py:run_preprocess, with the geometric parser (parse waits for pose).
-        cfg, fps = unmapped(config), unmapped(fingerprints)
-        ingested = ingest_shard.map(cfg, persons)
-        posed = pose_shard.map(cfg, persons, ingested)
-        parsed = parse_shard.map(cfg, persons, [[i, p] for i, p in zip(ingested, posed)])
-        freed = agnostic_shard.map(cfg, persons, posed, parsed)
-        person_parts = finish_shard.map(
-            cfg, unmapped(run_id), [f"person-{i:05d}" for i in range(len(persons))], persons,
-            [dict(zip(PERSON_STAGES, stages)) for stages in zip(ingested, posed, parsed, freed)], fps,
-        )
-        garment_ingested = ingest_shard.map(cfg, garments)
-        masked = cloth_mask_shard.map(cfg, garments, garment_ingested)
-        garment_parts = finish_shard.map(
-            cfg, unmapped(run_id), [f"garment-{i:05d}" for i in range(len(garments))], garments,
-            [dict(zip(GARMENT_STAGES, stages)) for stages in zip(garment_ingested, masked)], fps,
-        )
-        rows = collect(list(person_parts) + list(garment_parts))
+        fingerprints = {kind: dict.fromkeys(stages_for(kind), "0" * 16) for kind in ("person", "garment")}
+        run = ShardRun(f"bench-{flow_run.get_id()}", fingerprints, Weights())
+        shards = [(f"person-{i:05d}", placeholder_works("person", i, shard_size)) for i in range(person_shards)]
+        shards += [(f"garment-{i:05d}", placeholder_works("garment", i, shard_size)) for i in range(garment_shards)]
+        # As flows/preprocess.py:process.
+        futures = shard_task.map(unmapped(config), unmapped(run), [name for name, _ in shards],
+                                 [works for _, works in shards])
+        rows, failed = collect_shards(dict(zip(futures, (name for name, _ in shards))), get_run_logger())
         # As flows/preprocess.py:publish: a table and a markdown artifact per run.
         create_table_artifact([{"stage": "bench", "items": len(rows), "mean_ms": 0.0}], key="bench-stages")
-        create_markdown_artifact(f"# orchestration bench {run_id}\n\n- rows: {len(rows)}\n", key="bench-summary")
-        return {"flow_run_id": str(flow_run.get_id()), "rows": len(rows), "body_s": time.perf_counter() - started}
+        create_markdown_artifact(f"# orchestration bench {run.run_id}\n\n- rows: {len(rows)}\n", key="bench-summary")
+        return {"flow_run_id": str(flow_run.get_id()), "rows": len(rows), "failed": len(failed),
+                "body_s": time.perf_counter() - started}
 
     return orchestration_bench
 
@@ -360,7 +323,7 @@ def shard_split(shards: int, kinds: str) -> tuple[int, int]:
 def run_graph(server: dict[str, Any], shards: int, kinds: str, shard_size: int, workers: int) -> dict[str, Any]:
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from tasks.manifest import GARMENT_STAGES, PERSON_STAGES
+    from tasks.registry import stages_for
 
     persons, garments = shard_split(shards, kinds)
     expected = PERSON_TASKS * persons + GARMENT_TASKS * garments
@@ -381,7 +344,7 @@ def run_graph(server: dict[str, Any], shards: int, kinds: str, shard_size: int, 
             break
         time.sleep(0.1)
     server_cpu_end = server_cpu()
-    if result["rows"] != shard_size * (len(PERSON_STAGES) * persons + len(GARMENT_STAGES) * garments):
+    if result["rows"] != shard_size * (len(stages_for("person")) * persons + len(stages_for("garment")) * garments):
         raise RuntimeError(f"S={shards}: {result['rows']} rows collected, the graph is not what it should be")
     return {"shards": shards, "person_shards": persons, "garment_shards": garments, "task_runs": expected,
             "wall_s": wall, "body_s": result["body_s"], "flushed_s": flushed, "recorded_s": recorded,
@@ -418,8 +381,8 @@ def summarise_graph(runs: list[dict[str, Any]], shard_size: int, cpu_s_per_image
         biggest = max(runs, key=lambda r: r["task_runs"])
         per_task = biggest["ms_per_task_run"]
     per_image = []
-    for label, tasks_per_shard in (("person shard (5 task runs)", PERSON_TASKS),
-                                   ("garment shard (3 task runs)", GARMENT_TASKS),
+    for label, tasks_per_shard in (("person shard", PERSON_TASKS),
+                                   ("garment shard", GARMENT_TASKS),
                                    ("average shard, 1:1 persons:garments", (PERSON_TASKS + GARMENT_TASKS) / 2)):
         ms_shard = per_task * tasks_per_shard
         ms_image = ms_shard / shard_size

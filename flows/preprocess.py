@@ -344,8 +344,10 @@ def collect_shards(futures: dict, logger: Any) -> tuple[list[dict[str, Any]], li
 
 
 def shards_failure(failed: list[dict[str, str]], summary: dict[str, Any]) -> str:
-    return f"{len(failed)} shards failed, their items are left for the next run: " + "; ".join(
-        f"{failure['shard']}: {failure['error']}" for failure in failed[:3])
+    """Why a run with failed shard tasks ends Failed (their items get no rows: the next run does them)."""
+    count = f"{len(failed)} shard{'' if len(failed) == 1 else 's'}"
+    shown = "; ".join(f"{failure['shard']}: {failure['error']}" for failure in failed[:3])
+    return f"{count} failed after their retries, their items are left for the next run: {shown}"
 
 
 def failure_reason(summary: dict[str, Any], max_failed_fraction: float, unfinished: dict[str, str]) -> str | None:

@@ -273,3 +273,39 @@ def test_crop_fit_keeps_the_person_and_records_the_mapping(crop_run):
     keypoints = json.loads(out.read_text(row["pose_outputs"][0]))["people"][0]["pose_keypoints_2d"]
     neck_x = keypoints[3]
     assert left <= neck_x <= right, "the neck is not on the person"
+
+
+@pytest.fixture(scope="module")
+def broken_store_run(samples_dir, tmp_path_factory, prefect_server):
+    """The garments' output folder cannot be created (a file stands where it belongs): their shard fails."""
+    from flows.preprocess import preprocess
+
+    catalog = Store(str(tmp_path_factory.mktemp("broken-store-catalog")))
+    for path in sorted((samples_dir / "image").glob("*.jpg"))[:2]:
+        catalog.write_bytes(f"persons/{path.name}", path.read_bytes())
+    for path in sorted((samples_dir / "cloth").glob("*.jpg"))[:2]:
+        catalog.write_bytes(f"garments/{path.name}", path.read_bytes())
+    out = Store(str(tmp_path_factory.mktemp("broken-store-dataset")))
+    out.write_text(f"test/{contract.DIR_CLOTH}", "not a folder")
+    state = preprocess(catalog=catalog.url, out=out.url, shard_size=2, return_state=True)
+    return catalog, out, state
+
+
+def test_a_failed_shard_leaves_the_other_shards_finished_and_the_run_failed(broken_store_run):
+    _, out, state = broken_store_run
+    assert state.is_failed()
+    assert "1 shard failed" in state.message and "garment-00000" in state.message, state.message
+    summary = state.result(raise_on_failure=False).summary
+    assert summary["persons"] == {"total": 2, "ok": 2, "error": 0}, "the person shard must finish"
+    assert summary["garments"]["total"] == 0, "the failed shard's items have no rows yet"
+    assert [failure["shard"] for failure in summary["failed_shards"]] == ["garment-00000"]
+
+
+def test_the_next_run_finishes_the_failed_shard_and_only_it(broken_store_run):
+    from flows.preprocess import preprocess
+
+    catalog, out, _ = broken_store_run
+    out.remove(f"test/{contract.DIR_CLOTH}")
+    summary = preprocess(catalog=catalog.url, out=out.url, shard_size=2)
+    assert summary["planned"] == {"persons": 0, "garments": 2}
+    assert summary["garments"] == {"total": 2, "ok": 2, "error": 0}, summary["failed"]

@@ -71,6 +71,32 @@ def test_a_rerun_over_an_unchanged_catalog_processes_nothing(copy):
     assert (out / "test_pairs.txt").read_text().strip(), "the pairs file must survive a no-op run"
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file below `root`: (inode, size, modification time in ns)."""
+    return {str(path.relative_to(root)): (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            for path in root.rglob("*") if path.is_file() for stat in [path.stat()]}
+
+
+def test_a_rerun_over_an_unchanged_catalog_writes_nothing_at_all(copy):
+    catalog, out, _ = copy
+    before = snapshot(out)
+    run(catalog, out)
+    assert snapshot(out) == before, "an unchanged catalog must not write a file (object stores bill every PUT)"
+
+
+def test_a_new_parser_reads_the_written_image_and_pose_never_the_source(copy, yolo_weights):
+    catalog, out, _ = copy
+    for name in ("00034_00.jpg", "00121_00.jpg"):  # same size, same mtime: only a read would notice
+        path = catalog / "persons" / name
+        stat = path.stat()
+        path.write_bytes(b"\0" * stat.st_size)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    summary = run(catalog, out, parser=f"yolo:{yolo_weights}")
+    assert summary["persons"] == {"total": 2, "ok": 2, "error": 0}, summary["failed"]
+    assert stages_run(out, summary) == {("person", "00034_00.jpg"): {"parse", "agnostic"},
+                                        ("person", "00121_00.jpg"): {"parse", "agnostic"}}
+
+
 def test_new_garments_are_processed_and_nothing_else(copy, samples_dir):
     catalog, out, _ = copy
     for name in ("04743_00.jpg", "09133_00.jpg"):

@@ -1,0 +1,457 @@
+"""The stage registry (tasks/registry.py) and the shard engine (tasks/engine.py), without Prefect.
+
+The passes here run the real stages on real photos in real worker processes; hostile sources are
+real files (FIFOs, devices, broken symlinks) or a real fsspec filesystem that refuses a read.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from PIL import Image
+
+from tasks import contract, errors
+from tasks.catalog import GARMENT, PERSON, detect_layout, list_items
+from tasks.config import PreprocessConfig
+from tasks.engine import (
+    SOURCE,
+    Job,
+    ShardRun,
+    prepare_models,
+    process_shard,
+    read_source,
+    run_job,
+    schedule_of,
+    segments_of,
+    worker_pool,
+)
+from tasks.errors import ItemError
+from tasks.manifest import manifest_part_path, read_run
+from tasks.model_cache import Weights, resolve_weights
+from tasks.plan import Selection, WorkItem, plan_catalog
+from tasks.registry import STAGES, active_stages, output_paths, stage_fingerprints, stages_for
+from tasks.storage import Store
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+
+def test_the_manifest_stage_lists_come_from_the_registry():
+    assert stages_for(PERSON) == ("ingest", "pose", "parse", "agnostic")
+    assert stages_for(GARMENT) == ("ingest", "cloth_mask")
+
+
+def test_every_stage_reads_only_stages_declared_before_it_for_its_kind():
+    for stage in STAGES:
+        earlier = stages_for(stage.kind)[: stages_for(stage.kind).index(stage.name)]
+        assert set(stage.reads) <= set(earlier), f"{stage.kind} {stage.name} reads {stage.reads}"
+
+
+def test_output_paths_are_every_file_the_stages_declare():
+    assert output_paths("train", PERSON, "s") == [
+        "train/image/s.jpg",
+        "train/openpose_json/s_keypoints.json",
+        "train/openpose_img/s_rendered.png",
+        "_work/train/pose/s.npz",
+        "train/image-parse-v3/s.png",
+        "train/image-parse-agnostic-v3.2/s.png",
+        "train/agnostic-v3.2/s.jpg",
+    ]
+    assert output_paths("test", GARMENT, "g") == ["test/cloth/g.jpg", "test/cloth-mask/g.jpg"]
+
+
+def test_the_default_fingerprints_are_the_ones_existing_datasets_hold():
+    """sha256 of {"stage", "version": 1, params} as the v1 planner wrote them: a dataset made before the
+    registry must not rerun anything after it."""
+    fingerprints = stage_fingerprints(PreprocessConfig(catalog="c", out="o"), Weights())
+    assert fingerprints == {
+        PERSON: {"ingest": "18c7943c8482b5dd", "pose": "c00f37cfc1b9b68f", "parse": "cd24a40f7a8d4965",
+                 "agnostic": "1f994aa8060e8244"},
+        GARMENT: {"ingest": "18c7943c8482b5dd", "cloth_mask": "e49d7e6aad2f3782"},
+    }
+
+
+def test_runtime_settings_are_not_part_of_any_fingerprint():
+    base = PreprocessConfig(catalog="c", out="o")
+    tuned = base.model_copy(update={"workers": 7, "parse_batch_size": 32, "shard_size": 3, "max_source_bytes": 10})
+    assert stage_fingerprints(base, Weights()) == stage_fingerprints(tuned, Weights())
+
+
+def test_the_geometric_parser_runs_per_item_with_the_other_cpu_stages():
+    segments = segments_of(PreprocessConfig(catalog="c", out="o"), PERSON)
+    assert [(s.names, s.batch_size) for s in segments] == [(("ingest", "pose", "parse", "agnostic"), None)]
+
+
+def test_the_yolo_parser_runs_over_batches_between_the_per_item_stages():
+    config = PreprocessConfig(catalog="c", out="o", parser="yolo:/w.pt", parse_batch_size=16)
+    segments = segments_of(config, PERSON)
+    assert [(s.names, s.batch_size) for s in segments] == [
+        (("ingest", "pose"), None), (("parse",), 16), (("agnostic",), None)]
+    assert [s.reads for s in active_stages(config, PERSON)][2] == ("ingest",), "YOLO reads no pose"
+
+
+# ---------------------------------------------------------------------------------------------
+# Which stages run for an item
+
+PERSON_STAGES = active_stages(PreprocessConfig(catalog="c", out="o"), PERSON)
+
+
+@pytest.mark.parametrize(
+    ("planned", "source_runs", "expected"),
+    [
+        ({"ingest", "pose", "parse", "agnostic"}, True, ("ingest", "pose", "parse", "agnostic")),
+        ({"parse"}, False, ("parse", "agnostic")),  # a new parser
+        ({"pose"}, False, ("pose", "parse", "agnostic")),  # a new visibility threshold
+        ({"agnostic"}, False, ("agnostic",)),  # a new agnostic recipe
+        (set(), True, ("ingest", "pose", "parse", "agnostic")),  # touched, and the bytes changed
+        (set(), False, ()),  # touched, the bytes did not change: nothing reruns
+        ({"parse"}, True, ("ingest", "pose", "parse", "agnostic")),  # new parser and new bytes
+    ],
+    ids=["new", "parser", "pose", "recipe", "bytes-changed", "bytes-same", "both"],
+)
+def test_a_stage_runs_when_planned_or_when_a_stage_it_reads_runs(planned, source_runs, expected):
+    assert schedule_of(PERSON_STAGES, frozenset(planned), source_runs) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a source: every way it can fail is that item's error, and nothing blocks
+
+
+def work_for(store: Store, rel: str, kind: str = PERSON) -> WorkItem:
+    from tasks.catalog import CatalogItem, stem_for_key
+
+    size = os.path.getsize(store.path(rel)) if store.is_local and os.path.isfile(store.path(rel)) else 0
+    key = rel.split("/", 1)[1]
+    return WorkItem(CatalogItem(kind, key, rel, store.url_of(rel), size, stem_for_key(key)), frozenset(stages_for(kind)))
+
+
+def source_error(store: Store, rel: str, max_bytes: int = 1 << 20) -> str:
+    with pytest.raises(ItemError) as caught:
+        read_source(store, work_for(store, rel), max_bytes)
+    assert caught.value.message, "an error row needs a reason"
+    return caught.value.code
+
+
+def test_a_fifo_named_like_a_photo_is_refused_without_blocking(tmp_path):
+    (tmp_path / "persons").mkdir()
+    os.mkfifo(tmp_path / "persons" / "pipe.jpg")  # no writer: a plain open() would block forever
+    assert source_error(Store(str(tmp_path)), "persons/pipe.jpg") == errors.SOURCE_NOT_A_FILE
+
+
+def test_a_device_named_like_a_photo_is_refused_without_reading_it(tmp_path):
+    (tmp_path / "persons").mkdir()
+    (tmp_path / "persons" / "zero.jpg").symlink_to("/dev/zero")  # endless bytes
+    assert source_error(Store(str(tmp_path)), "persons/zero.jpg") == errors.SOURCE_NOT_A_FILE
+
+
+def test_a_dangling_symlink_is_a_missing_source(tmp_path):
+    (tmp_path / "persons").mkdir()
+    (tmp_path / "persons" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert source_error(Store(str(tmp_path)), "persons/gone.jpg") == errors.SOURCE_MISSING
+
+
+def test_a_symlink_loop_is_an_unreadable_source(tmp_path):
+    (tmp_path / "persons").mkdir()
+    (tmp_path / "persons" / "a.jpg").symlink_to(tmp_path / "persons" / "b.jpg")
+    (tmp_path / "persons" / "b.jpg").symlink_to(tmp_path / "persons" / "a.jpg")
+    store = Store(str(tmp_path))
+    assert source_error(store, "persons/a.jpg") == errors.SOURCE_UNREADABLE
+
+
+def test_a_source_removed_after_listing_is_a_missing_source(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("persons/brief.jpg", b"x" * 10)
+    work = work_for(store, "persons/brief.jpg")
+    os.remove(tmp_path / "persons" / "brief.jpg")
+    with pytest.raises(ItemError) as caught:
+        read_source(store, work, 1 << 20)
+    assert caught.value.code == errors.SOURCE_MISSING
+
+
+def test_a_source_listed_larger_than_the_limit_is_not_read(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("persons/huge.jpg", b"x" * 2000)
+    assert source_error(store, "persons/huge.jpg", max_bytes=1000) == errors.SOURCE_TOO_LARGE
+
+
+def test_a_source_that_grew_past_the_limit_after_listing_is_read_no_further(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("persons/grows.jpg", b"x" * 10)
+    work = work_for(store, "persons/grows.jpg")
+    (tmp_path / "persons" / "grows.jpg").write_bytes(b"x" * 5000)
+    with pytest.raises(ItemError) as caught:
+        read_source(store, work, 1000)
+    assert caught.value.code == errors.SOURCE_TOO_LARGE
+
+
+class RefusingFileSystem(MemoryFileSystem):
+    """An in-memory filesystem whose objects with 'denied' in their name refuse to be read (HTTP 403-like)."""
+
+    protocol = "refusing"
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        if "denied" in path:
+            raise PermissionError(13, "Permission denied", path)
+        return super().cat_file(path, start=start, end=end, **kwargs)
+
+
+def test_a_source_the_store_refuses_to_read_is_that_items_error():
+    fsspec.register_implementation("refusing", RefusingFileSystem, clobber=True)
+    store = Store("refusing://catalog-refuses")
+    store.write_bytes("persons/denied.jpg", b"secret")
+    store.write_bytes("persons/fine.jpg", b"fine")
+    items = {item.key: item for item in list_items(store, detect_layout(store), PERSON)}
+    with pytest.raises(ItemError) as caught:
+        read_source(store, WorkItem(items["denied.jpg"], frozenset()), 1 << 20)
+    assert caught.value.code == errors.SOURCE_PERMISSION_DENIED
+    assert "secret" not in caught.value.message
+    assert read_source(store, WorkItem(items["fine.jpg"], frozenset()), 1 << 20) == b"fine"
+
+
+# ---------------------------------------------------------------------------------------------
+# A stage's result is what its files load back to (so a partial rerun sees what a full run saw)
+
+
+@pytest.fixture(scope="module")
+def sample_results(samples_dir):
+    """One person and one garment through every stage, inline: (config, {kind: (work, JobResult)})."""
+    config = PreprocessConfig(catalog="-", out="-", workers=0)
+    results = {}
+    for kind, path in ((PERSON, samples_dir / "image" / "00034_00.jpg"), (GARMENT, samples_dir / "cloth" / "04469_00.jpg")):
+        from tasks.catalog import CatalogItem
+
+        work = WorkItem(CatalogItem(kind, path.name, path.name, str(path), path.stat().st_size, path.stem),
+                        frozenset(stages_for(kind)))
+        names = stages_for(kind)
+        job = Job(work, names, (), {}, {SOURCE: path.read_bytes()}, keep=names)  # keep: every result back
+        result = run_job(config, Weights(), job)
+        assert not result.failed, result.fields
+        results[kind] = (work, result)
+    return config, results
+
+
+def same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    if hasattr(a, "__dataclass_fields__"):
+        return all(same(getattr(a, name), getattr(b, name)) for name in a.__dataclass_fields__ if name != "jpeg")
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("kind", [PERSON, GARMENT])
+def test_every_loadable_stage_result_is_what_its_written_files_load_back_to(sample_results, kind):
+    config, results = sample_results
+    work, result = results[kind]
+    previous_fit = result.fields["ingest"]["fit"]
+    for stage in active_stages(config, kind):
+        if stage.load is None:
+            continue
+        files = tuple(result.files[path] for path in stage.load_paths(config.split, work.stem))
+        loaded = stage.load(WorkItem(work.item, frozenset(), previous_fit=previous_fit), files)
+        assert same(result.values[stage.name], loaded), f"{kind} {stage.name}: the loaded result differs"
+
+
+def test_a_job_writes_every_declared_output_of_every_stage(sample_results):
+    config, results = sample_results
+    for kind, (work, result) in results.items():
+        assert sorted(result.files) == sorted(output_paths(config.split, kind, work.stem))
+
+
+# ---------------------------------------------------------------------------------------------
+# One pass over a shard
+
+
+def plan_new(catalog: Store, config: PreprocessConfig) -> tuple[dict[str, list[WorkItem]], ShardRun]:
+    weights = resolve_weights(config)
+    fingerprints = stage_fingerprints(config, weights)
+    layout = detect_layout(catalog)
+    _, works = plan_catalog({kind: list_items(catalog, layout, kind) for kind in (PERSON, GARMENT)}, {},
+                            fingerprints, Selection())
+    return works, ShardRun("20261201T000000Z-test00", fingerprints, weights)
+
+
+def run_pass(config: PreprocessConfig, run: ShardRun, shard: str, works: list[WorkItem]) -> dict[str, dict]:
+    """process_shard in a thread with a hang guard (a blocked read must fail the test, not hang it)."""
+    found: dict[str, object] = {}
+
+    def target():
+        try:
+            found["rows"] = process_shard(config, run, shard, works)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            found["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(600)
+    assert not thread.is_alive(), "the shard pass hung"
+    if "error" in found:
+        raise found["error"]
+    return {(row["key"], row["stage"]): row for row in found["rows"]}
+
+
+def jpeg(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hostile_catalog(tmp_path_factory, samples_dir) -> Path:
+    root = tmp_path_factory.mktemp("hostile") / "catalog"
+    (root / "persons").mkdir(parents=True)
+    (root / "garments").mkdir()
+    for name in ("00034_00.jpg", "00121_00.jpg"):
+        (root / "persons" / name).write_bytes((samples_dir / "image" / name).read_bytes())
+    (root / "garments" / "04469_00.jpg").write_bytes((samples_dir / "cloth" / "04469_00.jpg").read_bytes())
+    os.mkfifo(root / "persons" / "fifo.jpg")
+    (root / "persons" / "device.jpg").symlink_to("/dev/zero")
+    (root / "persons" / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "persons" / "loop-a.jpg").symlink_to(root / "persons" / "loop-b.jpg")
+    (root / "persons" / "loop-b.jpg").symlink_to(root / "persons" / "loop-a.jpg")
+    (root / "persons" / "big.jpg").write_bytes(jpeg(np.full((900, 700, 3), 128, np.uint8)) + b"\0" * 300_000)
+    (root / "persons" / "nobody.jpg").write_bytes(jpeg(np.full((1024, 768, 3), (90, 140, 200), np.uint8)))
+    (root / "persons" / "vanishing.jpg").write_bytes(b"listed, then removed")
+    return root
+
+
+HOSTILE_CODES = {
+    "fifo.jpg": errors.SOURCE_NOT_A_FILE,
+    "device.jpg": errors.SOURCE_NOT_A_FILE,
+    "dangling.jpg": errors.SOURCE_MISSING,
+    "loop-a.jpg": errors.SOURCE_UNREADABLE,
+    "loop-b.jpg": errors.SOURCE_UNREADABLE,
+    "big.jpg": errors.SOURCE_TOO_LARGE,
+    "nobody.jpg": errors.NO_PERSON,
+    "vanishing.jpg": errors.SOURCE_MISSING,
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_pass(hostile_catalog, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hostile-out")
+    config = PreprocessConfig(catalog=str(hostile_catalog), out=str(out), workers=2, max_source_bytes=250_000)
+    works, run = plan_new(Store(str(hostile_catalog)), config)
+    (hostile_catalog / "persons" / "vanishing.jpg").unlink()  # gone between listing and reading
+    rows = run_pass(config, run, "person-00000", works[PERSON])
+    rows.update(run_pass(config, run, "garment-00000", works[GARMENT]))
+    return config, Store(str(out)), run, works, rows
+
+
+def test_every_unreadable_source_gets_its_own_error_row_and_the_rest_run(hostile_pass):
+    _, _, _, works, rows = hostile_pass
+    for key, code in HOSTILE_CODES.items():
+        failed = [row for (k, _), row in rows.items() if k == key and row["status"] == "error"]
+        assert [row["error_code"] for row in failed] == [code], f"{key}: {[(r['stage'], r['error_code']) for r in failed]}"
+    for key in ("00034_00.jpg", "00121_00.jpg"):
+        assert {stage: rows[key, stage]["status"] for stage in stages_for(PERSON)} == dict.fromkeys(
+            stages_for(PERSON), "ok")
+    assert rows["04469_00.jpg", "cloth_mask"]["status"] == "ok"
+    assert {key for key, _ in rows} == {work.item.key for kind in works for work in works[kind]}
+
+
+def test_a_pass_writes_every_output_of_good_items_and_none_of_failed_ones(hostile_pass):
+    config, out, _, works, rows = hostile_pass
+    for work in works[PERSON] + works[GARMENT]:
+        failed = any(row["status"] == "error" for (key, _), row in rows.items() if key == work.item.key)
+        present = [path for path in output_paths(config.split, work.kind, work.stem) if out.exists(path)]
+        expected = [] if failed else output_paths(config.split, work.kind, work.stem)
+        assert present == expected, f"{work.item.key}: {present}"
+
+
+def test_a_pass_writes_its_manifest_part(hostile_pass):
+    config, out, run, _, rows = hostile_pass
+    assert out.exists(manifest_part_path(config.split, run.run_id, "person-00000"))
+    assert read_run(out, config.split, run.run_id).num_rows == len(rows)
+
+
+def test_the_stages_run_in_the_worker_processes_as_they_do_inline(hostile_pass, tmp_path):
+    config, out, run, works, _ = hostile_pass
+    good = [work for work in works[PERSON] if work.item.key == "00034_00.jpg"]
+    inline = config.model_copy(update={"workers": 0, "out": str(tmp_path)})
+    run_pass(inline, run, "person-00000", good)
+    for path in output_paths(config.split, PERSON, good[0].stem):
+        assert Store(str(tmp_path)).read_bytes(path) == out.read_bytes(path), path
+
+
+def test_a_missing_earlier_output_makes_the_item_run_from_its_source(hostile_pass, tmp_path):
+    config, out, run, works, _ = hostile_pass
+    good = next(work for work in works[PERSON] if work.item.key == "00121_00.jpg")
+    copy = Store(str(tmp_path))
+    for path in output_paths(config.split, PERSON, good.stem):
+        copy.write_bytes(path, out.read_bytes(path))
+    copy.remove(f"{config.split}/{contract.DIR_IMAGE}/{good.stem}.jpg")  # someone deleted it
+    new_parser = WorkItem(good.item, frozenset({"parse"}), previous_sha256="-", previous_fit=None)
+    rows = run_pass(config.model_copy(update={"out": copy.url}), run, "person-00000", [new_parser])
+    assert sorted(stage for _, stage in rows) == sorted(stages_for(PERSON))
+    assert copy.read_bytes(f"{config.split}/{contract.DIR_IMAGE}/{good.stem}.jpg") == out.read_bytes(
+        f"{config.split}/{contract.DIR_IMAGE}/{good.stem}.jpg")
+
+
+def worker_processes() -> list[multiprocessing.Process]:
+    return [child for child in multiprocessing.active_children() if child.is_alive()]
+
+
+def test_a_worker_process_that_died_is_replaced_and_every_item_finishes(hostile_pass, tmp_path):
+    config, out, run, works, _ = hostile_pass
+    good = [work for work in works[PERSON] if not work.item.key.startswith(("fifo", "device", "big"))][:2]
+    pool = worker_pool(2)
+    pool.submit(prepare_models, config)[0].result()
+    for child in worker_processes():
+        os.kill(child.pid, signal.SIGKILL)  # killed for memory, say, between two shards
+    time.sleep(0.5)
+    rows = run_pass(config.model_copy(update={"out": str(tmp_path)}), run, "person-00000", good)
+    assert {row["status"] for row in rows.values()} == {"ok"}
+
+
+def test_an_item_on_which_the_worker_dies_twice_gets_a_worker_crashed_row(hostile_pass, tmp_path):
+    config, _, run, works, _ = hostile_pass
+    garment = works[GARMENT]
+    settings = config.model_copy(update={"out": str(tmp_path)})
+    run_pass(settings, run, "garment-00000", garment)  # the pool works: a crash now is the input's doing
+    stop = threading.Event()
+
+    def kill_every_worker():
+        while not stop.is_set():
+            for child in worker_processes():
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_every_worker, daemon=True)
+    killer.start()
+    try:
+        rows = run_pass(settings.model_copy(update={"out": str(tmp_path / "again")}), run, "garment-00000", garment)
+    finally:
+        stop.set()
+        killer.join()
+    assert [row["error_code"] for row in rows.values()] == [errors.WORKER_CRASHED]
+    assert "died 2 times" in next(iter(rows.values()))["error_message"]
+
+
+def test_batch_size_changes_nothing_in_the_yolo_parser_outputs(hostile_catalog, tmp_path, yolo_weights):
+    results = {}
+    for batch in (1, 3):
+        out = tmp_path / f"batch{batch}"
+        config = PreprocessConfig(catalog=str(hostile_catalog), out=str(out), workers=2,
+                                  parser=f"yolo:{yolo_weights}", parse_batch_size=batch)
+        works, run = plan_new(Store(str(hostile_catalog)), config)
+        good = [work for work in works[PERSON] if work.item.key in ("00034_00.jpg", "00121_00.jpg")]
+        rows = run_pass(config, run, "person-00000", good)
+        assert {row["status"] for row in rows.values()} == {"ok"}, [r["error_message"] for r in rows.values()]
+        results[batch] = {path: Store(str(out)).read_bytes(path) for work in good
+                          for path in output_paths(config.split, PERSON, work.stem)}
+    assert results[1] == results[3]
