@@ -99,7 +99,7 @@ def _floor_worker(paths: list[tuple[str, str]], barrier, results) -> None:
 
     from tasks.catalog import CatalogItem
     from tasks.config import PreprocessConfig
-    from tasks.engine import prepare_models
+    from tasks.workers import prepare_models
     from tasks.model_cache import Weights
     from tasks.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
     from tasks.plan import WorkItem
@@ -168,7 +168,7 @@ def run_loop(persons: list[Path], garments: list[Path], out: Path) -> float:
     """Every photo through every stage and its writes, one after another, in one process."""
     from tasks.catalog import CatalogItem
     from tasks.config import PreprocessConfig
-    from tasks.engine import SOURCE, Job, prepare_models, run_job
+    from tasks.workers import SOURCE, Job, prepare_models, run_job
     from tasks.model_cache import Weights
     from tasks.plan import WorkItem
     from tasks.registry import stages_for
@@ -194,7 +194,7 @@ def fmt(value: float | None, spec: str = "8.1f") -> str:
 
 
 def main() -> int:
-    from tasks.engine import default_workers
+    from tasks.workers import default_workers
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES, help="folder with image/ and cloth/")

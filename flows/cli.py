@@ -151,7 +151,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
 def run_flow(config, show_progress: bool = True, **selection: Any) -> dict[str, Any]:
     from flows.preprocess import preprocess
     from flows.report import progress_logger
-    from tasks.engine import warm_up
+    from tasks.workers import warm_up
 
     warm_up(config)  # the worker processes start while Prefect starts its temporary API server
     with progress_bar(progress_logger, show_progress, "preprocess"):

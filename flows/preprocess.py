@@ -42,7 +42,7 @@ from tasks.config import (
     PreprocessConfig,
     RunPolicy,
 )
-from tasks.engine import ShardRun, warm_up, workers_of
+from tasks.engine import ShardRun
 from tasks.manifest import ok_items, read_current, write_summary
 from tasks.model_cache import resolve_weights
 from tasks.plan import (
@@ -57,6 +57,7 @@ from tasks.registry import ALL_STAGES, stage_fingerprints, stages_for
 from tasks.runtime import SHARDS_IN_FLIGHT
 from tasks.shards import shard_task
 from tasks.storage import Store, redact
+from tasks.workers import warm_up, workers_of
 
 
 def new_run_id() -> str:

@@ -23,18 +23,13 @@ raise, and Prefect retries the task.
 
 from __future__ import annotations
 
-import atexit
 import contextvars
+import json
 import logging
-import multiprocessing
-import os
-import signal
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,38 +37,37 @@ from typing import Any
 from tasks import errors
 from tasks.config import PreprocessConfig
 from tasks.errors import ItemError
+from tasks.manifest import manifest_part_path, write_part
 from tasks.model_cache import Weights
 from tasks.plan import WorkItem
-from tasks.registry import KINDS, Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
+from tasks.registry import Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
 from tasks.storage import (
     NotARegularFileError,
-    Store,
     StorageError,
     StorageNotFoundError,
     StoragePermissionError,
     StorageUnavailableError,
+    Store,
     sha256_hex,
+)
+from tasks.workers import (
+    SOURCE,
+    Job,
+    JobResult,
+    error_fields,
+    model_thread,
+    run_batch,
+    run_job,
+    worker_pool,
+    workers_of,
 )
 
 log = logging.getLogger("vitonprep.engine")
 
-SOURCE = "source"  # the key of the source's bytes among a job's files
 MAX_CRASHES = 2  # a worker process that dies twice on the same item: that item is the cause
 ROW_FIELDS = ("error_code", "error_message", "outputs", "ms", "model", "fit", "persons_detected",
               "keypoint_confidences", "cloth_mask_coverage")  # fmt: skip
 ITEM_FIELDS = ("source_width", "source_height")  # stage fields that describe the item, on every row
-
-
-def default_workers() -> int:
-    """Worker processes when the configuration leaves it open: one per core this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def workers_of(config: PreprocessConfig) -> int:
-    return default_workers() if config.workers is None else config.workers
 
 
 @dataclass(frozen=True)
@@ -83,231 +77,6 @@ class ShardRun:
     run_id: str
     fingerprints: dict[str, dict[str, str]]
     weights: Weights
-
-
-# ---------------------------------------------------------------------------------------------
-# Jobs: what a worker process does for one item
-
-
-@dataclass
-class Job:
-    """One item's consecutive per-item stages, for a worker process."""
-
-    work: WorkItem
-    stages: tuple[str, ...]  # to run, in order
-    encode: tuple[str, ...]  # batched stages that ran before, whose results this job encodes
-    values: dict[str, Any]  # results of earlier stages
-    files: dict[str, bytes]  # the source (SOURCE) and files of earlier runs, by dataset path
-    keep: tuple[str, ...]  # the results later stages read: returned, loaded from files where needed
-
-
-@dataclass
-class JobResult:
-    values: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)  # outputs to write, by dataset path
-    fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage: manifest fields
-    failed: bool = False
-    reload: bool = False  # a file of an earlier run could not be read back: run the item from its source
-
-
-def _error_fields(error: BaseException, stage: str) -> dict[str, Any]:
-    if isinstance(error, ItemError):
-        return {**error.fields, "error_code": error.code, "error_message": error.message}
-    return {"error_code": errors.STAGE_ERROR, "error_message": f"{stage} failed: {type(error).__name__}: {error}"}
-
-
-def run_job(config: PreprocessConfig, weights: Weights, job: Job) -> JobResult:
-    """Run one job (in a worker process, or inline): every stage in order, stopping at a failure."""
-    env = StageEnv(config, weights)
-    stages = {stage.name: stage for stage in active_stages(config, job.work.kind)}
-    split, stem = config.split, job.work.stem
-    values = dict(job.values)
-    result = JobResult()
-
-    def value_of(name: str) -> Any:
-        if name not in values:
-            stage = stages[name]
-            files = tuple(job.files[path] for path in stage.load_paths(split, stem))
-            values[name] = stage.load(job.work, files)
-        return values[name]
-
-    for name in job.encode:
-        stage, started = stages[name], time.perf_counter()
-        try:
-            result.files.update(zip(stage.paths(split, stem), stage.encode(values[name]), strict=True))
-        except Exception as error:  # noqa: BLE001 - an encoding failure is this item's
-            result.fields[name] = _error_fields(error, name)
-            result.failed = True
-            return result
-        result.fields[name] = {"ms": (time.perf_counter() - started) * 1000.0}
-    for name in job.stages:
-        stage, started = stages[name], time.perf_counter()
-        try:
-            inputs = {read: value_of(read) for read in stage.reads}
-        except Exception:  # noqa: BLE001 - missing or corrupt: the source still holds the truth
-            log.warning("%s %s: an earlier output %s reads is unreadable; running it from its source",
-                        job.work.kind, job.work.item.key, name, exc_info=True)
-            result.reload = True
-            return result
-        source = job.files.get(SOURCE) if not stage.reads else None
-        try:
-            [value] = stage.run(env, [StageInput(job.work, inputs, source)])
-            if isinstance(value, BaseException):
-                raise value
-            encoded = stage.encode(value)
-            fields = stage.fields(env, value)
-        except Exception as error:  # noqa: BLE001 - one bad image must never fail its shard
-            result.fields[name] = {**_error_fields(error, name), "ms": (time.perf_counter() - started) * 1000.0}
-            result.failed = True
-            return result
-        values[name] = value
-        result.files.update(zip(stage.paths(split, stem), encoded, strict=True))
-        result.fields[name] = {**fields, "outputs": stage.listed_paths(split, stem),
-                               "ms": (time.perf_counter() - started) * 1000.0}
-    try:
-        result.values = {name: value_of(name) for name in job.keep}
-    except Exception:  # noqa: BLE001
-        log.warning("%s %s: an earlier output is unreadable; running it from its source",
-                    job.work.kind, job.work.item.key, exc_info=True)
-        result.reload = True
-    return result
-
-
-def prepare_models(config: PreprocessConfig) -> None:
-    """Build the bundled models `config` needs (worker warm-up, ahead of the first item)."""
-    env = StageEnv(config, Weights())
-    for kind in KINDS:
-        for stage in active_stages(config, kind):
-            if stage.prepare is not None:
-                stage.prepare(env)
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker processes
-
-
-def _init_worker() -> None:
-    sys.stdout = sys.stderr  # a worker never writes to the command's stdout (`--json` output lives there)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already
-
-
-class WorkerPool:
-    """This process's worker processes, started once and shared by every shard task it runs.
-
-    Processes are spawned (never forked from a process with threads) and each keeps its models
-    between jobs. When one dies, the pool is restarted (`restart`) and its jobs are run again.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.generation = 0
-        self.successes = 0  # jobs finished since the pool was made: crashes then are the inputs' doing
-        self._lock = threading.Lock()
-        self._executor = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker)
-
-    def submit(self, function: Callable, *args: Any) -> tuple[Future, int]:
-        with self._lock:
-            generation = self.generation
-            try:
-                return self._executor.submit(function, *args), generation
-            except BrokenProcessPool:  # a worker died while the pool was idle
-                pass
-        self.restart(generation)
-        with self._lock:
-            return self._executor.submit(function, *args), self.generation
-
-    def restart(self, generation: int) -> None:
-        """Replace a broken pool (once, however many shards noticed it broke in `generation`)."""
-        with self._lock:
-            if generation != self.generation:
-                return
-            log.warning("a worker process died; restarting the %d worker processes", self.workers)
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._start()
-            self.generation += 1
-
-    def warm_up(self, config: PreprocessConfig) -> None:
-        """Start every worker process and build the bundled models the run needs, without waiting."""
-        for _ in range(self.workers):
-            self.submit(prepare_models, config)
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-
-_pool: WorkerPool | None = None
-_pool_lock = threading.Lock()
-
-
-def worker_pool(workers: int) -> WorkerPool:
-    """The process-wide pool of `workers` processes (a different count replaces it)."""
-    global _pool
-    with _pool_lock:
-        if _pool is not None and _pool.workers != workers:
-            _pool.shutdown()
-            _pool = None
-        if _pool is None:
-            _pool = WorkerPool(workers)
-        return _pool
-
-
-def warm_up(config: PreprocessConfig) -> None:
-    """Start the worker processes `config` asks for and build their models ahead of the first shard."""
-    workers = workers_of(config)
-    if workers > 0:
-        worker_pool(workers).warm_up(config)
-
-
-@atexit.register
-def _stop_pool() -> None:
-    global _pool
-    if _pool is not None:
-        _pool.shutdown()
-        _pool = None
-
-
-# One thread per process runs the batched (model) stages: models are built once, on it, and one
-# model stage runs at a time in this process (the GPU slot keeps other processes off the GPU too).
-_model_thread = ThreadPoolExecutor(1, thread_name_prefix="vitonprep-model")
-
-
-def _uses_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def run_batch(env: StageEnv, stage: Stage, items: Sequence[StageInput]) -> tuple[list[Any], float]:
-    """A batched stage over `items`: its results (an ItemError for an item that failed) and ms per item.
-
-    An infrastructure error (GPU memory, I/O) fails the shard; anything else is narrowed down to the
-    item that caused it by running the items one at a time.
-    """
-    from tasks.runtime import gpu_slot, is_infrastructure_error  # Prefect: never imported by worker processes
-
-    started = time.perf_counter()
-    with gpu_slot(_uses_gpu()):
-        try:
-            results = stage.run(env, items)
-        except Exception as error:
-            if is_infrastructure_error(error):
-                raise
-            results = []
-            for item in items:
-                try:
-                    results += stage.run(env, [item])
-                except Exception as single:  # noqa: BLE001 - this item's own failure
-                    if is_infrastructure_error(single):
-                        raise
-                    results.append(ItemError(errors.STAGE_ERROR, f"{stage.name} failed: {type(single).__name__}: {single}"))
-    return results, (time.perf_counter() - started) * 1000.0 / max(1, len(items))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,11 +164,11 @@ def schedule_of(stages: Sequence[Stage], planned: frozenset[str], source_stage_r
 
 
 class ShardPass:
-    """The state of one shard's pass; `run()` drives it and returns the manifest rows."""
+    """The state of one shard's pass; `run_pass()` drives it and returns the manifest rows."""
 
     def __init__(self, config: PreprocessConfig, run: ShardRun, shard: str, works: Sequence[WorkItem]):
         self.config, self.run, self.shard = config, run, shard
-        self.kind = works[0].kind if works else "person"
+        self.kind = works[0].kind
         self.items = [ItemRun(work) for work in works]
         self.stages = active_stages(config, self.kind)
         self.by_name = {stage.name: stage for stage in self.stages}
@@ -418,7 +187,6 @@ class ShardPass:
         self.ready: deque[ItemRun] = deque()  # items with a job to submit
         self.suspects: deque[ItemRun] = deque()  # items whose worker process died
         self.jobs_in_flight = 0
-        self.upstream: dict[int, int] = {}  # batched segment -> items in flight before it
 
     # -- driving -------------------------------------------------------------------------------
     def run_pass(self) -> list[dict[str, Any]]:
@@ -444,8 +212,6 @@ class ShardPass:
             self.io.shutdown(wait=True, cancel_futures=True)
         rows = self._rows()
         if rows:
-            from tasks.manifest import manifest_part_path, write_part
-
             write_part(self.out, manifest_part_path(self.config.split, self.run.run_id, self.shard), rows)
         return rows
 
@@ -491,7 +257,7 @@ class ShardPass:
             try:
                 data = read_source(self.catalog, work, self.config.max_source_bytes)
             except ItemError as error:
-                item.fields[first] = {**_error_fields(error, first), "ms": (time.perf_counter() - started) * 1000.0}
+                item.fields[first] = {**error_fields(error, first), "ms": (time.perf_counter() - started) * 1000.0}
                 item.failed = True
                 return
             item.source = {"sha256": sha256_hex(data), "source_bytes": len(data)}
@@ -519,8 +285,6 @@ class ShardPass:
 
     def _unchanged_source(self, work: WorkItem, ms: float) -> dict[str, Any]:
         """The ingest row of a source whose listing changed but whose bytes did not: nothing reruns."""
-        import json
-
         fit = json.loads(work.previous_fit) if work.previous_fit else {}
         stage = self.by_name[self.source_stage]
         return {"fit": work.previous_fit, "source_width": fit.get("source_width"),
@@ -623,13 +387,13 @@ class ShardPass:
 
     def _batch_result(self, item: ItemRun, stage: Stage, value: Any, ms: float) -> None:
         if isinstance(value, BaseException):
-            item.fields[stage.name] = {**_error_fields(value, stage.name), "ms": ms}
+            item.fields[stage.name] = {**error_fields(value, stage.name), "ms": ms}
             item.failed = True
             return
         try:
             fields = stage.fields(self.env, value)
         except Exception as error:  # noqa: BLE001
-            item.fields[stage.name] = {**_error_fields(error, stage.name), "ms": ms}
+            item.fields[stage.name] = {**error_fields(error, stage.name), "ms": ms}
             item.failed = True
             return
         item.values[stage.name] = value
@@ -648,7 +412,7 @@ class ShardPass:
                 stage = self.segments[segment].stages[0]
                 inputs = [StageInput(item.work, self._inputs_of(item, stage)) for item in batch]
                 context = contextvars.copy_context()  # the Prefect run context, for the GPU slot
-                future = _model_thread.submit(context.run, run_batch, self.env, stage, inputs)
+                future = model_thread.submit(context.run, run_batch, self.env, stage, inputs)
                 self.pending[future] = ("batch", (segment, batch))
 
     def _inputs_of(self, item: ItemRun, stage: Stage) -> dict[str, Any]:
@@ -724,8 +488,6 @@ class ShardPass:
 
 
 def _details(extra: dict[str, Any]) -> str | None:
-    import json
-
     return json.dumps(extra, sort_keys=True, default=str) if extra else None
 
 

@@ -1,4 +1,5 @@
-"""The stage registry (tasks/registry.py) and the shard engine (tasks/engine.py), without Prefect.
+"""The stage registry (tasks/registry.py), the shard engine (tasks/engine.py) and its worker processes
+(tasks/workers.py), without Prefect.
 
 The passes here run the real stages on real photos in real worker processes; hostile sources are
 real files (FIFOs, devices, broken symlinks) or a real fsspec filesystem that refuses a read.
@@ -23,24 +24,14 @@ from PIL import Image
 from tasks import contract, errors
 from tasks.catalog import GARMENT, PERSON, detect_layout, list_items
 from tasks.config import PreprocessConfig
-from tasks.engine import (
-    SOURCE,
-    Job,
-    ShardRun,
-    prepare_models,
-    process_shard,
-    read_source,
-    run_job,
-    schedule_of,
-    segments_of,
-    worker_pool,
-)
+from tasks.engine import ShardRun, process_shard, read_source, schedule_of, segments_of
 from tasks.errors import ItemError
 from tasks.manifest import manifest_part_path, read_run
 from tasks.model_cache import Weights, resolve_weights
 from tasks.plan import Selection, WorkItem, plan_catalog
 from tasks.registry import STAGES, active_stages, output_paths, stage_fingerprints, stages_for
 from tasks.storage import Store
+from tasks.workers import SOURCE, Job, prepare_models, run_job, worker_pool
 
 # ---------------------------------------------------------------------------------------------
 # The registry
@@ -404,7 +395,7 @@ def worker_processes() -> list[multiprocessing.Process]:
 
 
 def test_a_worker_process_that_died_is_replaced_and_every_item_finishes(hostile_pass, tmp_path):
-    config, out, run, works, _ = hostile_pass
+    config, _, run, works, _ = hostile_pass
     good = [work for work in works[PERSON] if not work.item.key.startswith(("fifo", "device", "big"))][:2]
     pool = worker_pool(2)
     pool.submit(prepare_models, config)[0].result()

@@ -292,7 +292,7 @@ def broken_store_run(samples_dir, tmp_path_factory, prefect_server):
 
 
 def test_a_failed_shard_leaves_the_other_shards_finished_and_the_run_failed(broken_store_run):
-    _, out, state = broken_store_run
+    _, _, state = broken_store_run
     assert state.is_failed()
     assert "1 shard failed" in state.message and "garment-00000" in state.message, state.message
     summary = state.result(raise_on_failure=False).summary
