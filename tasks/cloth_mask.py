@@ -251,7 +251,8 @@ class UNetClothMasker:
     input_size is (height, width) of the network input; 320x240 keeps the 3:4 catalog aspect.
     """
 
-    def __init__(self, checkpoint_path: str, device: str = "cpu", input_size: tuple[int, int] = (320, 240)):
+    def __init__(self, checkpoint_path: str, device: str = "cpu", input_size: tuple[int, int] = (320, 240),
+                 sha256: str | None = None):
         height, width = (int(v) for v in input_size)
         if height <= 0 or width <= 0 or height % 16 or width % 16:
             raise ValueError(f"input_size {input_size!r} must be positive multiples of 16 (height, width)")
@@ -261,8 +262,10 @@ class UNetClothMasker:
 
         self.input_size = (height, width)
         self.device = torch.device(device)
-        with open(checkpoint_path, "rb") as handle:
-            digest = hashlib.sha256(handle.read()).hexdigest()
+        if sha256 is None:  # the run hashed it already, for the fingerprint
+            with open(checkpoint_path, "rb") as handle:
+                sha256 = hashlib.sha256(handle.read()).hexdigest()
+        digest = sha256
         self.model_id = f"{os.path.basename(checkpoint_path)}@sha256:{digest[:12]}"
         try:
             state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -330,7 +333,7 @@ CLASSICAL_MODEL_ID = "classical-v1"
 
 def _masker(env) -> UNetClothMasker:
     weights = env.weights.cloth_mask
-    return env.model(("cloth-unet", weights.sha256), lambda: UNetClothMasker(weights.path))
+    return env.model(("cloth-unet", weights.sha256), lambda: UNetClothMasker(weights.path, sha256=weights.sha256))
 
 
 def mask_cloth(env, item) -> np.ndarray:

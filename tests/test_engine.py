@@ -446,3 +446,42 @@ def test_batch_size_changes_nothing_in_the_yolo_parser_outputs(hostile_catalog, 
         results[batch] = {path: Store(str(out)).read_bytes(path) for work in good
                           for path in output_paths(config.split, PERSON, work.stem)}
     assert results[1] == results[3]
+
+
+def darkness_unet(path: Path) -> Path:
+    """A ClothUNet set by hand to mark what is darker than its white backdrop: the first encoder's
+    first channel is minus the mean of the normalised RGB, carried by the top skip connection to the
+    last decoder and the head; every deeper path is zero."""
+    import torch
+
+    from vitonhd_models.cloth_unet import ClothUNet
+
+    model = ClothUNet().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1.0)
+        first, last = model.encoders[0], model.decoders[-1]
+        first[0].weight[0, :, 1, 1] = -1.0 / 3.0  # 3x3 kernel, centre tap: minus the mean colour
+        first[3].weight[0, 0, 1, 1] = 1.0
+        skip = last[0].weight.shape[1] // 2  # the skip's channels follow the upsampled ones
+        last[0].weight[0, skip, 1, 1] = 1.0
+        last[3].weight[0, 0, 1, 1] = 1.0
+        model.head.weight[0, 0] = 10.0
+        model.head.bias.fill_(-3.0)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_the_unet_cloth_mask_option_runs_in_the_worker_processes(hostile_catalog, tmp_path, samples_dir):
+    weights = darkness_unet(tmp_path / "cloth_unet.pt")
+    config = PreprocessConfig(catalog=str(hostile_catalog), out=str(tmp_path / "out"), workers=2,
+                              cloth_mask_model=str(weights))
+    works, run = plan_new(Store(str(hostile_catalog)), config)
+    rows = run_pass(config, run, "garment-00000", works[GARMENT])
+    row = rows["04469_00.jpg", "cloth_mask"]
+    assert row["status"] == "ok", row["error_message"]
+    assert row["model"].startswith("cloth_unet.pt@sha256:" + run.weights.cloth_mask.sha256[:12])
+    assert 0.05 < row["cloth_mask_coverage"] < 0.9, row["cloth_mask_coverage"]
