@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES, help="folder with image/ and cloth/")
     parser.add_argument("--repeat", type=int, default=4, help="copies of each sample photo (default 4)")
     parser.add_argument("--new", type=int, default=4, help="garments added before the third run (default 4)")
-    parser.add_argument("--workers", type=int, default=2, help="flow task runs in flight (default 2)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     args = parser.parse_args()
     if not (args.samples / "image").is_dir():
         print(f"no sample photos at {args.samples}", file=sys.stderr)
@@ -53,7 +53,7 @@ def main() -> int:
     try:
         catalog, out = work / "catalog", work / "dataset"
         copy_samples(args.samples, catalog, args.repeat)
-        config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=8)
+        config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=8, workers=args.workers)
         # One Prefect API for all three runs, so its start-up is not counted three times.
         with prefect_test_harness(server_startup_timeout=120):
             for label in ("first run", "unchanged rerun", f"after {args.new} new garments"):
@@ -62,7 +62,7 @@ def main() -> int:
                     for index in range(args.new):
                         shutil.copy(cloths[index % len(cloths)], catalog / "garments" / f"new-{index}.jpg")
                 started = time.perf_counter()
-                summary = run_flow(config, workers=args.workers, show_progress=False)
+                summary = run_flow(config, show_progress=False)
                 results.append((label, summary, time.perf_counter() - started))
     finally:
         shutil.rmtree(work, ignore_errors=True)
