@@ -9,7 +9,9 @@ Builds a catalog of the sample photos (each repeated under new names), then meas
    every read and write, manifest, pairs, artifacts) and for the whole command, and per-stage
    ms/image from its manifest (compute and encoding, in the worker processes). Runner `engine` is the
    shipped one: shard tasks on threads, the stages in the engine's worker processes. `prefect-process`
-   runs each shard task in Prefect's ProcessPoolTaskRunner instead, the stages inline in it.
+   runs each shard task in Prefect's ProcessPoolTaskRunner instead, the stages inline in it; `no-prefect`
+   runs the same shard passes without Prefect (planning included), to tell the engine's cost from
+   Prefect's.
 2. the model floor: the same stage functions (the registry's, each stage's compute and the encoding
    of its outputs) on pre-decoded arrays, one process per core (the items dealt round-robin, models
    built and photos decoded before the clock starts), no storage: per-stage ms/image and images/s,
@@ -62,6 +64,8 @@ def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: st
     from tasks.storage import Store
 
     started = time.perf_counter()
+    if runner == "no-prefect":
+        return run_engine_alone(catalog, out, workers, shard_size)
     if runner == "engine":
         config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size, workers=workers)
         summary = run_like_the_cli(config, show_progress=False)
@@ -83,6 +87,43 @@ def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: st
     if failed:
         raise RuntimeError(f"{failed} items failed in the flow: {summary['failed'][:3]}")
     return {"command_s": command_s, "run_s": summary["seconds"], "stage_ms": stage_ms}
+
+
+def run_engine_alone(catalog: Path, out: Path, workers: int, shard_size: int) -> dict:
+    """The flow's shard passes without Prefect: plan, then `process_shard` per shard on as many threads
+    as the flow runs shard tasks (the worker processes warmed first, as the CLI does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.catalog import GARMENT, PERSON, detect_layout, list_items, plan_shards
+    from tasks.config import PreprocessConfig
+    from tasks.engine import ShardRun, process_shard
+    from tasks.model_cache import resolve_weights
+    from tasks.plan import Selection, plan_catalog
+    from tasks.registry import stage_fingerprints
+    from tasks.runtime import SHARDS_IN_FLIGHT
+    from tasks.storage import Store
+    from tasks.workers import prepare_models, worker_pool
+
+    config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size, workers=workers)
+    for future in [worker_pool(workers).submit(prepare_models, config)[0] for _ in range(workers)]:
+        future.result()
+    started = time.perf_counter()
+    store = Store(config.catalog)
+    weights = resolve_weights(config)
+    run = ShardRun("bench", stage_fingerprints(config, weights), weights)
+    layout = detect_layout(store)
+    _, works = plan_catalog({kind: list_items(store, layout, kind) for kind in (PERSON, GARMENT)}, {},
+                            run.fingerprints, Selection())
+    shards = [(f"{kind}-{i:05d}", shard) for kind in (PERSON, GARMENT)
+              for i, shard in enumerate(plan_shards(works[kind], shard_size))]
+    with ThreadPoolExecutor(SHARDS_IN_FLIGHT) as pool:
+        rows = [row for part in pool.map(lambda shard: process_shard(config, run, *shard), shards) for row in part]
+    seconds = time.perf_counter() - started
+    stage_ms = {}
+    for stage in FLOOR_STAGES:
+        values = [row["ms"] for row in rows if row["stage"] == stage]
+        stage_ms[stage] = sum(values) / len(values) if values else None
+    return {"command_s": seconds, "run_s": seconds, "stage_ms": stage_ms}
 
 
 # ---- 2. the floor ------------------------------------------------------------------------------
@@ -201,7 +242,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=4, help="copies of each sample photo (default 4)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="processes (default: one per core)")
     parser.add_argument("--shard-size", type=int, default=8, help="flow shard size (default 8)")
-    parser.add_argument("--runners", default="engine,prefect-process", help="flow runners to measure")
+    parser.add_argument("--runners", default="engine,no-prefect,prefect-process",
+                        help="flow runners to measure (default engine,no-prefect,prefect-process)")
     parser.add_argument("--no-loop", action="store_true", help="skip the one-process loop")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
@@ -242,7 +284,10 @@ def main() -> int:
     print(f"| floor, compute alone (no encoding; the busiest process) | {floor['compute_s']:.2f} "
           f"| {compute_rate:.2f} | {compute_rate / floor_rate:.2f} |")
     for runner, result in flows.items():
-        for label, seconds in (("inside its run", result["run_s"]), ("whole command", result["command_s"])):
+        timings = [("inside its run", result["run_s"])]
+        if runner != "no-prefect":
+            timings.append(("whole command", result["command_s"]))
+        for label, seconds in timings:
             rate = images / seconds
             print(f"| flow ({runner}), {label} | {seconds:.2f} | {rate:.2f} | {rate / floor_rate:.2f} |")
     if loop_s is not None:
