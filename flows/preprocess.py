@@ -299,7 +299,7 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     write_summary(out, config.split, run_id, summary)
     publish(summary, out, rows, current, keyed=False)
     if failed_shards:  # the parent sees this run Failed and says so; the other shards' rows stand
-        raise RunFailed(shards_failure(failed_shards, summary), summary)
+        raise RunFailed(shards_failure(failed_shards), summary)
     return summary
 
 
@@ -344,7 +344,7 @@ def collect_shards(futures: dict, logger: Any) -> tuple[list[dict[str, Any]], li
     return rows, sorted(failed, key=lambda failure: failure["shard"])
 
 
-def shards_failure(failed: list[dict[str, str]], summary: dict[str, Any]) -> str:
+def shards_failure(failed: list[dict[str, str]]) -> str:
     """Why a run with failed shard tasks ends Failed (their items get no rows: the next run does them)."""
     count = f"{len(failed)} shard{'' if len(failed) == 1 else 's'}"
     shown = "; ".join(f"{failure['shard']}: {failure['error']}" for failure in failed[:3])
@@ -354,7 +354,7 @@ def shards_failure(failed: list[dict[str, str]], summary: dict[str, Any]) -> str
 def failure_reason(summary: dict[str, Any], max_failed_fraction: float, unfinished: dict[str, str]) -> str | None:
     """Why the run ends Failed (child runs or shards that did not complete, too many failed items), or None."""
     if summary.get("failed_shards"):
-        return shards_failure(summary["failed_shards"], summary)
+        return shards_failure(summary["failed_shards"])
     if unfinished:
         listed = ", ".join(f"{run} {state}" for run, state in sorted(unfinished.items()))
         return f"{len(unfinished)} of {len(summary['child_runs'])} child runs did not complete: {listed}"

@@ -1,5 +1,5 @@
 """End to end as a service: `deployments/stack.py` (a real `prefect server start`, the process pool,
-every deployment of prefect.yaml, two process workers), then `prefect deployment run preprocess/catalog`.
+every deployment of prefect.yaml, three process workers), then `prefect deployment run preprocess/catalog`.
 
 One nightly scenario runs once per module; each test checks one thing it must have done.
 """
@@ -107,9 +107,12 @@ def stack(tmp_path_factory, samples_dir):
     tiny_checkpoints(root / "checkpoints")
     ready = root / "ready.json"
     log = open(root / "stack.log", "wb")  # noqa: SIM115 - open for the stack's whole life, closed below
+    # 3 workers of 2 flow runs each: the 3 children of the first run land on at least two of them, and
+    # the parent and its children leave 2 slots free, so the second catalog run is picked up (and
+    # cancelled) while the first one runs.
     process = subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "deployments" / "stack.py"), "--home", str(root / "prefect"),
-         "--port", str(free_port()), "--workers", "2", "--worker-limit", "2", "--poll-seconds", "1",
+         "--port", str(free_port()), "--workers", "3", "--worker-limit", "2", "--poll-seconds", "1",
          "--catalog", str(catalog), "--dataset", str(root / "dataset"), "--tryon-out", str(root / "tryon"),
          "--checkpoints", str(root / "checkpoints"), "--ready-file", str(ready)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -157,12 +160,12 @@ def test_the_run_is_named_after_what_it_covers(stack, nightly):
     assert nightly["first"].name == f"test <- {stack.root / 'catalog'}"
 
 
-def test_child_runs_of_the_shard_range_deployment_ran_on_both_workers(stack, nightly):
+def test_child_runs_of_the_shard_range_deployment_ran_on_several_workers(stack, nightly):
     children = stack.runs_of("preprocess/shard-range")
     assert len(children) == 3, [run.name for run in children]  # 8 items, at most 3 per child
     assert all(run.state.is_completed() for run in children), [(run.name, run.state.name) for run in children]
     workers = {run.labels.get("prefect.worker.name") for run in children}
-    assert len(workers) == 2, f"children ran on {workers} only"
+    assert len(workers) >= 2, f"children ran on {workers} only"
     assert all(" part " in run.name for run in children)
 
 
