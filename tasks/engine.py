@@ -352,8 +352,10 @@ class ShardPass:
         self.pool.restart(generation)
         item.crashes += 1
         if item.crashes >= MAX_CRASHES and not self.pool.successes:
-            raise RuntimeError("the worker processes died on every job they were given (a broken installation "
-                               "or too little memory), not on one input")
+            raise RuntimeError(
+                "the worker processes died on every job they were given, so not because of one input: too "
+                "little memory, a broken installation, or a script that runs the flow without an "
+                "`if __name__ == \"__main__\":` guard (worker processes are spawned and import the main module)")
         if item.crashes >= MAX_CRASHES:
             name = next((n for n in self.segments[item.segment].names if n in item.schedule), self.source_stage)
             item.fields[name] = {"error_code": errors.WORKER_CRASHED, "error_message": (
