@@ -1,8 +1,9 @@
 """How task runs behave on a fleet of workers: retries on infrastructure errors, and the GPU slot.
 
 A shard task that raises lost its storage, its network or its GPU memory (per-item problems are
-caught and become manifest rows), so it is retried with exponential backoff and jitter; a bug or a
-bad configuration is not retried. A model stage on a GPU holds the machine's GPU slot, a Prefect
+caught and become manifest rows). It is retried with exponential backoff and jitter only when that can
+help: a timeout, a dropped connection, throttling, a 5xx, GPU memory another process held. Access
+denied, a missing bucket, a name the filesystem refuses, a bug or a bad configuration fail at once. A model stage on a GPU holds the machine's GPU slot, a Prefect
 global concurrency limit named per machine (Prefect's "per-worker task concurrency" pattern), so one
 GPU never runs two model stages at once, across task runs and across flow runs on that machine.
 """
@@ -26,17 +27,23 @@ GPU_SLOT_LEASE_S = 600.0  # renewed while held; a crashed holder frees the slot 
 # on storage, so a few keep the processes busy while one shard starts and another writes its part.
 SHARDS_IN_FLIGHT = 4
 
-# Exceptions that come from outside our code: storage, network, the GPU's memory.
-_INFRASTRUCTURE_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "httpx", "s3fs", "fsspec")
-_INFRASTRUCTURE_NAMES = ("OutOfMemoryError",)  # torch.cuda.OutOfMemoryError: another process held the memory
+_TRANSIENT_NAMES = ("OutOfMemoryError",)  # torch.cuda.OutOfMemoryError: another process held the memory
 
 
 def is_infrastructure_error(error: BaseException) -> bool:
-    """Is `error` worth a retry later (I/O, network, GPU memory) rather than a bug or bad configuration?"""
-    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+    """Is `error` worth a retry later (a transient storage, network or GPU memory error)?
+
+    A `StorageError` says itself (its retries ran out on a transient error); anything else is
+    classified as the Store classifies storage errors (timeouts, dropped connections, throttling,
+    5xx and their errnos are transient; refused access, missing buckets and keys are not).
+    """
+    from tasks.storage import TRANSIENT, StorageError, classify
+
+    if isinstance(error, StorageError):
+        return error.transient
+    if type(error).__name__ in _TRANSIENT_NAMES:
         return True
-    kind = type(error)
-    return kind.__module__.split(".")[0] in _INFRASTRUCTURE_MODULES or kind.__name__ in _INFRASTRUCTURE_NAMES
+    return classify(error)[0] == TRANSIENT
 
 
 def retry_on_infrastructure_error(task: Any, task_run: Any, state: Any) -> bool:

@@ -225,6 +225,8 @@ class StoragePermissionError(StorageError, PermissionError):
 class StorageUnavailableError(StorageError):
     """A transient error (timeout, 5xx, throttling) outlasted every retry."""
 
+    transient = True
+
 
 class NotARegularFileError(StorageError):
     """A FIFO, a device or a socket where a file was expected; it is never read."""
@@ -274,7 +276,8 @@ CREDENTIAL_CODES = frozenset(
 PERMISSION_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"}) | CREDENTIAL_CODES
 TRANSIENT_ERRNOS = frozenset(
     {errno_codes.ETIMEDOUT, errno_codes.ECONNRESET, errno_codes.ECONNREFUSED, errno_codes.ECONNABORTED,
-     errno_codes.EPIPE, errno_codes.EAGAIN}
+     errno_codes.EPIPE, errno_codes.EAGAIN, errno_codes.EIO, errno_codes.ENETUNREACH, errno_codes.EHOSTUNREACH,
+     errno_codes.ESTALE}  # EIO and ESTALE: a network filesystem that lost its server for a while
 )  # fmt: skip
 
 

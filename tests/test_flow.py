@@ -301,6 +301,17 @@ def test_a_failed_shard_leaves_the_other_shards_finished_and_the_run_failed(brok
     assert [failure["shard"] for failure in summary["failed_shards"]] == ["garment-00000"]
 
 
+def test_a_shard_that_fails_on_a_permanent_storage_error_is_not_retried(broken_store_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    _, _, state = broken_store_run
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    failed = next(run for run in runs if run.name == "garment-00000")
+    assert failed.run_count == 1, f"a folder that is a file is no transient error, yet it ran {failed.run_count} times"
+
+
 def test_the_next_run_finishes_the_failed_shard_and_only_it(broken_store_run):
     from flows.preprocess import preprocess
 

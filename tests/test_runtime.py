@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import threading
 import time
@@ -10,22 +11,29 @@ import pytest
 
 from tasks.errors import ItemError
 from tasks.runtime import GPU_LIMIT_ENV, TASK_OPTIONS, gpu_slot, is_infrastructure_error
-from tasks.storage import StorageUnavailableError
+from tasks.storage import StorageError, StorageNotFoundError, StoragePermissionError, StorageUnavailableError
 
 
 @pytest.mark.parametrize(
     "error",
-    [OSError("disk gone"), TimeoutError("slow"), ConnectionResetError("peer"), StorageUnavailableError("s3 503")],
+    [OSError(errno.EIO, "I/O error on the network filesystem"), TimeoutError("slow"), ConnectionResetError("peer"),
+     StorageUnavailableError("s3 503 after 5 attempts")],
     ids=repr,
 )
-def test_storage_network_and_timeouts_are_infrastructure_errors(error):
+def test_timeouts_dropped_connections_and_exhausted_transient_errors_are_retried(error):
     assert is_infrastructure_error(error)
 
 
 @pytest.mark.parametrize(
-    "error", [ValueError("bad config"), KeyError("bug"), ItemError("bad_input", "one bad photo")], ids=repr
+    "error",
+    [ValueError("bad config"), KeyError("bug"), ItemError("bad_input", "one bad photo"),
+     PermissionError(errno.EACCES, "access denied"), OSError(errno.ENAMETOOLONG, "File name too long"),
+     StoragePermissionError("write s3://b/k failed: access denied"),
+     StorageNotFoundError("read s3://missing/k failed: bucket 'missing' does not exist (NoSuchBucket)"),
+     StorageError("write /x failed: [Errno 36] File name too long")],
+    ids=repr,
 )
-def test_bugs_and_bad_configuration_are_not_retried(error):
+def test_bugs_bad_configuration_and_permanent_storage_errors_are_not_retried(error):
     assert not is_infrastructure_error(error)
 
 
@@ -45,7 +53,7 @@ def test_a_shard_task_retries_an_infrastructure_error_but_not_a_bug(prefect_serv
     def flaky_io():
         attempts["io"] += 1
         if attempts["io"] < 3:
-            raise OSError("connection reset by the object store")
+            raise ConnectionResetError("connection reset by the object store")
         return "ok"
 
     @task(**{**TASK_OPTIONS, "retry_delay_seconds": 0, "retry_jitter_factor": None})
