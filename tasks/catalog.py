@@ -23,6 +23,11 @@ GARMENT = "garment"
 
 _UNSAFE = re.compile(r"[^a-z0-9_-]+")
 STEM_HASH_CHARS = 10  # 40 bits of the key's sha256: enough to keep lossy stems apart
+# A safe name is kept up to this length. Longer ones are cut and hashed: the longest output name
+# (`<stem>_keypoints.json`), its temporary name (+38) and a try-on result (`<person>_<garment>.jpg`)
+# then stay within the 255 bytes a file name may have.
+MAX_KEPT_STEM = 100
+CUT_STEM = 80
 
 
 @dataclass(frozen=True)
@@ -68,16 +73,17 @@ def stem_for_key(key: str) -> str:
     """A contract-safe, deterministic stem for a catalog key.
 
     `00034_00.jpg` keeps its name (`00034_00`), so VITON-HD's `split('_')[0]` naming still works.
-    Anything else is made safe (lowercase, `[a-z0-9_-]`, no `image`, no dots) and, because that
-    loses information, suffixed with a hash of the full key so two keys never share a stem.
+    Anything else, and any name longer than `MAX_KEPT_STEM`, is made safe (lowercase, `[a-z0-9_-]`,
+    no `image`, no dots, at most `CUT_STEM` characters) and, because that loses information,
+    suffixed with a hash of the full key so two keys never share a stem.
     """
     base, ext = posixpath.splitext(key)
     safe = _UNSAFE.sub("-", base.lower().replace("/", "--")).strip("-")
     safe = safe.replace("image", "img") or "item"
-    if safe == base and ext == ".jpg":
+    if safe == base and ext == ".jpg" and len(safe) <= MAX_KEPT_STEM:
         return safe
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:STEM_HASH_CHARS]
-    return f"{safe[:80]}-{digest}"
+    return f"{safe[:CUT_STEM]}-{digest}"
 
 
 def list_items(store: Store, layout: CatalogLayout, kind: str, prefix: str = "") -> Iterable[CatalogItem]:

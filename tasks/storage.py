@@ -442,6 +442,7 @@ class FileInfo:
 
 
 TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what `Store.write_bytes` writes before renaming
+TEMPORARY_PREFIX = 200  # of the target's name in its temporary name: 200 + 38 stays under NAME_MAX 255
 
 
 class Store:
@@ -560,7 +561,7 @@ class Store:
     def _write_local(target: str, data: bytes) -> None:
         folder, name = posixpath.split(target)
         os.makedirs(folder, exist_ok=True)
-        tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        tmp = posixpath.join(folder, f".{name[:TEMPORARY_PREFIX]}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)

@@ -116,3 +116,15 @@ def test_test_pairs_never_give_a_person_what_they_wear():
     assert [p for p, _ in pairs] == persons
     assert all(worn[p] != g for p, g in pairs), pairs
     assert pairs == unworn_pairs(list(reversed(persons)), garments, worn), "not deterministic"
+
+
+def test_a_long_name_gets_a_stem_every_output_name_can_hold():
+    key = "a" * 236 + ".jpg"  # a legal file name of 240 bytes
+    stem = stem_for_key(key)
+    assert len(stem) <= 100 and stem != stem_for_key("a" * 235 + ".jpg")
+    longest = f".{stem}_keypoints.json.{'0' * 32}.tmp"  # its longest output's temporary name
+    assert len(longest.encode()) <= 255 and len(f"{stem}_{stem}.jpg") <= 255
+
+
+def test_a_vitonhd_name_of_ordinary_length_is_kept():
+    assert stem_for_key("a" * 100 + ".jpg") == "a" * 100

@@ -314,7 +314,11 @@ def hostile_catalog(tmp_path_factory, samples_dir) -> Path:
     (root / "persons" / "big.jpg").write_bytes(jpeg(np.full((900, 700, 3), 128, np.uint8)) + b"\0" * 300_000)
     (root / "persons" / "nobody.jpg").write_bytes(jpeg(np.full((1024, 768, 3), (90, 140, 200), np.uint8)))
     (root / "persons" / "vanishing.jpg").write_bytes(b"listed, then removed")
+    (root / "persons" / LONG_NAME).write_bytes((samples_dir / "image" / "00035_00.jpg").read_bytes())
     return root
+
+
+LONG_NAME = "a" * 236 + ".jpg"  # a legal 240-byte name: its outputs' temporary names must still fit
 
 
 HOSTILE_CODES = {
@@ -345,7 +349,7 @@ def test_every_unreadable_source_gets_its_own_error_row_and_the_rest_run(hostile
     for key, code in HOSTILE_CODES.items():
         failed = [row for (k, _), row in rows.items() if k == key and row["status"] == "error"]
         assert [row["error_code"] for row in failed] == [code], f"{key}: {[(r['stage'], r['error_code']) for r in failed]}"
-    for key in ("00034_00.jpg", "00121_00.jpg"):
+    for key in ("00034_00.jpg", "00121_00.jpg", LONG_NAME):
         assert {stage: rows[key, stage]["status"] for stage in stages_for(PERSON)} == dict.fromkeys(
             stages_for(PERSON), "ok")
     assert rows["04469_00.jpg", "cloth_mask"]["status"] == "ok"
