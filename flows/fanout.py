@@ -18,10 +18,9 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
 from flows.report import RunProgress
-from tasks.catalog import CatalogItem
 from tasks.config import PreprocessConfig
 from tasks.manifest import read_run
-from tasks.plan import Selection, child_run_id, work_list_path, write_work_list
+from tasks.plan import Selection, WorkItem, child_run_id, work_list_path, write_work_list
 from tasks.storage import Store
 
 CHILD_DEPLOYMENT = "preprocess/shard-range"
@@ -34,7 +33,7 @@ def in_deployment() -> bool:
 
 
 def start_children(
-    config: PreprocessConfig, selection: Selection, parts: list[dict[str, list[CatalogItem]]], run_id: str
+    config: PreprocessConfig, selection: Selection, parts: list[dict[str, list[WorkItem]]], run_id: str
 ) -> dict[str, str]:
     """Write each part's work list and start its child run; returns Prefect flow run id -> our child run id."""
     out = Store(config.out, config.storage_options)

@@ -25,7 +25,6 @@ from tasks import contract
 from tasks.catalog import (
     GARMENT,
     PERSON,
-    check_unique_stems,
     detect_layout,
     list_items,
     plan_shards,
@@ -50,7 +49,9 @@ from tasks.plan import (
     WorkItem,
     index_current,
     plan_catalog,
+    apply_refusals,
     read_work_list,
+    refuse_collisions,
     split_work,
 )
 from tasks.registry import ALL_STAGES, stage_fingerprints, stages_for
@@ -221,8 +222,7 @@ def run_preprocess(
     listed, works = plan_catalog(
         {kind: list_items(catalog, layout, kind) for kind in (PERSON, GARMENT)}, index, fingerprints, selection
     )
-    for kind in (PERSON, GARMENT):
-        check_unique_stems(kind, listed[kind])
+    works = refuse_collisions(listed, works, index)
     planned = len(works[PERSON]) + len(works[GARMENT])
     logger.info(
         "run %s: %d of %d persons and %d of %d garments to process (%s layout)",
@@ -283,11 +283,12 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     logger = get_run_logger()
     started = time.perf_counter()
     out = Store(config.out, config.storage_options)
-    run_id, items = read_work_list(out, work_list)
+    run_id, items, refusals = read_work_list(out, work_list)
     weights = resolve_weights(config)
     fingerprints = stage_fingerprints(config, weights)
     index = index_current(read_current(out, config.split))
     listed, works = plan_catalog(items, index, fingerprints, Selection(full_refresh=selection.full_refresh))
+    works = apply_refusals(works, refusals)
     logger.info("run %s: %d of %d persons and %d of %d garments of %s to process", run_id,
                 len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), work_list)
     rows, failed_shards = process(config, ShardRun(run_id, fingerprints, weights), works, logger)

@@ -87,7 +87,8 @@ def stem_for_key(key: str) -> str:
 
 
 def list_items(store: Store, layout: CatalogLayout, kind: str, prefix: str = "") -> Iterable[CatalogItem]:
-    """Every image below the kind's folder (any depth), in a stable order."""
+    """Every image below the kind's folder (any depth), in a stable order. Keys that would leave the
+    root are listed too (the planner refuses them, so they get an error row, never a read)."""
     folder = layout.persons_dir if kind == PERSON else layout.garments_dir
     for info in store.list_files(folder):
         if not info.key.lower().endswith(IMAGE_EXTENSIONS) or not info.key.startswith(prefix):
@@ -95,7 +96,7 @@ def list_items(store: Store, layout: CatalogLayout, kind: str, prefix: str = "")
         yield CatalogItem(
             kind=kind,
             key=info.key,
-            rel=posixpath.join(folder, info.key),
+            rel=f"{folder}/{info.key}",  # never posixpath.join: an absolute key would replace the folder
             url=info.url,
             size=info.size,
             stem=stem_for_key(info.key),
@@ -104,13 +105,25 @@ def list_items(store: Store, layout: CatalogLayout, kind: str, prefix: str = "")
         )
 
 
-def check_unique_stems(kind: str, stems: Mapping[str, str]) -> None:
-    """Refuse a catalog where two keys of one kind (`stems`: key -> stem) would share output names."""
-    seen: dict[str, str] = {}
+def stem_collisions(stems: Mapping[str, str], owners: Mapping[str, str]) -> dict[str, str]:
+    """key -> why it cannot run, for the keys of one kind (`stems`: key -> stem) that share a stem.
+
+    The key that already holds the stem in the dataset (`owners`: stem -> key) keeps it; every other
+    key with that stem is refused (all of them, when none holds it yet).
+    """
+    by_stem: dict[str, list[str]] = {}
     for key, stem in stems.items():
-        other = seen.setdefault(stem, key)
-        if other != key:
-            raise CatalogError(f"{kind}s {other!r} and {key!r} map to the same stem {stem!r}")
+        by_stem.setdefault(stem, []).append(key)
+    refused = {}
+    for stem, keys in by_stem.items():
+        if len(keys) < 2:
+            continue
+        for key in keys:
+            if owners.get(stem) == key:
+                continue
+            others = ", ".join(repr(other) for other in keys if other != key)
+            refused[key] = f"its output name {stem!r} is also the name of {others}: rename one of them"
+    return refused
 
 
 def read_worn_pairs(store: Store, layout: CatalogLayout) -> list[tuple[str, str]]:

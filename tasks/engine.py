@@ -43,11 +43,13 @@ from tasks.plan import WorkItem
 from tasks.registry import Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
 from tasks.storage import (
     NotARegularFileError,
+    OutsideRootError,
     StorageError,
     StorageNotFoundError,
     StoragePermissionError,
     StorageUnavailableError,
     Store,
+    UnsafePathError,
     sha256_hex,
 )
 from tasks.workers import (
@@ -95,6 +97,10 @@ def read_source(catalog: Store, work: WorkItem, max_bytes: int) -> bytes:
         raise
     except NotARegularFileError as error:
         raise ItemError(errors.SOURCE_NOT_A_FILE, str(error)) from None
+    except OutsideRootError as error:
+        raise ItemError(errors.OUTSIDE_ROOT, str(error)) from None
+    except UnsafePathError as error:
+        raise ItemError(errors.UNSAFE_KEY, str(error)) from None
     except StorageNotFoundError as error:
         raise ItemError(errors.SOURCE_MISSING, f"{error} (removed after it was listed, or a symlink to nothing)") from None
     except StoragePermissionError as error:
@@ -126,6 +132,7 @@ class ItemRun:
     failed: bool = False
     crashes: int = 0
     reloaded: bool = False  # planned afresh from its source once already
+    remove_outputs: bool = True  # when it fails: not when its outputs are another item's
     writes: int = 0  # outstanding writes or removals
 
 
@@ -251,6 +258,10 @@ class ShardPass:
     def _read(self, item: ItemRun) -> None:
         """Read what the item's stages need and fix its schedule (on an I/O thread)."""
         work, first = item.work, self.source_stage
+        if work.refusal is not None:  # decided by the planner: never read
+            item.fields[first] = {"error_code": work.refusal.code, "error_message": work.refusal.message, "ms": 0.0}
+            item.failed, item.remove_outputs = True, work.refusal.remove_outputs
+            return
         source_stage_runs = first in work.stages
         if source_stage_runs or work.verify_content:
             started = time.perf_counter()
@@ -441,7 +452,7 @@ class ShardPass:
         """Write the item's outputs (or remove every output of a failed item); 1 if nothing to wait for."""
         item.values, item.files_in = {}, {}
         if item.failed:
-            paths = output_paths(self.config.split, item.work.kind, item.work.stem)
+            paths = output_paths(self.config.split, item.work.kind, item.work.stem) if item.remove_outputs else []
             for path in paths:
                 self._submit_io("write", lambda subject, path=path: self.out.remove(path), item)
             item.writes = len(paths)

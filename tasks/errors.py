@@ -29,6 +29,9 @@ SOURCE_PERMISSION_DENIED = "source_permission_denied"
 SOURCE_NOT_A_FILE = "source_not_a_file"  # a FIFO, a device, a socket named like a photo
 SOURCE_TOO_LARGE = "source_too_large"  # more than max_source_bytes
 SOURCE_UNREADABLE = "source_unreadable"  # any other read error of one object (a symlink loop, say)
+UNSAFE_KEY = "unsafe_key"  # a key that would resolve outside its root ("..", "//", a leading "/")
+OUTSIDE_ROOT = "outside_root"  # a symlink that points outside the catalog root
+STEM_COLLISION = "stem_collision"  # another key of the same kind has the same output names
 
 
 # Decoding and normalisation

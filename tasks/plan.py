@@ -16,15 +16,15 @@ import json
 import math
 import posixpath
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 
-from tasks import contract
-from tasks.catalog import GARMENT, PERSON, CatalogItem
+from tasks import contract, errors
+from tasks.catalog import GARMENT, PERSON, CatalogItem, stem_collisions
 from tasks.registry import stages_for
-from tasks.storage import Store
+from tasks.storage import Store, unsafe_relative_reason
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,16 @@ class Selection:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an item gets an error row without being read. Its outputs are removed, unless they are
+    another item's (a key whose stem another key already holds)."""
+
+    code: str
+    message: str
+    remove_outputs: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     """An item a run processes: the stages it runs whatever happens upstream, and what it was before."""
 
@@ -55,6 +65,7 @@ class WorkItem:
     verify_content: bool = False  # the listing changed but the fingerprint did not: ingest checks the hash
     previous_sha256: str | None = None
     previous_fit: str | None = None  # how ingest placed the photo last time (JSON), for the pose stage
+    refusal: Refusal | None = None
 
     @property
     def stem(self) -> str:
@@ -78,18 +89,22 @@ class ItemState:
     modified: float | None = None
     etag: str | None = None
     fit: str | None = None
+    stem: str | None = None
     stages: dict[str, StageState] = field(default_factory=dict)
+
+    def all_ok(self) -> bool:
+        return bool(self.stages) and all(state.ok for state in self.stages.values())
 
 
 def index_current(current: pa.Table) -> dict[tuple[str, str], ItemState]:
     """The current view as (kind, key) -> what the dataset holds for it."""
     index: dict[tuple[str, str], ItemState] = {}
     columns = ["kind", "key", "stage", "fingerprint", "status", "sha256", "source_bytes", "source_modified",
-               "source_etag", "fit"]
-    for kind, key, stage, fingerprint, status, sha, size, modified, etag, fit in zip(
+               "source_etag", "fit", "stem"]
+    for kind, key, stage, fingerprint, status, sha, size, modified, etag, fit, stem in zip(
         *(current[name].to_pylist() for name in columns)
     ):
-        state = index.setdefault((kind, key), ItemState())
+        state = index.setdefault((kind, key), ItemState(stem=stem))
         state.stages[stage] = StageState(fingerprint or "", status == "ok")
         if stage == "ingest":
             state.sha256, state.size, state.modified, state.etag, state.fit = sha, size, modified, etag, fit
@@ -164,28 +179,55 @@ def plan_catalog(
         for item in items:
             listed[kind][item.key] = item.stem
             if selection.selects(item):
-                work = plan_item(item, index.get((kind, item.key)), fingerprints, selection.full_refresh)
+                state = index.get((kind, item.key))
+                work = plan_item(item, state, fingerprints, selection.full_refresh)
+                reason = unsafe_relative_reason(item.key)
+                if reason is not None and (work is not None or (state is not None and state.all_ok())):
+                    work = refused(item, Refusal(errors.UNSAFE_KEY, reason))
                 if work is not None:
                     works[kind].append(work)
     return listed, works
+
+
+def refused(item: CatalogItem, refusal: Refusal) -> WorkItem:
+    return WorkItem(item, frozenset(stages_for(item.kind)), refusal=refusal)
+
+
+def refuse_collisions(
+    listed: Mapping[str, Mapping[str, str]],
+    works: Mapping[str, list[WorkItem]],
+    index: Mapping[tuple[str, str], ItemState],
+) -> dict[str, list[WorkItem]]:
+    """The works with every planned key whose stem another listed key shares refused (`stem_collisions`):
+    they get an error row, and the outputs under that stem stay those of the key that holds it."""
+    result = {}
+    for kind, planned in works.items():
+        owners = {state.stem: key for (k, key), state in index.items() if k == kind and state.stem and state.all_ok()}
+        reasons = stem_collisions(listed.get(kind, {}), owners)
+        result[kind] = [
+            refused(work.item, Refusal(errors.STEM_COLLISION, reasons[work.item.key], remove_outputs=False))
+            if work.item.key in reasons and work.refusal is None else work
+            for work in planned
+        ]
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
 # Fan-out: a big plan split into work lists, one per child flow run
 
 
-def split_work(works: Mapping[str, list[WorkItem]], items_per_part: int) -> list[dict[str, list[CatalogItem]]]:
+def split_work(works: Mapping[str, list[WorkItem]], items_per_part: int) -> list[dict[str, list[WorkItem]]]:
     """The planned items cut into equal parts of at most `items_per_part` (persons first, then garments)."""
-    ordered = [work.item for kind in (PERSON, GARMENT) for work in works.get(kind, [])]
+    ordered = [work for kind in (PERSON, GARMENT) for work in works.get(kind, [])]
     if not ordered:
         return []
     parts = math.ceil(len(ordered) / items_per_part)
     size = math.ceil(len(ordered) / parts)
     result = []
     for start in range(0, len(ordered), size):
-        part: dict[str, list[CatalogItem]] = {PERSON: [], GARMENT: []}
-        for item in ordered[start : start + size]:
-            part[item.kind].append(item)
+        part: dict[str, list[WorkItem]] = {PERSON: [], GARMENT: []}
+        for work in ordered[start : start + size]:
+            part[work.kind].append(work)
         result.append(part)
     return result
 
@@ -200,14 +242,28 @@ def child_run_id(parent_run_id: str, part: int) -> str:
     return f"{parent_run_id}-p{part:04d}"
 
 
-def write_work_list(store: Store, rel: str, run_id: str, items: Mapping[str, list[CatalogItem]]) -> str:
-    payload = {"run_id": run_id, "items": {kind: [asdict(item) for item in found] for kind, found in items.items()}}
+def write_work_list(store: Store, rel: str, run_id: str, works: Mapping[str, list[WorkItem]]) -> str:
+    """A child run's items, and the refusals the parent decided (a child sees only its part of the catalog)."""
+    payload = {
+        "run_id": run_id,
+        "items": {kind: [asdict(work.item) for work in found] for kind, found in works.items()},
+        "refusals": {kind: {work.item.key: asdict(work.refusal) for work in found if work.refusal}
+                     for kind, found in works.items()},
+    }
     return store.write_text(rel, json.dumps(payload, sort_keys=True))
 
 
-def read_work_list(store: Store, rel: str) -> tuple[str, dict[str, list[CatalogItem]]]:
-    """(the child's run id, its catalog items per kind) from a work list a parent run wrote."""
+def read_work_list(store: Store, rel: str) -> tuple[str, dict[str, list[CatalogItem]], dict[str, dict[str, Refusal]]]:
+    """(the child's run id, its catalog items per kind, the parent's refusals per kind and key)."""
     payload = json.loads(store.read_text(rel))
     items = {kind: [CatalogItem(**fields) for fields in found] for kind, found in payload["items"].items()}
-    return payload["run_id"], items
+    refusals = {kind: {key: Refusal(**fields) for key, fields in found.items()}
+                for kind, found in payload.get("refusals", {}).items()}
+    return payload["run_id"], items, refusals
+
+
+def apply_refusals(works: Mapping[str, list[WorkItem]], refusals: Mapping[str, Mapping[str, Refusal]]) -> dict:
+    return {kind: [refused(work.item, refusals[kind][work.item.key])
+                   if work.item.key in refusals.get(kind, {}) and work.refusal is None else work for work in found]
+            for kind, found in works.items()}
 

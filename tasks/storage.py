@@ -232,6 +232,29 @@ class NotARegularFileError(StorageError):
     """A FIFO, a device or a socket where a file was expected; it is never read."""
 
 
+class UnsafePathError(StorageError):
+    """A relative path that would leave the Store's root ('..', '//', a leading '/'); nothing is touched."""
+
+
+class OutsideRootError(StorageError):
+    """A local path whose symlinks lead outside the Store's root; it is neither read nor written."""
+
+
+def unsafe_relative_reason(rel: str) -> str | None:
+    """Why `rel` would not stay below the root it is joined to, or None. An object store resolves
+    `a//b` and a leading `/` to other buckets; a filesystem resolves `..` to other folders."""
+    if rel.startswith("/"):
+        return "it starts with '/' and would name a path outside the root"
+    segments = rel.split("/")
+    if "" in segments:
+        return "it holds an empty path segment ('//'), which resolves outside the root on S3"
+    if any(segment in (".", "..") for segment in segments):
+        return "it holds a '.' or '..' segment, which resolves outside its folder"
+    if any(ord(char) < 32 for char in rel):
+        return "it holds a control character"
+    return None
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**(n-1)))."""
@@ -471,8 +494,17 @@ class Store:
         return f"Store({redact(self.url)!r})"
 
     def path(self, *parts: str) -> str:
-        """The filesystem path of `parts` below the root."""
+        """The filesystem path of `parts` below the root; a part that would leave it raises UnsafePathError."""
+        for part in parts:
+            reason = unsafe_relative_reason(part) if part else None
+            if reason is not None:
+                error = UnsafePathError(f"{redact(part)!r} is not a path below {redact(self.url)}: {reason}")
+                error.operation, error.url, error.code = "path", redact(self.url), "unsafe_path"
+                raise error
         return posixpath.join(self.root, *parts) if parts else self.root
+
+    def _real_root(self) -> str:
+        return os.path.realpath(self.root)
 
     def url_of(self, *parts: str) -> str:
         """The full URL of `parts` below the root, as a user would pass it back in."""
@@ -528,6 +560,8 @@ class Store:
         target = self.path(*parts)
         if self.is_s3:  # one GET (s3fs would HEAD first, to split large objects into ranges)
             return self._call("read", target, lambda: self.fs.cat_file(target, max_concurrency=1))
+        if self.is_local:
+            return self._call("read", target, lambda: _read_regular_file(target, None, self._real_root()))
         return self._call("read", target, lambda: self.fs.cat_file(target))
 
     def read_text(self, *parts: str) -> str:
@@ -536,12 +570,13 @@ class Store:
     def read_bounded(self, rel: str, max_bytes: int) -> bytes:
         """At most `max_bytes + 1` bytes of `rel` (more than `max_bytes` means the file is too large).
 
-        Locally only a regular file is read: a FIFO or a device raises `NotARegularFileError`
-        before a byte is read, so it can neither block nor fill memory. Elsewhere one ranged GET.
+        Locally only a regular file below the root is read: a FIFO or a device raises
+        `NotARegularFileError` and a symlink out of the root `OutsideRootError` before a byte is read,
+        so nothing blocks, fills memory or leaks. Elsewhere one ranged GET.
         """
         target = self.path(rel)
         if self.is_local:
-            return self._call("read", target, lambda: _read_regular_file(target, max_bytes + 1))
+            return self._call("read", target, lambda: _read_regular_file(target, max_bytes + 1, self._real_root()))
         return self._call("read", target, lambda: self.fs.cat_file(target, start=0, end=max_bytes + 1))
 
     def write_bytes(self, rel: str, data: bytes) -> str:
@@ -557,10 +592,10 @@ class Store:
         self._call("write", target, lambda: self._write_local(target, data))
         return target
 
-    @staticmethod
-    def _write_local(target: str, data: bytes) -> None:
+    def _write_local(self, target: str, data: bytes) -> None:
         folder, name = posixpath.split(target)
         os.makedirs(folder, exist_ok=True)
+        _check_below(os.path.realpath(folder), self._real_root(), "write", folder)  # a symlinked folder
         tmp = posixpath.join(folder, f".{name[:TEMPORARY_PREFIX]}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "wb") as handle:
@@ -730,10 +765,35 @@ class Store:
         return local
 
 
-def _read_regular_file(path: str, limit: int) -> bytes:
-    """Up to `limit` bytes of the regular file at `path` (symlinks followed), never blocking on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+def _check_below(real: str, root: str, operation: str, path: str) -> None:
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        error = OutsideRootError(f"{operation} file://{path} refused: a symlink leads outside the root {root}")
+        error.operation, error.url, error.code = operation, redact(f"file://{path}"), "outside_root"
+        raise error
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """Where an open descriptor really points (Linux names it in /proc; elsewhere resolve the path)."""
     try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _read_regular_file(path: str, limit: int | None, root: str) -> bytes:
+    """Up to `limit` bytes (None: all) of the regular file at `path`, symlinks followed only within
+    `root` (checked on the opened file, so a link swapped in meanwhile is caught too), never blocking
+    on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as error:
+        if error.errno != errno_codes.ENXIO:
+            raise
+        error = NotARegularFileError(f"read file://{path} failed: it is a socket, not a regular file")
+        error.operation, error.url, error.code = "read", redact(f"file://{path}"), "not_a_regular_file"
+        raise error from None
+    try:
+        _check_below(_opened_path(fd, path), root, "read", path)
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
@@ -741,6 +801,8 @@ def _read_regular_file(path: str, limit: int) -> bytes:
             error = NotARegularFileError(f"read file://{path} failed: it is {kind}, not a regular file")
             error.operation, error.url, error.code = "read", redact(f"file://{path}"), "not_a_regular_file"
             raise error
+        if limit is None:
+            limit = os.fstat(fd).st_size + 1  # until EOF: a file that grows is read as it was
         chunks, size = [], 0
         while size < limit:
             chunk = os.read(fd, min(1 << 20, limit - size))

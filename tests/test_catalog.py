@@ -10,11 +10,11 @@ from tasks.catalog import (
     GARMENT,
     PERSON,
     CatalogError,
-    check_unique_stems,
     detect_layout,
     list_items,
     plan_shards,
     read_worn_pairs,
+    stem_collisions,
     stem_for_key,
     unworn_pairs,
 )
@@ -102,10 +102,18 @@ def test_shards_cover_every_item_once_in_order():
     assert shards == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
-def test_stem_collisions_are_refused():
-    check_unique_stems("person", {"a.jpg": "a", "b.jpg": "b"})
-    with pytest.raises(CatalogError, match="same stem 'a'"):
-        check_unique_stems("person", {"a.jpg": "a", "other.jpg": "a"})
+def test_keys_sharing_a_stem_are_refused_and_the_rest_are_not():
+    hashed = stem_for_key("A.jpg")  # "a-<hash>": a file can be named exactly that
+    stems = {"A.jpg": hashed, f"{hashed}.jpg": stem_for_key(f"{hashed}.jpg"), "b.jpg": "b"}
+    assert stems["A.jpg"] == stems[f"{hashed}.jpg"]
+    refused = stem_collisions(stems, owners={})
+    assert set(refused) == {"A.jpg", f"{hashed}.jpg"}, "neither holds the name yet: both are refused"
+    assert "rename one of them" in refused["A.jpg"] and repr(f"{hashed}.jpg") in refused["A.jpg"]
+
+
+def test_the_key_that_already_holds_a_stem_keeps_it():
+    stems = {"A.jpg": "a-1", "a-1.jpg": "a-1"}
+    assert set(stem_collisions(stems, owners={"a-1": "A.jpg"})) == {"a-1.jpg"}
 
 
 def test_test_pairs_never_give_a_person_what_they_wear():

@@ -103,8 +103,8 @@ def test_parse_agnostic_has_no_upper_clothes_left(sample):
     assert sample["parse_agnostic"][3].sum() == 0, "13-group 'upper' must be empty after the agnostic step"
 
 
-def test_the_image_tensor_is_the_jpeg_scaled_to_minus_one_one(sample, split, first_pair):
-    with Image.open(split.local_copy(f"image/{first_pair[0]}", str(split.path("..", ".cache")))) as image:
+def test_the_image_tensor_is_the_jpeg_scaled_to_minus_one_one(sample, split, first_pair, tmp_path):
+    with Image.open(split.local_copy(f"image/{first_pair[0]}", str(tmp_path))) as image:
         rgb = np.asarray(image.convert("RGB"))
     expected = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
     assert torch.allclose(sample["img"], expected)

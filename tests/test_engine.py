@@ -11,6 +11,8 @@ import io
 import multiprocessing
 import os
 import signal
+import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -141,8 +143,36 @@ def test_a_fifo_named_like_a_photo_is_refused_without_blocking(tmp_path):
 
 def test_a_device_named_like_a_photo_is_refused_without_reading_it(tmp_path):
     (tmp_path / "persons").mkdir()
-    (tmp_path / "persons" / "zero.jpg").symlink_to("/dev/zero")  # endless bytes
+    os.mknod(tmp_path / "persons" / "zero.jpg", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero: endless bytes
     assert source_error(Store(str(tmp_path)), "persons/zero.jpg") == errors.SOURCE_NOT_A_FILE
+
+
+def test_a_socket_named_like_a_photo_is_refused(tmp_path):
+    (tmp_path / "persons").mkdir()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "persons" / "socket.jpg"))
+        assert source_error(Store(str(tmp_path)), "persons/socket.jpg") == errors.SOURCE_NOT_A_FILE
+
+
+def test_a_symlink_out_of_the_catalog_is_refused_and_nothing_of_its_target_shows(tmp_path):
+    (tmp_path / "persons").mkdir()
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.txt"
+    secret.write_text("the host's secret\n")
+    (tmp_path / "persons" / "leak.jpg").symlink_to(secret)
+    (tmp_path / "persons" / "zero.jpg").symlink_to("/dev/zero")
+    store = Store(str(tmp_path))
+    for name in ("leak.jpg", "zero.jpg"):
+        with pytest.raises(ItemError) as caught:
+            read_source(store, work_for(store, f"persons/{name}"), 1 << 20)
+        assert caught.value.code == errors.OUTSIDE_ROOT
+        assert "secret" not in caught.value.message.replace(str(secret), "")
+
+
+def test_a_symlink_within_the_catalog_is_followed(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("persons/real.jpg", b"photo")
+    (tmp_path / "persons" / "alias.jpg").symlink_to(tmp_path / "persons" / "real.jpg")
+    assert read_source(store, work_for(store, "persons/alias.jpg"), 1 << 20) == b"photo"
 
 
 def test_a_dangling_symlink_is_a_missing_source(tmp_path):
@@ -307,7 +337,8 @@ def hostile_catalog(tmp_path_factory, samples_dir) -> Path:
         (root / "persons" / name).write_bytes((samples_dir / "image" / name).read_bytes())
     (root / "garments" / "04469_00.jpg").write_bytes((samples_dir / "cloth" / "04469_00.jpg").read_bytes())
     os.mkfifo(root / "persons" / "fifo.jpg")
-    (root / "persons" / "device.jpg").symlink_to("/dev/zero")
+    os.mknod(root / "persons" / "device.jpg", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero
+    (root / "persons" / "outside.jpg").symlink_to("/etc/hostname")
     (root / "persons" / "dangling.jpg").symlink_to(root / "nowhere.jpg")
     (root / "persons" / "loop-a.jpg").symlink_to(root / "persons" / "loop-b.jpg")
     (root / "persons" / "loop-b.jpg").symlink_to(root / "persons" / "loop-a.jpg")
@@ -324,6 +355,7 @@ LONG_NAME = "a" * 236 + ".jpg"  # a legal 240-byte name: its outputs' temporary 
 HOSTILE_CODES = {
     "fifo.jpg": errors.SOURCE_NOT_A_FILE,
     "device.jpg": errors.SOURCE_NOT_A_FILE,
+    "outside.jpg": errors.OUTSIDE_ROOT,
     "dangling.jpg": errors.SOURCE_MISSING,
     "loop-a.jpg": errors.SOURCE_UNREADABLE,
     "loop-b.jpg": errors.SOURCE_UNREADABLE,

@@ -7,7 +7,16 @@ import json
 import pytest
 
 from tasks.catalog import GARMENT, PERSON, CatalogItem
-from tasks.plan import WorkItem, child_run_id, read_work_list, split_work, work_list_path, write_work_list
+from tasks.plan import (
+    Refusal,
+    WorkItem,
+    child_run_id,
+    read_work_list,
+    refused,
+    split_work,
+    work_list_path,
+    write_work_list,
+)
 from tasks.storage import Store
 
 
@@ -25,7 +34,7 @@ def test_a_plan_splits_into_equal_parts_of_at_most_the_limit():
     parts = split_work(works(7, 4), 4)
     sizes = [len(part[PERSON]) + len(part[GARMENT]) for part in parts]
     assert sizes == [4, 4, 3]
-    keys = [item.key for part in parts for kind in (PERSON, GARMENT) for item in part[kind]]
+    keys = [work.item.key for part in parts for kind in (PERSON, GARMENT) for work in part[kind]]
     assert len(keys) == len(set(keys)) == 11, "every planned item lands in exactly one part"
 
 
@@ -38,10 +47,13 @@ def test_a_work_list_round_trips_through_storage(tmp_path):
     part = split_work(works(2, 1), 10)[0]
     rel = work_list_path("test", "20261127T000000Z-abc123", 2, 5)
     assert rel == "_work/test/plans/20261127T000000Z-abc123/part-0002-of-0005.json"
+    part[PERSON][0] = refused(part[PERSON][0].item, Refusal("stem_collision", "shares its name", False))
     write_work_list(store, rel, child_run_id("20261127T000000Z-abc123", 2), part)
-    run_id, items = read_work_list(store, rel)
+    run_id, items, refusals = read_work_list(store, rel)
     assert run_id == "20261127T000000Z-abc123-p0002"
-    assert items == part
+    assert items == {kind: [work.item for work in found] for kind, found in part.items()}
+    assert refusals == {PERSON: {part[PERSON][0].item.key: part[PERSON][0].refusal}, GARMENT: {}}, \
+        "a child sees only its part of the catalog: the parent's refusals travel with the work list"
 
 
 def test_child_run_ids_sort_after_their_parent_and_in_part_order():

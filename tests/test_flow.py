@@ -320,3 +320,49 @@ def test_the_next_run_finishes_the_failed_shard_and_only_it(broken_store_run):
     summary = preprocess(catalog=catalog.url, out=out.url, shard_size=2)
     assert summary["planned"] == {"persons": 0, "garments": 2}
     assert summary["garments"] == {"total": 2, "ok": 2, "error": 0}, summary["failed"]
+
+
+@pytest.fixture(scope="module")
+def collision_catalog(samples_dir, tmp_path_factory):
+    """Two persons, one of whom has a name (`Model.jpg`) whose stem another file may be named after."""
+    from tasks.catalog import stem_for_key
+
+    catalog = Store(str(tmp_path_factory.mktemp("collision-catalog")))
+    photos = sorted((samples_dir / "image").glob("*.jpg"))
+    catalog.write_bytes("persons/00034_00.jpg", photos[0].read_bytes())
+    catalog.write_bytes("persons/Model.jpg", photos[1].read_bytes())
+    return catalog, f"{stem_for_key('Model.jpg')}.jpg"
+
+
+def test_keys_that_share_a_stem_get_error_rows_and_the_rest_run(collision_catalog, tmp_path, samples_dir, prefect_server):
+    from flows.preprocess import preprocess
+
+    catalog, impostor = collision_catalog
+    catalog.write_bytes(f"persons/{impostor}", sorted((samples_dir / "image").glob("*.jpg"))[2].read_bytes())
+    try:
+        summary = preprocess(catalog=catalog.url, out=str(tmp_path), max_failed_fraction=1.0)
+    finally:
+        catalog.remove(f"persons/{impostor}")
+    codes = {failure["key"]: failure["error_code"] for failure in summary["failed"]}
+    assert codes == {"Model.jpg": "stem_collision", impostor: "stem_collision"}
+    assert summary["persons"] == {"total": 3, "ok": 1, "error": 2}
+
+
+def test_a_new_key_with_a_stem_already_held_is_refused_and_the_holder_keeps_its_outputs(
+    collision_catalog, tmp_path, samples_dir, prefect_server
+):
+    from flows.preprocess import preprocess
+
+    catalog, impostor = collision_catalog
+    first = preprocess(catalog=catalog.url, out=str(tmp_path))
+    assert first["persons"]["ok"] == 2
+    out = Store(str(tmp_path))
+    held = {info.key: out.read_bytes(info.key) for info in out.list_files() if "model" in info.key}
+    catalog.write_bytes(f"persons/{impostor}", sorted((samples_dir / "image").glob("*.jpg"))[2].read_bytes())
+    try:
+        again = preprocess(catalog=catalog.url, out=str(tmp_path), max_failed_fraction=1.0)
+    finally:
+        catalog.remove(f"persons/{impostor}")
+    assert [(f["key"], f["error_code"]) for f in again["failed"]] == [(impostor, "stem_collision")]
+    assert again["dataset"]["persons"] == 2
+    assert held and {path: out.read_bytes(path) for path in held} == held, "the holder's outputs changed"

@@ -382,3 +382,28 @@ def _prefect_logs_and_artifacts(flow_run_id: str) -> list[str]:
         )
     assert logs and artifacts, "the run left no logs or artifacts to check"
     return [log.message for log in logs] + [json.dumps(a.model_dump(mode="json")) for a in artifacts]
+
+
+@pytest.mark.slow
+def test_a_key_with_an_empty_segment_is_refused_and_the_bucket_it_names_is_never_read(s3, samples_dir, prefect_server):
+    """S3 lists `persons//<other bucket>/key.jpg`; joined naively it names the other bucket's object."""
+    from flows.preprocess import preprocess
+    from tasks.manifest import read_run
+
+    options = {**s3.storage_options, "key": FAKE_KEY_ID, "secret": FAKE_SECRET}
+    photo = (samples_dir / "image" / "00034_00.jpg").read_bytes()
+    other = f"{s3.name}-other"
+    s3.client.create_bucket(Bucket=other)
+    s3.client.put_object(Bucket=other, Key="key.jpg", Body=(samples_dir / "image" / "00121_00.jpg").read_bytes())
+    s3.put("catalog/persons/00034_00.jpg", photo)
+    s3.put(f"catalog/persons//{other}/key.jpg", b"this object is in the catalog")
+
+    summary = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options,
+                         max_failed_fraction=1.0)
+
+    rows = read_run(Store(s3.url("dataset"), options), "test", summary["run_id"]).to_pylist()
+    unsafe = [(row["key"], row["stage"], row["error_code"]) for row in rows if row["key"] != "00034_00.jpg"]
+    assert unsafe == [(f"/{other}/key.jpg", "ingest", "unsafe_key")], unsafe
+    assert summary["persons"] == {"total": 2, "ok": 1, "error": 1}
+    stem = next(row["stem"] for row in rows if row["key"] != "00034_00.jpg")
+    assert not [key for key in s3.keys("dataset/") if stem in key], "the refused key left outputs"
