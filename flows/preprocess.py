@@ -212,6 +212,7 @@ def run_preprocess(
     catalog = Store(config.catalog, config.storage_options)
     out = Store(config.out, config.storage_options)
     layout = detect_layout(catalog)
+    worn_pairs = read_worn_pairs(catalog, layout)  # a broken pairs file fails the run before any image
     leftovers = out.remove_temporaries()
     if leftovers:
         logger.info("removed %d partial files left by an interrupted run", leftovers)
@@ -250,7 +251,7 @@ def run_preprocess(
     if rows or children:  # else the view read at the start still holds
         current = read_current(out, config.split)
     ok = ok_listed(current, listed)
-    pairs = write_pairs(out, config, catalog, layout, ok)
+    pairs = write_pairs(out, config, layout, worn_pairs, ok)
     summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - started)
     summary["child_runs"] = sorted(children.values())
     summary["failed_shards"] = failed_shards
@@ -379,12 +380,12 @@ def collect(futures: list, description: str = "Shards finished") -> list[dict[st
 
 
 def write_pairs(
-    out: Store, config: PreprocessConfig, catalog: Store, layout, ok: dict[str, dict[str, str]]
+    out: Store, config: PreprocessConfig, layout, worn_pairs: list[tuple[str, str]], ok: dict[str, dict[str, str]]
 ) -> list[tuple[str, str]]:
     """`<out>/<split>_pairs.txt` over everything the dataset holds: train pairs each person with what
-    they wear, test with a garment they don't."""
+    they wear (`worn_pairs`: the catalog's, by key), test with a garment they don't."""
     worn = {}
-    for person_key, garment_key in read_worn_pairs(catalog, layout):
+    for person_key, garment_key in worn_pairs:
         if person_key in ok[PERSON] and garment_key in ok[GARMENT]:
             worn[ok[PERSON][person_key]] = ok[GARMENT][garment_key]
     if layout.name == "vitonhd" and layout.pairs_file is None:

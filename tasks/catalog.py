@@ -7,9 +7,9 @@ Two layouts are accepted at a catalog root:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
-import io
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,28 +126,70 @@ def stem_collisions(stems: Mapping[str, str], owners: Mapping[str, str]) -> dict
     return refused
 
 
+PAIRS_DELIMITERS = (",", ";", "\t")  # what spreadsheets write: comma, semicolon (European locales), tab
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """The text of a file a spreadsheet or an editor saved: UTF-8 with or without a BOM, UTF-16 with a
+    BOM ("Unicode text"), else Windows-1252 (a superset of Latin-1's printable characters)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as error:
+            raise CatalogError(f"{name}: not readable as the UTF-16 its byte order mark says: {error}") from None
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
 def read_worn_pairs(store: Store, layout: CatalogLayout) -> list[tuple[str, str]]:
     """(person key, garment key) for each person wearing a known garment, from the pairs file.
 
     Without a pairs file, a VITON-HD root pairs `image/X.jpg` with `cloth/X.jpg` (its convention);
-    our layout then has no pairs.
+    our layout then has no pairs. Blank lines are skipped; anything else that is not a pair raises a
+    CatalogError naming the file and the line, before a single image is processed.
     """
     if layout.pairs_file is None:
         return []
-    text = store.read_text(layout.pairs_file)
+    name = layout.pairs_file
+    text = decode_text(store.read_bytes(name), name)
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if "\x00" in line:
+            raise CatalogError(f"{name}:{number}: holds a NUL byte; this is not a text file")
     if layout.name == "catalog":
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is None or [f.strip() for f in reader.fieldnames][:2] != ["person", "garment"]:
-            raise CatalogError(f"{layout.pairs_file} must start with the header 'person,garment'")
-        return [(row["person"].strip(), row["garment"].strip()) for row in reader if row.get("person")]
+        return _read_pairs_csv(lines, name)
     pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != 2:
-            raise CatalogError(f"{layout.pairs_file}:{number}: expected 'person cloth', got {line!r}")
+            raise CatalogError(f"{name}:{number}: expected 'person cloth', got {line!r}")
         pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def _read_pairs_csv(lines: list[str], name: str) -> list[tuple[str, str]]:
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    header_number, header = numbered[0] if numbered else (1, "")
+    delimiter = next((d for d in PAIRS_DELIMITERS if d in header), ",")
+    if [field.strip().lower() for field in header.split(delimiter)][:2] != ["person", "garment"]:
+        raise CatalogError(f"{name}:{header_number}: the first line must be the header 'person,garment', "
+                           f"got {header[:80]!r}")
+    pairs = []
+    for number, line in numbered[1:]:
+        try:
+            fields = next(csv.reader([line], delimiter=delimiter))
+        except csv.Error as error:
+            raise CatalogError(f"{name}:{number}: not a CSV row ({error}): {line[:80]!r}") from None
+        person, garment = (fields + ["", ""])[:2]
+        if not person.strip() or not garment.strip():
+            raise CatalogError(f"{name}:{number}: expected 'person{delimiter}garment', got {line[:80]!r}")
+        pairs.append((person.strip(), garment.strip()))
     return pairs
 
 

@@ -136,3 +136,38 @@ def test_a_long_name_gets_a_stem_every_output_name_can_hold():
 
 def test_a_vitonhd_name_of_ordinary_length_is_kept():
     assert stem_for_key("a" * 100 + ".jpg") == "a" * 100
+
+
+def pairs_from(tmp_path, data: bytes) -> list[tuple[str, str]]:
+    store = make_catalog(tmp_path, {"persons/a.jpg": b"1", "pairs.csv": data})
+    return read_worn_pairs(store, detect_layout(store))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "\ufeffperson,garment\r\nmodèle.jpg,robe.jpg\r\n\r\nb.jpg,g.jpg\r\n".encode("utf-8"),  # Excel "CSV UTF-8"
+        "person,garment\nmodèle.jpg,robe.jpg\n\nb.jpg,g.jpg\n".encode("cp1252"),  # Excel "CSV" on Windows
+        "person;garment\nmodèle.jpg;robe.jpg\nb.jpg;g.jpg\n".encode("cp1252"),  # European locales: semicolons
+        "person\tgarment\r\nmodèle.jpg\trobe.jpg\r\nb.jpg\tg.jpg\r\n".encode("utf-16"),  # "Unicode text"
+        "Person , Garment\n\n  modèle.jpg , robe.jpg \n\n\nb.jpg,g.jpg\n".encode("utf-8"),
+    ],
+    ids=["utf8-bom-crlf", "cp1252", "semicolons", "utf16-tabs", "spaces-blank-lines"],
+)
+def test_a_pairs_file_a_spreadsheet_saved_is_read(tmp_path, data):
+    assert pairs_from(tmp_path, data) == [("modèle.jpg", "robe.jpg"), ("b.jpg", "g.jpg")]
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"person,garment\na.jpg,g.jpg\nonly-one-column.jpg\n", 3),
+        (b"person,garment\na.jpg,g.jpg\n\nb.jpg,\n", 4),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01", 1),  # a JPEG saved as pairs.csv
+        (b"", 1),
+    ],
+    ids=["one-column", "empty-garment", "binary", "empty-file"],
+)
+def test_a_pairs_file_that_is_not_one_names_the_file_and_the_line(tmp_path, data, line):
+    with pytest.raises(CatalogError, match=rf"pairs\.csv:{line}:"):
+        pairs_from(tmp_path, data)

@@ -366,3 +366,16 @@ def test_a_new_key_with_a_stem_already_held_is_refused_and_the_holder_keeps_its_
     assert [(f["key"], f["error_code"]) for f in again["failed"]] == [(impostor, "stem_collision")]
     assert again["dataset"]["persons"] == 2
     assert held and {path: out.read_bytes(path) for path in held} == held, "the holder's outputs changed"
+
+
+def test_a_broken_pairs_file_fails_the_run_before_any_image_is_processed(samples_dir, tmp_path, prefect_server):
+    from flows.preprocess import preprocess
+
+    catalog = Store(str(tmp_path / "catalog"))
+    catalog.write_bytes("persons/00034_00.jpg", (samples_dir / "image" / "00034_00.jpg").read_bytes())
+    catalog.write_bytes("garments/04469_00.jpg", (samples_dir / "cloth" / "04469_00.jpg").read_bytes())
+    catalog.write_text("pairs.csv", "person,garment\n00034_00.jpg,04469_00.jpg\n00034_00.jpg\n")
+    state = preprocess(catalog=catalog.url, out=str(tmp_path / "dataset"), return_state=True)
+    assert state.is_failed()
+    assert "pairs.csv:3" in state.message, state.message
+    assert not (tmp_path / "dataset" / "test").exists(), "images were processed before the pairs file was read"
