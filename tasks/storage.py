@@ -21,11 +21,13 @@ from __future__ import annotations
 import copy
 import errno as errno_codes
 import hashlib
+import json
 import logging
 import os
 import posixpath
 import random
 import re
+import shutil
 import socket
 import stat
 import time
@@ -747,12 +749,24 @@ class Store:
         for name, _ in sorted(subfolders, key=lambda item: item[0]):
             yield from self._list_folder(name, root)
 
+    def version(self, rel: str) -> str:
+        """What identifies the object's current content without reading it: its ETag (or version id),
+        else its size and modification time (one HEAD or stat)."""
+        target = self.path(rel)
+        self.fs.invalidate_cache(target)  # s3fs answers from its listing cache otherwise
+        info = self._call("info", target, lambda: self.fs.info(target))
+        tag = info.get("ETag") or info.get("etag") or info.get("VersionId") or info.get("version_id")
+        return json.dumps({"size": info.get("size"), "tag": tag, "modified": None if tag else modified_seconds(info)},
+                          sort_keys=True, default=str)
+
     def local_copy(self, rel: str, cache_dir: str) -> str:
-        """A local file path holding `rel` (the file itself when local; else a cached download)."""
+        """A local file path holding `rel`: the file itself when local, else a download cached by the
+        object's URL and version (a new object at the same URL is downloaded again; older copies go)."""
         if self.is_local:
             return self.path(rel)
-        digest = hashlib.sha256(self.url_of(rel).encode()).hexdigest()[:16]
-        local = os.path.join(cache_dir, digest, posixpath.basename(rel))
+        url_folder = os.path.join(cache_dir, hashlib.sha256(self.url_of(rel).encode()).hexdigest()[:16])
+        version = hashlib.sha256(self.version(rel).encode()).hexdigest()[:16]
+        local = os.path.join(url_folder, version, posixpath.basename(rel))
         if not os.path.exists(local):
             os.makedirs(os.path.dirname(local), exist_ok=True)
             tmp = f"{local}.{uuid.uuid4().hex}.tmp"
@@ -762,6 +776,9 @@ class Store:
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
+            for other in os.listdir(url_folder):  # earlier versions of the same URL
+                if other != version:
+                    shutil.rmtree(os.path.join(url_folder, other), ignore_errors=True)
         return local
 
 

@@ -131,6 +131,23 @@ def test_model_weights_come_from_s3_as_a_cached_local_copy(s3, tmp_path):
     assert local_file(s3.url("models/pose/w.task"), s3.storage_options, cache_dir=str(tmp_path)) == path
 
 
+def test_new_weights_at_the_same_url_are_downloaded_again_and_change_the_fingerprint(s3, tmp_path, monkeypatch):
+    from tasks.config import PreprocessConfig
+    from tasks.model_cache import resolve_weights
+    from tasks.registry import stage_fingerprints
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the weight cache lives under ~/.cache
+    config = PreprocessConfig(catalog="c", out="o", cloth_mask_model=s3.url("models/cloth.pt"),
+                              storage_options=s3.storage_options)
+    s3.put("models/cloth.pt", b"weights, first version")
+    first = resolve_weights(config)
+    s3.put("models/cloth.pt", b"weights, second version")
+    second = resolve_weights(config)
+    assert Path(second.cloth_mask.path).read_bytes() == b"weights, second version"
+    assert not Path(first.cloth_mask.path).exists(), "the copy of the replaced object should be gone"
+    assert stage_fingerprints(config, first)["garment"]["cloth_mask"] != stage_fingerprints(config, second)["garment"]["cloth_mask"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Transient errors are retried
 
