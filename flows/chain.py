@@ -48,6 +48,7 @@ def start_tryon(
             "persons": sorted(roster),
             "garments": sorted(garments),
             "storage_options": config.storage_options,
+            "storage_secret_block": config.storage_secret_block,
         },
         timeout=0,
         as_subflow=False,
@@ -77,7 +78,8 @@ def start_train(policy: RunPolicy, config: PreprocessConfig, pairs: int, logger:
         return None
     run = run_deployment(
         policy.train_deployment,
-        parameters={"dataset": config.out, "split": config.split, "storage_options": config.storage_options},
+        parameters={"dataset": config.out, "split": config.split, "storage_options": config.storage_options,
+                    "storage_secret_block": config.storage_secret_block},
         timeout=0,
         as_subflow=False,
         idempotency_key="train:" + digest(redact(config.out), config.split, pairs),

@@ -95,7 +95,12 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage-option", action="append", default=[], metavar="KEY=VALUE",
         help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string), "
-        "e.g. endpoint_url=http://minio:9000",
+        "e.g. endpoint_url=http://minio:9000; never a credential",
+    )
+    parser.add_argument(
+        "--storage-secret-block", default=None, metavar="NAME",
+        help="a Prefect Secret block holding the storage credentials as a JSON object (key, secret, ...); "
+        "credentials are never storage options",
     )
     parser.add_argument(
         "--max-failed-fraction", type=float, default=0.1,
@@ -143,6 +148,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         parse_batch_size=args.parse_batch_size,
         max_source_bytes=args.max_source_bytes,
         storage_options=storage_options_from(args.storage_option),
+        storage_secret_block=args.storage_secret_block,
     )
     values.update(overrides)
     return PreprocessConfig(**values)
@@ -266,7 +272,12 @@ def add_tryon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="task runs in flight at once (default 2)")
     parser.add_argument(
         "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string)",
+        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string); never a credential",
+    )
+    parser.add_argument(
+        "--storage-secret-block", default=None, metavar="NAME",
+        help="a Prefect Secret block holding the storage credentials as a JSON object (key, secret, ...); "
+        "credentials are never storage options",
     )
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -290,6 +301,7 @@ def tryon_config_from_args(args: argparse.Namespace):
         seed=args.seed,
         agnostic=args.agnostic,
         storage_options=storage_options_from(args.storage_option),
+        storage_secret_block=args.storage_secret_block,
     )
 
 

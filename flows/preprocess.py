@@ -40,6 +40,7 @@ from tasks.config import (
     DEFAULT_SHARD_SIZE,
     PreprocessConfig,
     RunPolicy,
+    StorageOptions,
 )
 from tasks.engine import ShardRun
 from tasks.manifest import ok_items, read_current, write_summary
@@ -47,15 +48,15 @@ from tasks.model_cache import resolve_weights
 from tasks.plan import (
     Selection,
     WorkItem,
+    apply_refusals,
     index_current,
     plan_catalog,
-    apply_refusals,
     read_work_list,
     refuse_collisions,
     split_work,
 )
 from tasks.registry import ALL_STAGES, stage_fingerprints, stages_for
-from tasks.runtime import SHARDS_IN_FLIGHT
+from tasks.runtime import SHARDS_IN_FLIGHT, use_storage_secret
 from tasks.shards import shard_task
 from tasks.storage import Store, redact
 from tasks.workers import warm_up, workers_of
@@ -114,7 +115,8 @@ def preprocess(
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES,
     workers: int | None = None,
     parse_batch_size: int = DEFAULT_PARSE_BATCH_SIZE,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions | None = None,
+    storage_secret_block: str | None = None,
     prefix: str = "",
     since: datetime | None = None,
     until: datetime | None = None,
@@ -144,7 +146,9 @@ def preprocess(
         max_source_bytes: larger source files are rejected without being read.
         workers: worker processes for the CPU stages on the machine running this flow; empty = one per core.
         parse_batch_size: images per call of the YOLO parser (on the GPU).
-        storage_options: fsspec options for every URL (endpoint_url, profile, ...).
+        storage_options: fsspec options for every URL, never credentials (endpoint_url, profile, ...).
+        storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
+            such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
         prefix: backfill only catalog keys under this prefix (relative to the catalog root, e.g. garments/2026-11/).
         since: backfill only sources modified at or after this time.
         until: backfill only sources modified before this time.
@@ -174,7 +178,9 @@ def preprocess(
         workers=workers,
         parse_batch_size=parse_batch_size,
         storage_options=storage_options or {},
+        storage_secret_block=storage_secret_block,
     )
+    use_storage_secret(config.storage_secret_block)
     selection = Selection(
         prefix=prefix,
         since=epoch_seconds(since),

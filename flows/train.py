@@ -16,8 +16,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from tasks.config import TrainConfig
+from tasks.config import StorageOptions, TrainConfig
 from tasks.contact_sheet import thumbnail_data_uri
+from tasks.runtime import use_storage_secret
 from tasks.storage import redact
 from tasks.training import evaluate_stage, export_final, pair_split, stage_store, train_until
 from vitonhd_models.train import latest_step, read_metrics
@@ -68,7 +69,8 @@ def train(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     num_workers: int = 0,
     cache_samples: bool = False,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions | None = None,
+    storage_secret_block: str | None = None,
 ) -> dict[str, Any]:
     """Train one stage of VITON-HD on `dataset` into `out`; return the run summary.
 
@@ -107,7 +109,9 @@ def train(
         device: auto (CUDA when there is one), cpu or cuda.
         num_workers: DataLoader worker processes.
         cache_samples: keep decoded samples in memory (small datasets).
-        storage_options: fsspec options for every URL.
+        storage_options: fsspec options for every URL, never credentials.
+        storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
+            such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
     """
     config = TrainConfig(
         dataset=dataset, stage=stage, out=out, split=split, steps=steps, batch_size=batch_size, lr_g=lr_g,
@@ -118,7 +122,9 @@ def train(
         lpips_alexnet_weights=lpips_alexnet_weights, lpips_lin_weights=lpips_lin_weights,
         fid_inception_weights=fid_inception_weights, holdout_fraction=holdout_fraction, eval_split=eval_split, agnostic=agnostic, device=device,
         num_workers=num_workers, cache_samples=cache_samples, storage_options=storage_options or {},
+        storage_secret_block=storage_secret_block,
     )  # fmt: skip
+    use_storage_secret(config.storage_secret_block)
     return run_train(config)
 
 

@@ -20,9 +20,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from tasks import parser_training
-from tasks.config import ParserTrainConfig
+from tasks.config import ParserTrainConfig, StorageOptions
 from tasks.contact_sheet import thumbnail_data_uri
-from tasks.runtime import TASK_OPTIONS, gpu_slot
+from tasks.runtime import TASK_OPTIONS, gpu_slot, use_storage_secret
 from tasks.storage import Store, redact
 
 CLASS_TABLE = "eval/per_class.parquet"
@@ -86,7 +86,8 @@ def train_parser(
     patience: int = 50,
     seed: int = 0,
     compare_geometric: bool = True,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions | None = None,
+    storage_secret_block: str | None = None,
 ) -> dict[str, Any]:
     """Train the YOLOv8-seg human parser offline, evaluate it, write the weights and a model card.
 
@@ -102,12 +103,16 @@ def train_parser(
         patience: epochs without improvement before stopping early.
         seed: training seed.
         compare_geometric: also evaluate the bundled geometric parser on the val split (pixel IoU).
-        storage_options: fsspec options for every URL.
+        storage_options: fsspec options for every URL, never credentials.
+        storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
+            such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
     """
     config = ParserTrainConfig(
         data=data, out=out, model=model, epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers,
         patience=patience, seed=seed, compare_geometric=compare_geometric, storage_options=storage_options or {},
+        storage_secret_block=storage_secret_block,
     )  # fmt: skip
+    use_storage_secret(config.storage_secret_block)
     logger = get_run_logger()
     trained = train_model(config)
     evaluation = evaluate_model(config)

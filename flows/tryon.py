@@ -26,7 +26,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preprocess import collect, new_run_id
 from tasks import contract
+from tasks.config import StorageOptions
 from tasks.contact_sheet import contact_sheet, thumbnail_data_uri
+from tasks.runtime import use_storage_secret
 from tasks.storage import Store, redact
 from tasks.tryon import (
     CONTACT_SHEET_NAME,
@@ -89,7 +91,8 @@ def tryon(
     precision: Literal["fp32", "fp16"] = "fp32",
     seed: int = 0,
     agnostic: Literal["vitonhd", "hrviton", "disk"] = "vitonhd",
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions | None = None,
+    storage_secret_block: str | None = None,
 ) -> dict[str, Any]:
     """Render every pair through VITON-HD's seg, GMM and ALIAS networks; return the run summary.
 
@@ -108,7 +111,9 @@ def tryon(
         precision: 'fp32', or 'fp16' (seg and ALIAS under autocast; honoured on CUDA only).
         seed: seeds random initialisation and, with each pair's names, that pair's noise (independent of its batch).
         agnostic: the clothing-agnostic image: VITON-HD's online recipe, HR-VITON's, or agnostic-v3.2/ on disk.
-        storage_options: fsspec options for every URL (endpoint_url, profile, ...).
+        storage_options: fsspec options for every URL, never credentials (endpoint_url, profile, ...).
+        storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
+            such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
     """
     config = TryOnConfig(
         dataset=dataset,
@@ -125,7 +130,9 @@ def tryon(
         seed=seed,
         agnostic=agnostic,
         storage_options=storage_options or {},
+        storage_secret_block=storage_secret_block,
     )
+    use_storage_secret(config.storage_secret_block)
     return run_tryon(config)
 
 

@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+from tasks.storage import CREDENTIAL_NAME, credential_options
+
+CREDENTIALS_HELP = (
+    "storage_options must not carry credentials ({names}): Prefect keeps flow parameters in its database "
+    "and shows them in the UI. Give them to the machines that run the flows instead: the environment "
+    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, or fsspec's FSSPEC_S3_KEY and "
+    "FSSPEC_S3_SECRET), an AWS profile (the option profile=<name>, or AWS_PROFILE), an fsspec configuration "
+    "file, or a Prefect Secret block named by storage_secret_block"
+)
+
+
+def _without_credentials(options: dict[str, Any]) -> dict[str, Any]:
+    names = credential_options(options)
+    if names:
+        raise ValueError(CREDENTIALS_HELP.format(names=", ".join(names)))
+    return options
+
+
+def _no_credentials_schema(depth: int) -> dict[str, Any]:
+    """JSON schema of an options object whose names (to `depth` levels down) are not credential-shaped:
+    a Prefect server enforcing a deployment's parameter schema refuses such a run before storing it."""
+    schema: dict[str, Any] = {"type": "object", "propertyNames": {"not": {"pattern": CREDENTIAL_NAME.pattern}}}
+    if depth:
+        schema["additionalProperties"] = {"anyOf": [_no_credentials_schema(depth - 1), {"not": {"type": "object"}}]}
+    return schema
+
+
+# fsspec options for every URL (endpoint_url, profile, client_kwargs, ...), never credentials.
+StorageOptions = Annotated[
+    dict[str, Any],
+    AfterValidator(_without_credentials),
+    WithJsonSchema({**_no_credentials_schema(4), "description": "fsspec options for every URL; no credentials"}),
+]
 
 DEFAULT_SHARD_SIZE = 64
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; bigger headers are treated as decompression bombs
@@ -15,7 +49,7 @@ DEFAULT_PARSE_BATCH_SIZE = 8  # images per YOLO call: most of a GPU's throughput
 class PreprocessConfig(BaseModel):
     """Everything a preprocess run needs. Defaults run offline on the bundled models."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     catalog: str = Field(description="Catalog root URL: persons/ + garments/ (+ pairs.csv), or image/ + cloth/")
     out: str = Field(description="Dataset root URL; outputs go under <out>/<split>/")
@@ -39,7 +73,10 @@ class PreprocessConfig(BaseModel):
         None, ge=0, description="Worker processes for the CPU stages; None = one per core, 0 = in the task's own process"
     )
     parse_batch_size: int = Field(DEFAULT_PARSE_BATCH_SIZE, ge=1, description="Images per YOLO parser call")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
+    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
+    storage_secret_block: str | None = Field(
+        None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
+    )
 
     @field_validator("parser")
     @classmethod
@@ -66,7 +103,7 @@ DEFAULT_MAX_FAILED_FRACTION = 0.1
 class RunPolicy(BaseModel):
     """How a preprocess run behaves as part of the service: failure threshold, fan-out and chaining."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     max_failed_fraction: float = Field(
         DEFAULT_MAX_FAILED_FRACTION, ge=0.0, le=1.0,
@@ -102,7 +139,7 @@ class RunPolicy(BaseModel):
 class TrainConfig(BaseModel):
     """One VITON-HD training stage. Defaults: the official architecture at 1024x768, offline."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     dataset: str = Field(description="Dataset root URL (holds <split>/ and <split>_pairs.txt)")
     stage: Literal["seg", "gmm", "alias"] = Field(description="Which network to train")
@@ -142,13 +179,16 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     cache_samples: bool = Field(False, description="Keep decoded samples in memory (small datasets)")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
+    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
+    storage_secret_block: str | None = Field(
+        None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
+    )
 
 
 class ParserTrainConfig(BaseModel):
     """Train the YOLOv8-seg human parser on a `vitonprep parser-dataset` folder. Defaults: offline, the x model."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     data: str = Field(description="Folder URL of a parser dataset (data.yaml, images/, labels/)")
     out: str = Field(description="Output URL: weights/best.pt, results.csv, curves.png, model card, evaluation")
@@ -166,5 +206,8 @@ class ParserTrainConfig(BaseModel):
     compare_geometric: bool = Field(
         True, description="Also evaluate the bundled geometric parser on the val split (pixel IoU)"
     )
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
+    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
+    storage_secret_block: str | None = Field(
+        None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
+    )
 

@@ -16,8 +16,7 @@ import json
 import math
 import posixpath
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 

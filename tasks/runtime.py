@@ -83,3 +83,22 @@ def gpu_slot(on_gpu: bool) -> Iterator[None]:
 
     with concurrency(gpu_limit_name(), occupy=1, lease_duration=GPU_SLOT_LEASE_S):
         yield
+
+
+def use_storage_secret(block_name: str | None) -> None:
+    """Load the Prefect Secret block `block_name` where this run runs: a JSON object of credential
+    options (`{"key": ..., "secret": ...}` for S3) that every Store of this process adds to its
+    options. Only the block's name is a flow parameter; its value never is."""
+    from prefect.blocks.system import Secret
+
+    from tasks.storage import use_credentials
+
+    if not block_name:
+        use_credentials({})  # none of an earlier run's in this process
+        return
+
+    value = Secret.load(block_name).get()
+    if not isinstance(value, dict):
+        raise ValueError(f"the Secret block {block_name!r} must hold a JSON object of storage options "
+                         f"(key, secret, token, ...), not a {type(value).__name__}")
+    use_credentials(value)

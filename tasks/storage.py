@@ -74,6 +74,8 @@ def resolve_storage_options(
     their options unchanged.
     """
     options = copy.deepcopy(dict(storage_options or {}))
+    if _run_credentials and fsspec.utils.get_protocol(url) not in LOCAL_PROTOCOLS:
+        options.update(copy.deepcopy(_run_credentials))
     if fsspec.utils.get_protocol(url) not in S3_PROTOCOLS:
         return options
     env = os.environ if environ is None else environ
@@ -177,6 +179,41 @@ def redact(text: str) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+# Option names that carry a credential, at any depth of storage_options (key, secret, token, password,
+# session, credentials and their AWS/Azure/GCS spellings). Such options never travel as a parameter.
+CREDENTIAL_NAME = re.compile(
+    r"(?i)(^key$|_key$|secret|token|passw|credential|session|^username$|^authorization$|signature)"
+)
+
+
+def credential_options(options: Any, path: str = "") -> list[str]:
+    """The dotted names of credential-shaped options in `options` (`client_kwargs.aws_secret_access_key`)."""
+    found: list[str] = []
+    if isinstance(options, Mapping):
+        for name, value in options.items():
+            dotted = f"{path}.{name}" if path else str(name)
+            if CREDENTIAL_NAME.search(str(name)):
+                found.append(dotted)
+            else:
+                found += credential_options(value, dotted)
+    elif isinstance(options, list | tuple):
+        for value in options:
+            found += credential_options(value, path)
+    return found
+
+
+_run_credentials: dict[str, Any] = {}
+LOCAL_PROTOCOLS = ("file", "local", "memory")
+
+
+def use_credentials(credentials: Mapping[str, Any]) -> None:
+    """Credentials every Store of this process adds to its options (a Prefect Secret block's value,
+    loaded where the run runs): they reach fsspec, never a flow parameter, log or manifest."""
+    register_secrets(credentials)
+    _run_credentials.clear()
+    _run_credentials.update(copy.deepcopy(dict(credentials)))
 
 
 def safe_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:

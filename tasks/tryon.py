@@ -35,6 +35,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks import contract, errors
+from tasks.config import StorageOptions
 from tasks.errors import ItemError
 from tasks.normalize import encode_jpeg
 from tasks.runtime import TASK_OPTIONS, gpu_slot
@@ -85,7 +86,7 @@ def pair_name(name: str) -> str:
 class TryOnConfig(BaseModel):
     """Everything a try-on run needs, validated once at the edge (CLI, flow parameters)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     dataset: str = Field(description="Dataset root URL: <split>/ and <split>_pairs.txt (ours or VITON-HD's layout)")
     out: str = Field(description="Output root URL: results/, manifests/tryon/, the contact sheet")
@@ -105,7 +106,10 @@ class TryOnConfig(BaseModel):
         "vitonhd", description="Clothing-agnostic image: VITON-HD's online recipe (what its checkpoints saw), "
         "HR-VITON's, or agnostic-v3.2/ from disk"
     )
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every URL")
+    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
+    storage_secret_block: str | None = Field(
+        None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
+    )
 
     @field_validator("persons", "garments")
     @classmethod

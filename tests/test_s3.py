@@ -27,7 +27,7 @@ from tasks.storage import (
     resolve_storage_options,
     safe_options,
 )
-from tests.s3 import Bucket, FaultProxy
+from tests.s3 import Bucket, FaultProxy, clear_s3fs_caches
 
 FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)  # real backoff, short waits
 
@@ -324,13 +324,31 @@ def test_redact_scrubs_credential_shapes_and_known_secrets():
 # The flow, s3:// to s3://
 
 
+@pytest.fixture
+def secret_block(prefect_server, monkeypatch):
+    """The test server's Secret block `s3-credentials` with the only credentials there are (the
+    environment's are removed): a run can reach the bucket only through the block."""
+    from prefect.blocks.system import Secret
+
+    from tasks.storage import use_credentials
+
+    Secret(value={"key": FAKE_KEY_ID, "secret": FAKE_SECRET}).save("s3-credentials", overwrite=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    clear_s3fs_caches()
+    yield "s3-credentials"
+    use_credentials({})
+    clear_s3fs_caches()
+
+
 @pytest.mark.slow
-def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, samples_dir, prefect_server):
+def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, samples_dir, secret_block):
     from flows.preprocess import preprocess
     from tasks import contract
     from tasks.manifest import read_run
+    from tasks.storage import use_credentials
 
-    options = {**s3.storage_options, "key": FAKE_KEY_ID, "secret": FAKE_SECRET}
+    options = s3.storage_options
     persons = sorted((samples_dir / "image").glob("*.jpg"))
     garments = sorted((samples_dir / "cloth").glob("*.jpg"))
     for path in persons:
@@ -338,9 +356,10 @@ def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, sample
     for path in garments:
         s3.put(f"catalog/garments/{path.name}", path.read_bytes())
 
-    summary = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options, shard_size=2)
-
+    summary = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options, shard_size=2,
+                         storage_secret_block=secret_block)
     assert summary["persons"] == {"total": 4, "ok": 4, "error": 0}, summary["failed"]
+    use_credentials({"key": FAKE_KEY_ID, "secret": FAKE_SECRET})  # to read the results back below
     assert summary["garments"] == {"total": 4, "ok": 4, "error": 0}, summary["failed"]
     keys = set(s3.keys("dataset/"))
     for path in persons:
@@ -372,9 +391,20 @@ def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, sample
     texts = [json.dumps(summary, default=str), s3.get(f"{run_folder}summary.json").decode(), "\n".join(pairs)]
     texts += [json.dumps(pq.read_table(io.BytesIO(s3.get(part))).to_pylist(), default=str) for part in parts]
     texts += _prefect_logs_and_artifacts(summary["flow_run_id"])
+    texts.append(json.dumps(_flow_run_parameters(summary["flow_run_id"]), default=str))
     for text in texts:
         for secret in (FAKE_KEY_ID, FAKE_SECRET):
             assert secret not in text
+
+
+def _flow_run_parameters(flow_run_id: str) -> dict:
+    """The run's parameters as the Prefect API keeps them."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(flow_run_id)).parameters
 
 
 def _prefect_logs_and_artifacts(flow_run_id: str) -> list[str]:
@@ -407,7 +437,7 @@ def test_a_key_with_an_empty_segment_is_refused_and_the_bucket_it_names_is_never
     from flows.preprocess import preprocess
     from tasks.manifest import read_run
 
-    options = {**s3.storage_options, "key": FAKE_KEY_ID, "secret": FAKE_SECRET}
+    options = s3.storage_options
     photo = (samples_dir / "image" / "00034_00.jpg").read_bytes()
     other = f"{s3.name}-other"
     s3.client.create_bucket(Bucket=other)
@@ -424,3 +454,75 @@ def test_a_key_with_an_empty_segment_is_refused_and_the_bucket_it_names_is_never
     assert summary["persons"] == {"total": 2, "ok": 1, "error": 1}
     stem = next(row["stem"] for row in rows if row["key"] != "00034_00.jpg")
     assert not [key for key in s3.keys("dataset/") if stem in key], "the refused key left outputs"
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials are never flow parameters
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"secret": "s"}, {"key": "k"}, {"token": "t"}, {"password": "p"}, {"session_token": "t"},
+     {"client_kwargs": {"aws_secret_access_key": "s"}}, {"config_kwargs": {"x": {"credentials": "c"}}},
+     {"account_key": "a"}],
+    ids=repr,
+)
+def test_a_credential_in_storage_options_is_refused_with_where_to_put_it(options):
+    from pydantic import ValidationError
+
+    from tasks.config import PreprocessConfig, TrainConfig
+
+    for make in (lambda: PreprocessConfig(catalog="c", out="o", storage_options=options),
+                 lambda: TrainConfig(dataset="d", stage="gmm", out="o", storage_options=options)):
+        with pytest.raises(ValidationError, match="must not carry credentials") as caught:
+            make()
+        assert "AWS_ACCESS_KEY_ID" in str(caught.value) and "Secret block" in str(caught.value)
+
+
+def test_ordinary_storage_options_are_kept():
+    from tasks.config import PreprocessConfig
+
+    options = {"endpoint_url": "http://minio:9000", "profile": "catalog", "anon": False,
+               "client_kwargs": {"region_name": "eu-west-1"}, "config_kwargs": {"retries": {"max_attempts": 3}}}
+    assert PreprocessConfig(catalog="c", out="o", storage_options=options).storage_options == options
+
+
+def test_the_cli_refuses_a_credential_option_before_anything_runs(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "preprocess", "--catalog", str(tmp_path), "--out", str(tmp_path / "o"),
+         "--storage-option", "secret=hunter2-hunter2"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "must not carry credentials (secret)" in result.stderr and "hunter2" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_prefect_server_refuses_a_deployment_run_whose_parameters_carry_a_credential(prefect_server):
+    """Against a real server: the deployment's parameter schema keeps the run from being created, so the
+    secret never reaches Prefect's database; read everything back to be sure."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.preprocess import preprocess
+
+    base = {"catalog": "s3://shop/catalog", "out": "s3://shop/dataset"}
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("preprocess")
+        deployment = client.create_deployment(
+            flow_id=flow_id, name="credential-test", entrypoint="flows.preprocess.preprocess",
+            parameter_openapi_schema=parameter_schema(preprocess.fn).model_dump(), enforce_parameter_schema=True,
+        )
+        ok = client.create_flow_run_from_deployment(
+            deployment, parameters={**base, "storage_options": {"endpoint_url": "http://minio:9000"}})
+        for options in ({"secret": FAKE_SECRET}, {"client_kwargs": {"aws_secret_access_key": FAKE_SECRET}}):
+            with pytest.raises(PrefectHTTPStatusError, match="409"):
+                client.create_flow_run_from_deployment(deployment, parameters={**base, "storage_options": options})
+        stored = [run.parameters for run in client.read_flow_runs()]
+    assert {"storage_options": {"endpoint_url": "http://minio:9000"}}.items() <= ok.parameters.items()
+    assert FAKE_SECRET not in json.dumps(stored, default=str)
