@@ -49,6 +49,7 @@ from tasks.plan import (
     Selection,
     WorkItem,
     apply_refusals,
+    OutputListing,
     index_current,
     plan_catalog,
     read_work_list,
@@ -226,8 +227,10 @@ def run_preprocess(
     index = index_current(current)
     weights = resolve_weights(config)
     fingerprints = stage_fingerprints(config, weights)
+    outputs = OutputListing(out, config.split) if not selection.full_refresh else None
     listed, works = plan_catalog(
-        {kind: list_items(catalog, layout, kind) for kind in (PERSON, GARMENT)}, index, fingerprints, selection
+        {kind: list_items(catalog, layout, kind) for kind in (PERSON, GARMENT)}, index, fingerprints, selection,
+        outputs=outputs,
     )
     works = refuse_collisions(listed, works, index)
     planned = len(works[PERSON]) + len(works[GARMENT])
@@ -290,12 +293,14 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     logger = get_run_logger()
     started = time.perf_counter()
     out = Store(config.out, config.storage_options)
-    run_id, items, refusals = read_work_list(out, work_list)
+    part = read_work_list(out, work_list)
+    run_id = part.run_id
     weights = resolve_weights(config)
     fingerprints = stage_fingerprints(config, weights)
     index = index_current(read_current(out, config.split))
-    listed, works = plan_catalog(items, index, fingerprints, Selection(full_refresh=selection.full_refresh))
-    works = apply_refusals(works, refusals)
+    listed, works = plan_catalog(part.items, index, fingerprints, Selection(full_refresh=selection.full_refresh),
+                                 missing=part.missing)
+    works = apply_refusals(works, part.refusals)
     logger.info("run %s: %d of %d persons and %d of %d garments of %s to process", run_id,
                 len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), work_list)
     rows, failed_shards = process(config, ShardRun(run_id, fingerprints, weights), works, logger)

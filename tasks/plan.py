@@ -16,7 +16,7 @@ import json
 import math
 import posixpath
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 
@@ -65,6 +65,7 @@ class WorkItem:
     previous_sha256: str | None = None
     previous_fit: str | None = None  # how ingest placed the photo last time (JSON), for the pose stage
     refusal: Refusal | None = None
+    missing: frozenset[str] = frozenset()  # planned because their outputs are gone from the dataset
 
     @property
     def stem(self) -> str:
@@ -124,10 +125,12 @@ def plan_item(
     state: ItemState | None,
     fingerprints: Mapping[str, Mapping[str, str]],
     full_refresh: bool = False,
+    missing: frozenset[str] = frozenset(),
 ) -> WorkItem | None:
     """The work an item needs, or None when the dataset already holds its current outputs (or failure).
 
-    Stages of a healthy item that must run are planned here; the stages after them rerun when they
+    Stages of a healthy item that must run are planned here, those whose outputs are `missing` from
+    the dataset (deleted behind the manifest's back) included; the stages after them rerun when they
     actually change their output, which only running them can tell (`tasks.engine`).
     """
     stages = stages_for(item.kind)
@@ -147,7 +150,7 @@ def plan_item(
         stage
         for stage in stages
         if stage not in state.stages or state.stages[stage].fingerprint != fingerprints[item.kind][stage]
-    }
+    } | set(missing)
     # The listing changed but no fingerprint did: ingest hashes the source, and when the hash changed
     # too, every later stage reruns (see `tasks.engine`).
     verify = listing_changed and "ingest" not in planned
@@ -160,16 +163,48 @@ def plan_item(
 
 
 
+class OutputListing:
+    """The files the dataset holds in the stages' output folders, from one listing per folder.
+
+    Internal caches (the pose sidecars under `_work/`) are not looked at: a missing one costs the one
+    item that needs it a run from its source (`tasks.engine`), not a rerun of every item.
+    """
+
+    def __init__(self, store: Store, split: str):
+        from tasks.registry import STAGES
+
+        self.split = split
+        self.outputs = {(stage.kind, stage.name): [o for o in stage.outputs if not o.internal] for stage in STAGES}
+        folders = {posixpath.dirname(output.path(split, "-")) for outputs in self.outputs.values() for output in outputs}
+        self.files = {folder: {info.key for info in store.list_files(folder)} for folder in sorted(folders)}
+
+    def missing_stages(self, kind: str, stem: str) -> frozenset[str]:
+        """The stages of an item whose outputs are not all in the dataset."""
+        missing = set()
+        for (stage_kind, name), outputs in self.outputs.items():
+            if stage_kind != kind:
+                continue
+            for output in outputs:
+                folder, file_name = posixpath.split(output.path(self.split, stem))
+                if file_name not in self.files[folder]:
+                    missing.add(name)
+        return frozenset(missing)
+
+
 def plan_catalog(
     items_by_kind: Mapping[str, Iterable[CatalogItem]],
     index: Mapping[tuple[str, str], ItemState],
     fingerprints: Mapping[str, Mapping[str, str]],
     selection: Selection,
+    outputs: OutputListing | None = None,
+    missing: Mapping[str, Mapping[str, frozenset[str]]] | None = None,
 ) -> tuple[dict[str, dict[str, str]], dict[str, list[WorkItem]]]:
     """Stream each kind's listing through the planner.
 
     Returns every listed key's stem per kind (for stem checks and pairs) and the work items; the
-    listing itself is never held, only one page of it at a time.
+    listing itself is never held, only one page of it at a time. `outputs` (the dataset's output
+    folders) or `missing` (a parent run's findings: kind -> key -> stages) add the stages of healthy
+    items whose outputs are gone.
     """
     listed: dict[str, dict[str, str]] = {}
     works: dict[str, list[WorkItem]] = {}
@@ -179,7 +214,13 @@ def plan_catalog(
             listed[kind][item.key] = item.stem
             if selection.selects(item):
                 state = index.get((kind, item.key))
-                work = plan_item(item, state, fingerprints, selection.full_refresh)
+                gone = frozenset()
+                if state is not None and state.all_ok():
+                    gone = outputs.missing_stages(kind, item.stem) if outputs is not None else frozenset(
+                        (missing or {}).get(kind, {}).get(item.key, ()))
+                work = plan_item(item, state, fingerprints, selection.full_refresh, gone)
+                if work is not None and gone:
+                    work = replace(work, missing=gone)
                 reason = unsafe_relative_reason(item.key)
                 if reason is not None and (work is not None or (state is not None and state.all_ok())):
                     work = refused(item, Refusal(errors.UNSAFE_KEY, reason))
@@ -248,17 +289,33 @@ def write_work_list(store: Store, rel: str, run_id: str, works: Mapping[str, lis
         "items": {kind: [asdict(work.item) for work in found] for kind, found in works.items()},
         "refusals": {kind: {work.item.key: asdict(work.refusal) for work in found if work.refusal}
                      for kind, found in works.items()},
+        "missing": {kind: {work.item.key: sorted(work.missing) for work in found if work.missing}
+                    for kind, found in works.items()},
     }
     return store.write_text(rel, json.dumps(payload, sort_keys=True))
 
 
-def read_work_list(store: Store, rel: str) -> tuple[str, dict[str, list[CatalogItem]], dict[str, dict[str, Refusal]]]:
-    """(the child's run id, its catalog items per kind, the parent's refusals per kind and key)."""
+@dataclass(frozen=True)
+class WorkList:
+    """A child run's part of a parent's plan: its id, its catalog items per kind, and what the parent
+    found out that the child cannot (refusals, stages whose outputs are gone), per kind and key."""
+
+    run_id: str
+    items: dict[str, list[CatalogItem]]
+    refusals: dict[str, dict[str, Refusal]]
+    missing: dict[str, dict[str, frozenset[str]]]
+
+
+def read_work_list(store: Store, rel: str) -> WorkList:
     payload = json.loads(store.read_text(rel))
-    items = {kind: [CatalogItem(**fields) for fields in found] for kind, found in payload["items"].items()}
-    refusals = {kind: {key: Refusal(**fields) for key, fields in found.items()}
-                for kind, found in payload.get("refusals", {}).items()}
-    return payload["run_id"], items, refusals
+    return WorkList(
+        run_id=payload["run_id"],
+        items={kind: [CatalogItem(**fields) for fields in found] for kind, found in payload["items"].items()},
+        refusals={kind: {key: Refusal(**fields) for key, fields in found.items()}
+                  for kind, found in payload.get("refusals", {}).items()},
+        missing={kind: {key: frozenset(stages) for key, stages in found.items()}
+                 for kind, found in payload.get("missing", {}).items()},
+    )
 
 
 def apply_refusals(works: Mapping[str, list[WorkItem]], refusals: Mapping[str, Mapping[str, Refusal]]) -> dict:

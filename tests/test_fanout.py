@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -48,12 +49,14 @@ def test_a_work_list_round_trips_through_storage(tmp_path):
     rel = work_list_path("test", "20261127T000000Z-abc123", 2, 5)
     assert rel == "_work/test/plans/20261127T000000Z-abc123/part-0002-of-0005.json"
     part[PERSON][0] = refused(part[PERSON][0].item, Refusal("stem_collision", "shares its name", False))
+    part[GARMENT][0] = replace(part[GARMENT][0], missing=frozenset({"cloth_mask"}))
     write_work_list(store, rel, child_run_id("20261127T000000Z-abc123", 2), part)
-    run_id, items, refusals = read_work_list(store, rel)
-    assert run_id == "20261127T000000Z-abc123-p0002"
-    assert items == {kind: [work.item for work in found] for kind, found in part.items()}
-    assert refusals == {PERSON: {part[PERSON][0].item.key: part[PERSON][0].refusal}, GARMENT: {}}, \
+    read = read_work_list(store, rel)
+    assert read.run_id == "20261127T000000Z-abc123-p0002"
+    assert read.items == {kind: [work.item for work in found] for kind, found in part.items()}
+    assert read.refusals == {PERSON: {part[PERSON][0].item.key: part[PERSON][0].refusal}, GARMENT: {}}, \
         "a child sees only its part of the catalog: the parent's refusals travel with the work list"
+    assert read.missing == {PERSON: {}, GARMENT: {part[GARMENT][0].item.key: frozenset({"cloth_mask"})}}
 
 
 def test_child_run_ids_sort_after_their_parent_and_in_part_order():

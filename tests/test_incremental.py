@@ -175,3 +175,16 @@ def test_the_current_view_has_one_row_per_item_and_stage(copy, samples_dir):
     persons = current.filter(pc.equal(current["kind"], "person"))
     latest = {k: r for k, r in zip(persons["key"].to_pylist(), persons["run_id"].to_pylist())}
     assert latest["00034_00.jpg"] > latest["00121_00.jpg"], "the refreshed person's rows come from the last run"
+
+
+def test_outputs_deleted_behind_the_manifests_back_are_made_again(copy):
+    catalog, out, _ = copy
+    (out / "test" / "image-parse-v3" / "00034_00.png").unlink()
+    (out / "test" / "cloth-mask" / "04469_00.jpg").unlink()
+    summary = run(catalog, out)
+    assert stages_run(out, summary) == {
+        ("person", "00034_00.jpg"): {"parse", "agnostic"},  # agnostic reads the parse it had lost
+        ("garment", "04469_00.jpg"): {"cloth_mask"},
+    }
+    assert (out / "test" / "image-parse-v3" / "00034_00.png").exists()
+    assert (out / "test" / "cloth-mask" / "04469_00.jpg").exists()
