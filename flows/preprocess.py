@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -43,13 +45,14 @@ from tasks.config import (
     StorageOptions,
 )
 from tasks.engine import ShardRun
+from tasks.lease import DatasetLease
 from tasks.manifest import ok_items, read_current, write_summary
 from tasks.model_cache import resolve_weights
 from tasks.plan import (
+    OutputListing,
     Selection,
     WorkItem,
     apply_refusals,
-    OutputListing,
     index_current,
     plan_catalog,
     read_work_list,
@@ -116,6 +119,7 @@ def preprocess(
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES,
     workers: int | None = None,
     parse_batch_size: int = DEFAULT_PARSE_BATCH_SIZE,
+    lease_wait_s: float = 0.0,
     storage_options: StorageOptions | None = None,
     storage_secret_block: str | None = None,
     prefix: str = "",
@@ -147,6 +151,7 @@ def preprocess(
         max_source_bytes: larger source files are rejected without being read.
         workers: worker processes for the CPU stages on the machine running this flow; empty = one per core.
         parse_batch_size: images per call of the YOLO parser (on the GPU).
+        lease_wait_s: seconds to wait for another run on the same dataset to finish; 0 stops at once.
         storage_options: fsspec options for every URL, never credentials (endpoint_url, profile, ...).
         storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
             such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
@@ -178,6 +183,7 @@ def preprocess(
         max_source_bytes=max_source_bytes,
         workers=workers,
         parse_batch_size=parse_batch_size,
+        lease_wait_s=lease_wait_s,
         storage_options=storage_options or {},
         storage_secret_block=storage_secret_block,
     )
@@ -208,35 +214,85 @@ def epoch_seconds(moment: datetime | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
+@dataclass
+class Run:
+    """One full run: what it was given and what it resolved before planning."""
+
+    config: PreprocessConfig
+    selection: Selection
+    policy: RunPolicy
+    run_id: str
+    started: float  # perf_counter
+    catalog: Store
+    out: Store
+    layout: Any
+    worn_pairs: list[tuple[str, str]]
+    weights: Any
+    fingerprints: dict
+
+
+@dataclass
+class Plan:
+    """What a run found to do: the current view, its index, every listed key's stem, the work items."""
+
+    current: Any
+    index: dict
+    listed: dict[str, dict[str, str]]
+    works: dict[str, list[WorkItem]]
+
+    @property
+    def planned(self) -> int:
+        return len(self.works[PERSON]) + len(self.works[GARMENT])
+
+
+def plan_run(run: Run) -> Plan:
+    """List the catalog and the dataset's output folders, diff them against the manifest's current view."""
+    current = read_current(run.out, run.config.split)
+    index = index_current(current)
+    outputs = OutputListing(run.out, run.config.split) if not run.selection.full_refresh else None
+    listed, works = plan_catalog(
+        {kind: list_items(run.catalog, run.layout, kind) for kind in (PERSON, GARMENT)}, index, run.fingerprints,
+        run.selection, outputs=outputs,
+    )
+    return Plan(current, index, listed, refuse_collisions(listed, works, index))
+
+
 def run_preprocess(
     config: PreprocessConfig, selection: Selection = Selection(), policy: RunPolicy | None = None
 ) -> dict[str, Any]:
-    """The flow's body: list, diff against the manifest, process (here or in child runs), summarise, chain."""
-    policy = policy or RunPolicy()
+    """The flow's body: list, diff against the manifest, process (here or in child runs), summarise, chain.
+
+    A run with work holds the dataset's lease from before its first write to after its last
+    (`tasks.lease`); a run with nothing to do writes nothing, the lease included.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
-    run_id = new_run_id()
     catalog = Store(config.catalog, config.storage_options)
-    out = Store(config.out, config.storage_options)
     layout = detect_layout(catalog)
-    worn_pairs = read_worn_pairs(catalog, layout)  # a broken pairs file fails the run before any image
-    leftovers = out.remove_temporaries()
-    if leftovers:
-        logger.info("removed %d partial files left by an interrupted run", leftovers)
-    current = read_current(out, config.split)
-    index = index_current(current)
     weights = resolve_weights(config)
-    fingerprints = stage_fingerprints(config, weights)
-    outputs = OutputListing(out, config.split) if not selection.full_refresh else None
-    listed, works = plan_catalog(
-        {kind: list_items(catalog, layout, kind) for kind in (PERSON, GARMENT)}, index, fingerprints, selection,
-        outputs=outputs,
-    )
-    works = refuse_collisions(listed, works, index)
-    planned = len(works[PERSON]) + len(works[GARMENT])
+    run = Run(config, selection, policy or RunPolicy(), new_run_id(), started, catalog,
+              Store(config.out, config.storage_options), layout,
+              read_worn_pairs(catalog, layout),  # a broken pairs file fails the run before any image
+              weights, stage_fingerprints(config, weights))
+    plan = plan_run(run)
+    lease = DatasetLease(run.out, run.run_id, wait_s=config.lease_wait_s) if plan.planned else nullcontext()
+    with lease:
+        if plan.planned and lease.waited:  # the run we waited for may have done some of it
+            plan = plan_run(run)
+        if plan.planned:
+            leftovers = run.out.remove_temporaries(min_age_s=time.time() - lease.taken)
+            if leftovers:
+                logger.info("removed %d partial files left by an interrupted run", leftovers)
+        return finish_run(run, plan, logger)
+
+
+def finish_run(run: Run, plan: Plan, logger: Any) -> dict[str, Any]:
+    """Process the plan (here or in child runs), then write the pairs and the summary, publish, chain."""
+    config, selection, policy, run_id, out = run.config, run.selection, run.policy, run.run_id, run.out
+    listed, works, current, planned = plan.listed, plan.works, plan.current, plan.planned
     logger.info(
         "run %s: %d of %d persons and %d of %d garments to process (%s layout)",
-        run_id, len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), layout.name,
+        run_id, len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), run.layout.name,
     )
     children: dict[str, str] = {}
     failed_shards: list[dict[str, str]] = []
@@ -254,14 +310,14 @@ def run_preprocess(
         rows = fanout.children_rows(config, children)
         unfinished = {children[i]: state for i, state in states.items() if state != "Completed"}
     else:
-        rows, failed_shards = process(config, ShardRun(run_id, fingerprints, weights), works, logger)
+        rows, failed_shards = process(config, ShardRun(run_id, run.fingerprints, run.weights), works, logger)
         unfinished = {}
 
     if rows or children:  # else the view read at the start still holds
         current = read_current(out, config.split)
     ok = ok_listed(current, listed)
-    pairs = write_pairs(out, config, layout, worn_pairs, ok)
-    summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - started)
+    pairs = write_pairs(out, config, run.layout, run.worn_pairs, ok)
+    summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - run.started)
     summary["child_runs"] = sorted(children.values())
     summary["failed_shards"] = failed_shards
     failure = failure_reason(summary, policy.max_failed_fraction, unfinished)

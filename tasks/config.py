@@ -73,6 +73,9 @@ class PreprocessConfig(BaseModel):
         None, ge=0, description="Worker processes for the CPU stages; None = one per core, 0 = in the task's own process"
     )
     parse_batch_size: int = Field(DEFAULT_PARSE_BATCH_SIZE, ge=1, description="Images per YOLO parser call")
+    lease_wait_s: float = Field(
+        0.0, ge=0.0, description="How long to wait for another run on the same dataset to finish (0: stop at once)"
+    )
     storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
     storage_secret_block: str | None = Field(
         None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
