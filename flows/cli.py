@@ -86,6 +86,8 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"images per YOLO parser call (default {DEFAULT_PARSE_BATCH_SIZE})")
     parser.add_argument("--max-source-bytes", type=int, default=DEFAULT_MAX_SOURCE_BYTES,
                         help=f"larger source files are rejected without being read (default {DEFAULT_MAX_SOURCE_BYTES})")
+    parser.add_argument("--trust-weights", action="store_true",
+                        help="load the YOLO parser's .pt as Ultralytics does, code in it included (trusted files only)")
     parser.add_argument("--lease-wait", type=float, default=0.0, metavar="SECONDS",
                         help="wait this long for another run on the same dataset to finish (default 0: stop at once)")
     parser.add_argument("--prefix", default="", help="backfill only keys under this prefix, e.g. garments/2026-11/")
@@ -150,6 +152,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         parse_batch_size=args.parse_batch_size,
         max_source_bytes=args.max_source_bytes,
         lease_wait_s=args.lease_wait,
+        trust_weights=args.trust_weights,
         storage_options=storage_options_from(args.storage_option),
         storage_secret_block=args.storage_secret_block,
     )

@@ -120,6 +120,7 @@ def preprocess(
     workers: int | None = None,
     parse_batch_size: int = DEFAULT_PARSE_BATCH_SIZE,
     lease_wait_s: float = 0.0,
+    trust_weights: bool = False,
     storage_options: StorageOptions | None = None,
     storage_secret_block: str | None = None,
     prefix: str = "",
@@ -152,6 +153,7 @@ def preprocess(
         workers: worker processes for the CPU stages on the machine running this flow; empty = one per core.
         parse_batch_size: images per call of the YOLO parser (on the GPU).
         lease_wait_s: seconds to wait for another run on the same dataset to finish; 0 stops at once.
+        trust_weights: load the YOLO parser's weights as Ultralytics does, code in them included (trusted files only).
         storage_options: fsspec options for every URL, never credentials (endpoint_url, profile, ...).
         storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
             such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
@@ -184,6 +186,7 @@ def preprocess(
         workers=workers,
         parse_batch_size=parse_batch_size,
         lease_wait_s=lease_wait_s,
+        trust_weights=trust_weights,
         storage_options=storage_options or {},
         storage_secret_block=storage_secret_block,
     )
@@ -245,6 +248,14 @@ class Plan:
         return len(self.works[PERSON]) + len(self.works[GARMENT])
 
 
+def check_parser_weights(config: PreprocessConfig, weights: Any) -> None:
+    """A YOLO checkpoint that would run code when loaded stops the run before anything is processed."""
+    if weights.parser is not None:
+        from tasks.parse_yolo import check_weights
+
+        check_weights(weights.parser.path, config.trust_weights)
+
+
 def plan_run(run: Run) -> Plan:
     """List the catalog and the dataset's output folders, diff them against the manifest's current view."""
     current = read_current(run.out, run.config.split)
@@ -270,6 +281,7 @@ def run_preprocess(
     catalog = Store(config.catalog, config.storage_options)
     layout = detect_layout(catalog)
     weights = resolve_weights(config)
+    check_parser_weights(config, weights)
     run = Run(config, selection, policy or RunPolicy(), new_run_id(), started, catalog,
               Store(config.out, config.storage_options), layout,
               read_worn_pairs(catalog, layout),  # a broken pairs file fails the run before any image
@@ -352,6 +364,7 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     part = read_work_list(out, work_list)
     run_id = part.run_id
     weights = resolve_weights(config)
+    check_parser_weights(config, weights)
     fingerprints = stage_fingerprints(config, weights)
     index = index_current(read_current(out, config.split))
     listed, works = plan_catalog(part.items, index, fingerprints, Selection(full_refresh=selection.full_refresh),

@@ -76,6 +76,9 @@ class PreprocessConfig(BaseModel):
     lease_wait_s: float = Field(
         0.0, ge=0.0, description="How long to wait for another run on the same dataset to finish (0: stop at once)"
     )
+    trust_weights: bool = Field(
+        False, description="Load the YOLO parser's .pt weights as Ultralytics does, code in them included (trusted files only)"
+    )
     storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
     storage_secret_block: str | None = Field(
         None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
@@ -208,6 +211,9 @@ class ParserTrainConfig(BaseModel):
     seed: int = Field(0, ge=0)
     compare_geometric: bool = Field(
         True, description="Also evaluate the bundled geometric parser on the val split (pixel IoU)"
+    )
+    trust_weights: bool = Field(
+        False, description="Load .pt checkpoints (fine-tune weights, last.pt) as Ultralytics does, code in them included"
     )
     storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
     storage_secret_block: str | None = Field(

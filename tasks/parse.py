@@ -112,7 +112,8 @@ def parse_geometric(env, item) -> np.ndarray:
 
 def _yolo_parser(env) -> YoloParser:
     weights = env.weights.parser
-    return env.model(("yolo", weights.sha256), lambda: YoloParser(weights.path, sha256=weights.sha256))
+    trust = env.config.trust_weights
+    return env.model(("yolo", weights.sha256, trust), lambda: YoloParser(weights.path, sha256=weights.sha256, trust=trust))
 
 
 def parse_yolo_batch(env, batch) -> list[np.ndarray]:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 
-# Ultralytics reads these once at import; nothing here may reach the network (DESIGN.md "Models").
+# Ultralytics reads these once at import; nothing here may reach the network (DESIGN.md "Models"),
+# and no checkpoint may run code when it is loaded (see `weights_loading`).
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
 # Ultralytics sets OMP_NUM_THREADS=1 when it is unset, pinning torch (and DataLoader workers) to one thread.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +135,60 @@ def _fp16_predict_args() -> dict:
     return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
 
 
+log = logging.getLogger("vitonprep.weights")
+
+
+class UntrustedWeightsError(ValueError):
+    """A weights file that would run code when loaded (or that this Ultralytics cannot load safely)."""
+
+
+@contextmanager
+def weights_loading(path: str, trust: bool = False) -> Iterator[None]:
+    """Ultralytics `.pt` files are pickles. Within this block they load with `weights_only=True` and
+    Ultralytics' allow-list of its own model classes (its ULTRALYTICS_SAFE_LOAD mode), so a crafted
+    file is refused instead of running code; `trust=True` (a user's explicit opt-in) loads it as
+    Ultralytics normally would, and says so in the log."""
+    import ultralytics.nn.tasks as ultralytics_tasks
+
+    if not hasattr(ultralytics_tasks, "SAFE_LOAD"):
+        if not trust:
+            raise UntrustedWeightsError(
+                f"this Ultralytics cannot load {path} without running the code a checkpoint may hold; "
+                "install ultralytics>=8.4.189, or pass --trust-weights if you trust the file")
+        yield
+        return
+    if trust:
+        log.warning("loading %s as trusted: it is unpickled as Ultralytics does, so code in it would run", path)
+    previous = ultralytics_tasks.SAFE_LOAD
+    ultralytics_tasks.SAFE_LOAD = not trust
+    try:
+        yield
+    except Exception as error:
+        if trust or not _refused_as_unsafe(error):
+            raise
+        raise UntrustedWeightsError(
+            f"{path} is refused: it holds types outside an Ultralytics checkpoint, which could run code when "
+            "loaded. If you trust the file, pass --trust-weights") from error
+    finally:
+        ultralytics_tasks.SAFE_LOAD = previous
+
+
+def _refused_as_unsafe(error: BaseException) -> bool:
+    """Did a weights_only load refuse a global (torch's error, or Ultralytics' wrapping of it)?"""
+    import pickle
+
+    return isinstance(error, pickle.UnpicklingError) or (
+        isinstance(error, TypeError) and "outside the supported" in str(error))
+
+
+def check_weights(path: str, trust: bool = False) -> None:
+    """Load `path` as the parser will (refusing code), before a run processes anything."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    with weights_loading(path, trust):
+        torch_safe_load(path, safe_only=not trust)
+
+
 def yolo_parser_id(weights_path: str, sha256: str) -> str:
     """The parser's id in the manifest: the weights' file name and the start of their hash."""
     return f"yolo:{Path(weights_path).name}:{sha256[:12]}"
@@ -148,6 +206,7 @@ class YoloParser:
         imgsz: int = 1024,
         half: bool = False,
         sha256: str | None = None,
+        trust: bool = False,
     ):
         path = Path(weights_path)
         if not path.is_file():
@@ -161,7 +220,8 @@ class YoloParser:
         self.imgsz = imgsz
         self.half = half
         self._sha256 = sha256 or file_sha256(path)  # the run hashed it already, for the fingerprint
-        self.model = YOLO(self.weights_path)
+        with weights_loading(self.weights_path, trust):
+            self.model = YOLO(self.weights_path)
         # Without a table, the model's own class names say which CIHP label each class paints.
         self.class_to_cihp = _validated_class_table(
             class_table_for_names(self.model.names) if class_to_cihp is None else class_to_cihp

@@ -2,10 +2,13 @@
 
 Training runs in a local working folder (the output folder itself when it is local) with
 Ultralytics' own checkpoints (`run/weights/last.pt`, `best.pt` by validation fitness, `results.csv`);
-an interrupted training resumes from `last.pt`. Nothing is downloaded: the model is built from an
-architecture file shipped inside Ultralytics or loaded from a configured URL, plots (which fetch a
-font) are off and we draw the curves ourselves, and the AMP check (which fetches a nano model) is
-replaced by a check on the model being trained.
+an interrupted training resumes from `last.pt`. Nothing is downloaded and no host is looked up: the
+model is built from an architecture file shipped inside Ultralytics or loaded from a configured URL
+(a bare official name such as `yolov8n-seg.pt`, which Ultralytics would download, is refused), plots
+are off and we draw the curves ourselves, Ultralytics' font check (which fetches Arial) is given
+matplotlib's bundled font, and the AMP check (which fetches a nano model) is replaced by a check on
+the model being trained. Every `.pt` is loaded without running code (`tasks.parse_yolo.weights_loading`)
+unless the user trusts it.
 
 Evaluation has two halves: Ultralytics' per-class box and mask precision, recall, mAP50 and
 mAP50-95 on the val split, and the pixel-level IoU of the CIHP maps that preprocess would write
@@ -33,6 +36,7 @@ import numpy as np
 import yaml
 
 from tasks.config import ParserTrainConfig
+from tasks.parse_yolo import weights_loading
 from tasks.storage import Store, local_file
 
 RUN_DIR = "run"  # Ultralytics' save dir inside the working folder
@@ -84,6 +88,11 @@ def resolve_model(config: ParserTrainConfig) -> str:
     """An architecture file name as Ultralytics resolves it, or a local copy of the weights to fine-tune."""
     if config.model.endswith((".yaml", ".yml")) and "://" not in config.model and not Path(config.model).exists():
         return config.model  # shipped inside the ultralytics package: e.g. yolov8x-seg.yaml
+    if "/" not in config.model and not Path(config.model).exists():
+        raise ValueError(
+            f"--model {config.model} is a bare name, which Ultralytics would download: give the URL or the path of "
+            f"the weights file (s3://models/{config.model}, /models/{config.model}), or an architecture file "
+            "(yolov8x-seg.yaml) to train from scratch")
     return local_file(config.model, config.storage_options)
 
 
@@ -126,27 +135,44 @@ def first_tensor(output: Any):
     return output
 
 
-@contextmanager
-def offline_amp_check() -> Iterator[None]:
-    import ultralytics.engine.trainer as trainer_module
+def bundled_font(font: str = "Arial.ttf") -> Path:
+    """What Ultralytics' `check_font` gets instead of a download: matplotlib's bundled DejaVu Sans."""
+    import matplotlib
 
-    original = trainer_module.check_amp
-    trainer_module.check_amp = amp_is_safe
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+
+@contextmanager
+def offline_ultralytics() -> Iterator[None]:
+    """Ultralytics as training uses it, with the two checks that reach the network replaced: AMP (a
+    downloaded nano model) and fonts (Arial, fetched for the dataset check and plots)."""
+    import ultralytics.data.utils as data_utils
+    import ultralytics.engine.trainer as trainer_module
+    import ultralytics.utils.checks as checks
+
+    patched = [(trainer_module, "check_amp", amp_is_safe), (data_utils, "check_font", bundled_font),
+               (checks, "check_font", bundled_font)]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in patched]
+    for module, name, replacement in patched:
+        setattr(module, name, replacement)
     try:
         yield
     finally:
-        trainer_module.check_amp = original
+        for module, name, original in originals:
+            setattr(module, name, original)
 
 
 # ---------------------------------------------------------------------------------------------
 # Training
 
 
-def checkpoint_epoch(path: Path) -> int | None:
+def checkpoint_epoch(path: Path, trust: bool = False) -> int | None:
     """The epoch a checkpoint was saved after (0-based), or None when training finished (Ultralytics: -1)."""
-    import torch
+    from ultralytics.nn.tasks import torch_safe_load
 
-    epoch = torch.load(path, map_location="cpu", weights_only=False).get("epoch", -1)
+    with weights_loading(str(path), trust):
+        checkpoint, _ = torch_safe_load(str(path), safe_only=not trust)
+    epoch = checkpoint.get("epoch", -1)
     return None if epoch == -1 else int(epoch)
 
 
@@ -162,23 +188,27 @@ def train(config: ParserTrainConfig, log: Callable[[str], None] = print) -> dict
         last.parent.mkdir(parents=True, exist_ok=True)  # resume on another machine from the exported checkpoint
         last.write_bytes(out.read_bytes(f"{RUN_DIR}/weights/last.pt"))
     data_yaml, spec = local_dataset(config)
-    with offline_amp_check():
+    trust = config.trust_weights
+    with offline_ultralytics():
         if last.exists():
-            epoch = checkpoint_epoch(last)
+            epoch = checkpoint_epoch(last, trust)
             if epoch is None:
                 log(f"training in {save_dir} already finished; evaluating its best.pt")
                 return {"resumed_from_epoch": None, "trained": False, "save_dir": str(save_dir)}
             log(f"resuming the training in {save_dir} after epoch {epoch + 1}")
-            YOLO(str(last)).train(resume=True)
+            with weights_loading(str(last), trust):
+                YOLO(str(last)).train(resume=True)
             return {"resumed_from_epoch": epoch + 1, "trained": True, "save_dir": str(save_dir)}
-        model = YOLO(resolve_model(config), task="segment")
-        log(f"training {config.model} on {config.data} ({len(spec['names'])} classes) in {save_dir}")
-        model.train(
-            data=str(data_yaml), epochs=config.epochs, imgsz=config.imgsz, batch=config.batch,
-            device=device_argument(config.device), workers=config.workers, patience=config.patience,
-            seed=config.seed, deterministic=True, project=str(work), name=RUN_DIR, exist_ok=True,
-            plots=False, verbose=False, val=True,
-        )  # fmt: skip
+        source = resolve_model(config)
+        with weights_loading(source, trust):
+            model = YOLO(source, task="segment")
+            log(f"training {config.model} on {config.data} ({len(spec['names'])} classes) in {save_dir}")
+            model.train(
+                data=str(data_yaml), epochs=config.epochs, imgsz=config.imgsz, batch=config.batch,
+                device=device_argument(config.device), workers=config.workers, patience=config.patience,
+                seed=config.seed, deterministic=True, project=str(work), name=RUN_DIR, exist_ok=True,
+                plots=False, verbose=False, val=True,
+            )  # fmt: skip
     return {"resumed_from_epoch": 0, "trained": True, "save_dir": str(save_dir)}
 
 
@@ -267,10 +297,11 @@ def class_table(metrics: Any, names: Mapping[int, str], images: int) -> list[dic
 def evaluate_classes(config: ParserTrainConfig, weights: Path, data_yaml: Path) -> list[dict[str, Any]]:
     from ultralytics import YOLO
 
-    model = YOLO(str(weights))
-    metrics = model.val(data=str(data_yaml), split="val", imgsz=config.imgsz, batch=config.batch,
-                        device=device_argument(config.device), plots=False, verbose=False,
-                        project=str(working_dir(config)), name="val", exist_ok=True)
+    with weights_loading(str(weights), config.trust_weights), offline_ultralytics():
+        model = YOLO(str(weights))
+        metrics = model.val(data=str(data_yaml), split="val", imgsz=config.imgsz, batch=config.batch,
+                            device=device_argument(config.device), plots=False, verbose=False,
+                            project=str(working_dir(config)), name="val", exist_ok=True)
     return class_table(metrics, model.names, images=len(val_items(data_yaml)))
 
 
