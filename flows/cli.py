@@ -86,6 +86,11 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"images per YOLO parser call (default {DEFAULT_PARSE_BATCH_SIZE})")
     parser.add_argument("--max-source-bytes", type=int, default=DEFAULT_MAX_SOURCE_BYTES,
                         help=f"larger source files are rejected without being read (default {DEFAULT_MAX_SOURCE_BYTES})")
+    parser.add_argument("--max-torso-tilt", type=float, default=45.0, metavar="DEGREES",
+                        help="refuse persons whose torso leans further from upright (default 45: not_upright)")
+    parser.add_argument("--max-other-person-scale", type=float, default=0.5, metavar="RATIO",
+                        help="refuse photos with another person at least this size of the chosen one "
+                        "(default 0.5: several_persons)")
     parser.add_argument("--trust-weights", action="store_true",
                         help="load the YOLO parser's .pt as Ultralytics does, code in it included (trusted files only)")
     parser.add_argument("--lease-wait", type=float, default=0.0, metavar="SECONDS",
@@ -153,6 +158,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         max_source_bytes=args.max_source_bytes,
         lease_wait_s=args.lease_wait,
         trust_weights=args.trust_weights,
+        max_torso_tilt_deg=args.max_torso_tilt,
+        max_other_person_scale=args.max_other_person_scale,
         storage_options=storage_options_from(args.storage_option),
         storage_secret_block=args.storage_secret_block,
     )

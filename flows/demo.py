@@ -1,7 +1,8 @@
 """`vitonprep demo`: a small real catalog from photos that installed packages ship, run end to end.
 
-Persons: scikit-image's astronaut (a portrait without hips), Ultralytics' bus.jpg (several people,
-full bodies) and zidane.jpg (two people, partial bodies), scikit-image's cat (no person at all).
+Persons: scikit-image's astronaut (a portrait), Ultralytics' bus.jpg (several people of one size,
+refused as several_persons) and zidane.jpg (two people: several_persons too), scikit-image's cat
+(no person at all).
 Garments: product shots rendered here (plain backgrounds, as catalogs photograph them).
 """
 

@@ -116,6 +116,8 @@ def preprocess(
     cloth_mask_model: str | None = None,
     visibility_threshold: float = 0.5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_torso_tilt_deg: float = 45.0,
+    max_other_person_scale: float = 0.5,
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES,
     workers: int | None = None,
     parse_batch_size: int = DEFAULT_PARSE_BATCH_SIZE,
@@ -149,6 +151,9 @@ def preprocess(
         cloth_mask_model: URL of a ClothUNet checkpoint; empty for classical background removal.
         visibility_threshold: joints MediaPipe sees less well than this are written as 0,0,0.
         max_pixels: larger images are rejected as decompression bombs.
+        max_torso_tilt_deg: persons whose torso leans further from upright are refused (not_upright).
+        max_other_person_scale: photos with another person at least this size (box area) of the chosen one
+            are refused (several_persons).
         max_source_bytes: larger source files are rejected without being read.
         workers: worker processes for the CPU stages on the machine running this flow; empty = one per core.
         parse_batch_size: images per call of the YOLO parser (on the GPU).
@@ -183,6 +188,8 @@ def preprocess(
         visibility_threshold=visibility_threshold,
         max_pixels=max_pixels,
         max_source_bytes=max_source_bytes,
+        max_torso_tilt_deg=max_torso_tilt_deg,
+        max_other_person_scale=max_other_person_scale,
         workers=workers,
         parse_batch_size=parse_batch_size,
         lease_wait_s=lease_wait_s,

@@ -66,6 +66,13 @@ class PreprocessConfig(BaseModel):
     cloth_mask_model: str | None = Field(None, description="URL of a ClothUNet checkpoint; None = classical")
     visibility_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Larger images are rejected as bombs")
+    max_torso_tilt_deg: float = Field(
+        45.0, ge=0.0, le=180.0, description="Persons whose torso leans further from upright are refused (not_upright)"
+    )
+    max_other_person_scale: float = Field(
+        0.5, ge=0.0, description="Photos where another person is at least this size (box area) of the chosen one "
+        "are refused (several_persons)"
+    )
     max_source_bytes: int = Field(
         DEFAULT_MAX_SOURCE_BYTES, ge=1, description="Larger source files are rejected without being read"
     )

@@ -45,6 +45,8 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 NO_PERSON = "no_person"
 MISSING_KEYPOINTS = "missing_keypoints"
 ZERO_HIP_WIDTH = "zero_hip_width"
+NOT_UPRIGHT = "not_upright"  # lying down or upside down
+SEVERAL_PERSONS = "several_persons"  # another person of similar size in the photo
 # Garments
 NO_GARMENT = "no_garment"
 # Try-on and training: a dataset file a pair needs is absent or does not follow the contract

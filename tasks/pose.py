@@ -47,12 +47,14 @@ class PoseResult:
         depth), visibility. Kept for the geometric parser.
     segmentation: (H, W) float32 person probability 0..1 from the pose model, or None.
     persons_detected: how many people the image holds (the pose is of the chosen one).
+    other_person_scale: the biggest other person's landmark box area over the chosen one's (0 alone).
     """
 
     keypoints_body25: np.ndarray
     landmarks_px: np.ndarray
     segmentation: np.ndarray | None
     persons_detected: int
+    other_person_scale: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,7 +320,7 @@ def render_body25(
 CENTRE_WEIGHT = 0.5
 # People are found one at a time (the solutions graph returns one pose): after each, the person is painted
 # over with the background colour and the pose model runs again, up to this many people.
-MAX_PERSONS = 4
+MAX_PERSONS = 8  # people counted in a group photo (one more MediaPipe pass each, for group photos only)
 # Painting a person over: their pose mask above this, grown by this fraction of the image's shorter side
 # (hair and edges); without a mask, their landmark box grown by ERASE_BOX_MARGIN of its size.
 ERASE_MASK_THRESHOLD = 0.2
@@ -527,18 +529,22 @@ class PoseEstimator:
         if not people:
             raise ItemError(NO_PERSON, "the pose model found no person in the image")
         boxes = [_landmark_box(lm, width, height, self.visibility_threshold) or (0, 0, 0, 0) for lm, _ in people]
-        landmarks, segmentation = people[choose_person(boxes, width, height)]
+        chosen = choose_person(boxes, width, height)
+        landmarks, segmentation = people[chosen]
         keypoints = mediapipe_to_body25(landmarks, width, height, self.visibility_threshold, valid_box)
         if not np.any(keypoints[:, 2] > 0):
             raise ItemError(
                 NO_PERSON,
                 f"the pose model found no joint with visibility >= {self.visibility_threshold} inside the image",
             )
+        areas = [max(0, x1 - x0) * max(0, y1 - y0) for x0, y0, x1, y1 in boxes]
+        others = [area for index, area in enumerate(areas) if index != chosen]
         return PoseResult(
             keypoints_body25=keypoints,
             landmarks_px=landmarks,
             segmentation=segmentation,
             persons_detected=len(people),
+            other_person_scale=max(others) / max(areas[chosen], 1) if others else 0.0,
         )
 
     def person_box(self, image_rgb: np.ndarray) -> Box | None:
@@ -616,6 +622,7 @@ def pose_to_npz_bytes(result: PoseResult) -> bytes:
         "keypoints_body25": np.asarray(result.keypoints_body25, dtype=np.float32),
         "landmarks_px": np.asarray(result.landmarks_px, dtype=np.float32),
         "persons_detected": np.int32(result.persons_detected),
+        "other_person_scale": np.float32(result.other_person_scale),
     }
     if result.segmentation is not None:
         seg = np.clip(np.asarray(result.segmentation, dtype=np.float32), 0.0, 1.0)
@@ -636,11 +643,19 @@ def pose_from_npz_bytes(data: bytes) -> PoseResult:
             if int(npz["format"]) != _NPZ_FORMAT:
                 raise ValueError(f"unknown pose npz format {int(npz['format'])}")
             seg_u8 = npz["segmentation_u8"] if "segmentation_u8" in npz.files else None
+            persons = int(npz["persons_detected"])
+            if "other_person_scale" in npz.files:
+                scale = float(npz["other_person_scale"])
+            elif persons == 1:
+                scale = 0.0
+            else:  # written before the sizes were kept: the item reruns its pose from the source
+                raise ValueError("a pose npz of several people without their sizes (written by an older version)")
             return PoseResult(
                 keypoints_body25=_check_body25(npz["keypoints_body25"]),
                 landmarks_px=_check_landmarks(npz["landmarks_px"]).astype(np.float32),
                 segmentation=None if seg_u8 is None else seg_u8.astype(np.float32) / 255.0,
-                persons_detected=int(npz["persons_detected"]),
+                persons_detected=persons,
+                other_person_scale=scale,
             )
     except (OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # not an npz, or a field missing
         raise ValueError(f"not a pose npz: {exc}") from exc
@@ -684,7 +699,7 @@ def as_stored(result: PoseResult) -> PoseResult:
         return result
     seg_u8 = np.round(np.clip(np.asarray(result.segmentation, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     return PoseResult(result.keypoints_body25, result.landmarks_px, seg_u8.astype(np.float32) / 255.0,
-                      result.persons_detected)
+                      result.persons_detected, float(np.float32(result.other_person_scale)))
 
 
 def estimate_pose(env, item) -> PoseResult:
@@ -718,3 +733,40 @@ def pose_fields(env, result: PoseResult) -> dict:
 
 def load_pose(work, files: tuple[bytes, ...]) -> PoseResult:
     return pose_from_npz_bytes(files[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pose gate (declared in tasks/registry.py): photos that are no VITON-HD material
+# ---------------------------------------------------------------------------------------------------
+
+
+def torso_tilt_deg(keypoints_body25: np.ndarray) -> float | None:
+    """The angle between the torso (neck -> mid-hip) and straight down, in degrees: 0 standing, 90 lying
+    down, 180 upside down. None without a neck or a mid-hip."""
+    neck, hip = keypoints_body25[Body25.NECK], keypoints_body25[Body25.MID_HIP]
+    if neck[2] <= 0 or hip[2] <= 0:
+        return None
+    dx, dy = float(hip[0] - neck[0]), float(hip[1] - neck[1])  # image y grows downwards
+    return math.degrees(math.atan2(abs(dx), dy))
+
+
+def gate_pose(env, item) -> dict:
+    """Refuse a person lying down or upside down, and a photo of several people of similar size."""
+    from tasks.errors import NOT_UPRIGHT, SEVERAL_PERSONS
+
+    pose, config = item.values["pose"], env.config
+    seen = {"persons_detected": int(pose.persons_detected), "other_person_scale": round(pose.other_person_scale, 3),
+            "torso_tilt_deg": torso_tilt_deg(pose.keypoints_body25)}
+    tilt = seen["torso_tilt_deg"]
+    if tilt is not None and tilt > config.max_torso_tilt_deg:
+        raise ItemError(NOT_UPRIGHT, f"the torso is {tilt:.0f} degrees from upright (more than max_torso_tilt_deg "
+                                     f"{config.max_torso_tilt_deg:g}): the person lies down or is upside down", seen)
+    if pose.persons_detected > 1 and pose.other_person_scale >= config.max_other_person_scale:
+        raise ItemError(SEVERAL_PERSONS, f"{pose.persons_detected} people, another one {pose.other_person_scale:.2f} "
+                                         f"times the size of the chosen one (max_other_person_scale "
+                                         f"{config.max_other_person_scale:g}): not one person to dress", seen)
+    return seen
+
+
+def gate_fields(env, seen: dict) -> dict:
+    return dict(seen)

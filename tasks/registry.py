@@ -147,6 +147,10 @@ def _yolo_params(config: PreprocessConfig, weights: Weights) -> dict:
     return {"parser": f"yolo:{weights.parser.sha256}"}
 
 
+def _gate_params(config: PreprocessConfig, weights: Weights) -> dict:
+    return {"max_torso_tilt_deg": config.max_torso_tilt_deg, "max_other_person_scale": config.max_other_person_scale}
+
+
 def _agnostic_params(config: PreprocessConfig, weights: Weights) -> dict:
     return {"recipe": config.agnostic_recipe}
 
@@ -183,6 +187,11 @@ STAGES: tuple[Stage, ...] = (
         ),
         run=per_item(pose.estimate_pose), prepare=pose.prepare_pose, encode=pose.encode_pose, fields=pose.pose_fields,
         load=pose.load_pose, loads_from=(2,), params=_pose_params,
+    ),
+    Stage(
+        name="pose_gate", kind=PERSON, version=1, reads=("pose",),
+        outputs=(), run=per_item(pose.gate_pose), encode=lambda seen: (), fields=pose.gate_fields,
+        params=_gate_params,
     ),
     Stage(
         name="parse", kind=PERSON, version=1, reads=("ingest", "pose"), active=_geometric,

@@ -8,6 +8,7 @@ real files (FIFOs, devices, broken symlinks) or a real fsspec filesystem that re
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing
 import os
 import signal
@@ -40,7 +41,7 @@ from tasks.workers import SOURCE, Job, prepare_models, run_job, worker_pool
 
 
 def test_the_manifest_stage_lists_come_from_the_registry():
-    assert stages_for(PERSON) == ("ingest", "pose", "parse", "agnostic")
+    assert stages_for(PERSON) == ("ingest", "pose", "pose_gate", "parse", "agnostic")
     assert stages_for(GARMENT) == ("ingest", "cloth_mask")
 
 
@@ -65,11 +66,11 @@ def test_output_paths_are_every_file_the_stages_declare():
 
 def test_the_default_fingerprints_are_the_ones_existing_datasets_hold():
     """sha256 of {"stage", "version": 1, params} as the v1 planner wrote them: a dataset made before the
-    registry must not rerun anything after it."""
+    registry must not rerun anything after it (the pose gate is new: it runs once, from the pose sidecars)."""
     fingerprints = stage_fingerprints(PreprocessConfig(catalog="c", out="o"), Weights())
     assert fingerprints == {
-        PERSON: {"ingest": "18c7943c8482b5dd", "pose": "c00f37cfc1b9b68f", "parse": "cd24a40f7a8d4965",
-                 "agnostic": "1f994aa8060e8244"},
+        PERSON: {"ingest": "18c7943c8482b5dd", "pose": "c00f37cfc1b9b68f", "pose_gate": "86304020dfacdaac",
+                 "parse": "cd24a40f7a8d4965", "agnostic": "1f994aa8060e8244"},
         GARMENT: {"ingest": "18c7943c8482b5dd", "cloth_mask": "e49d7e6aad2f3782"},
     }
 
@@ -82,35 +83,37 @@ def test_runtime_settings_are_not_part_of_any_fingerprint():
 
 def test_the_geometric_parser_runs_per_item_with_the_other_cpu_stages():
     segments = segments_of(PreprocessConfig(catalog="c", out="o"), PERSON)
-    assert [(s.names, s.batch_size) for s in segments] == [(("ingest", "pose", "parse", "agnostic"), None)]
+    assert [(s.names, s.batch_size) for s in segments] == [(("ingest", "pose", "pose_gate", "parse", "agnostic"), None)]
 
 
 def test_the_yolo_parser_runs_over_batches_between_the_per_item_stages():
     config = PreprocessConfig(catalog="c", out="o", parser="yolo:/w.pt", parse_batch_size=16)
     segments = segments_of(config, PERSON)
     assert [(s.names, s.batch_size) for s in segments] == [
-        (("ingest", "pose"), None), (("parse",), 16), (("agnostic",), None)]
-    assert [s.reads for s in active_stages(config, PERSON)][2] == ("ingest",), "YOLO reads no pose"
+        (("ingest", "pose", "pose_gate"), None), (("parse",), 16), (("agnostic",), None)]
+    assert [s.reads for s in active_stages(config, PERSON)][3] == ("ingest",), "YOLO reads no pose"
 
 
 # ---------------------------------------------------------------------------------------------
 # Which stages run for an item
 
 PERSON_STAGES = active_stages(PreprocessConfig(catalog="c", out="o"), PERSON)
+ALL = ("ingest", "pose", "pose_gate", "parse", "agnostic")
 
 
 @pytest.mark.parametrize(
     ("planned", "source_runs", "expected"),
     [
-        ({"ingest", "pose", "parse", "agnostic"}, True, ("ingest", "pose", "parse", "agnostic")),
+        ({"ingest", "pose", "pose_gate", "parse", "agnostic"}, True, ALL),
         ({"parse"}, False, ("parse", "agnostic")),  # a new parser
-        ({"pose"}, False, ("pose", "parse", "agnostic")),  # a new visibility threshold
+        ({"pose"}, False, ("pose", "pose_gate", "parse", "agnostic")),  # a new visibility threshold
+        ({"pose_gate"}, False, ("pose_gate",)),  # new gate thresholds: no pose, parse or agnostic again
         ({"agnostic"}, False, ("agnostic",)),  # a new agnostic recipe
-        (set(), True, ("ingest", "pose", "parse", "agnostic")),  # touched, and the bytes changed
+        (set(), True, ALL),  # touched, and the bytes changed
         (set(), False, ()),  # touched, the bytes did not change: nothing reruns
-        ({"parse"}, True, ("ingest", "pose", "parse", "agnostic")),  # new parser and new bytes
+        ({"parse"}, True, ALL),  # new parser and new bytes
     ],
-    ids=["new", "parser", "pose", "recipe", "bytes-changed", "bytes-same", "both"],
+    ids=["new", "parser", "pose", "gate", "recipe", "bytes-changed", "bytes-same", "both"],
 )
 def test_a_stage_runs_when_planned_or_when_a_stage_it_reads_runs(planned, source_runs, expected):
     assert schedule_of(PERSON_STAGES, frozenset(planned), source_runs) == expected
@@ -521,3 +524,56 @@ def test_the_unet_cloth_mask_option_runs_in_the_worker_processes(hostile_catalog
     assert row["status"] == "ok", row["error_message"]
     assert row["model"].startswith("cloth_unet.pt@sha256:" + run.weights.cloth_mask.sha256[:12])
     assert 0.05 < row["cloth_mask_coverage"] < 0.9, row["cloth_mask_coverage"]
+
+
+@pytest.fixture(scope="module")
+def gate_catalog(tmp_path_factory, samples_dir) -> Path:
+    """Real photos that are no VITON-HD material beside ones that are."""
+    root = tmp_path_factory.mktemp("gate") / "catalog"
+    (root / "persons").mkdir(parents=True)
+    person = Image.open(samples_dir / "image" / "00034_00.jpg").convert("RGB")
+    other = Image.open(samples_dir / "image" / "01992_00.jpg").convert("RGB")
+    pair = Image.new("RGB", (1536, 1024), (240, 240, 240))
+    pair.paste(person, (0, 0))
+    pair.paste(other, (768, 0))
+    far = person.copy()
+    far.paste(other.resize((192, 256)), (560, 700))  # someone small in the background
+    photos = {"upright.jpg": person, "lying.jpg": person.rotate(90, expand=True),
+              "upside-down.jpg": person.rotate(180), "two-people.jpg": pair, "far-away-passer-by.jpg": far}
+    for name, image in photos.items():
+        image.save(root / "persons" / name, quality=95)
+    return root
+
+
+def test_the_pose_gate_refuses_persons_lying_down_upside_down_or_in_company(gate_catalog, tmp_path):
+    config = PreprocessConfig(catalog=str(gate_catalog), out=str(tmp_path), workers=2)
+    works, run = plan_new(Store(str(gate_catalog)), config)
+    rows = run_pass(config, run, "person-00000", works[PERSON])
+    codes = {key: row["error_code"] for (key, stage), row in rows.items() if row["status"] == "error"}
+    assert codes == {"lying.jpg": "not_upright", "upside-down.jpg": "not_upright", "two-people.jpg": "several_persons"}
+    for key in ("upright.jpg", "far-away-passer-by.jpg"):
+        assert rows[key, "agnostic"]["status"] == "ok", key
+    seen = json.loads(rows["two-people.jpg", "pose_gate"]["details"])
+    assert rows["two-people.jpg", "pose_gate"]["persons_detected"] == 2 and seen["other_person_scale"] > 0.5
+    assert json.loads(rows["lying.jpg", "pose_gate"]["details"])["torso_tilt_deg"] > 80
+
+
+def test_the_gate_thresholds_are_the_configurations(gate_catalog, tmp_path):
+    config = PreprocessConfig(catalog=str(gate_catalog), out=str(tmp_path), workers=2, max_torso_tilt_deg=180,
+                              max_other_person_scale=2.0)
+    works, run = plan_new(Store(str(gate_catalog)), config)
+    rows = run_pass(config, run, "person-00000", [w for w in works[PERSON] if w.item.key in ("lying.jpg", "two-people.jpg")])
+    assert {row["status"] for row in rows.values()} == {"ok"}
+
+
+def test_a_sidecar_of_several_people_without_their_sizes_is_not_loaded():
+    from tasks.pose import PoseResult, pose_from_npz_bytes, pose_to_npz_bytes
+
+    keypoints = np.zeros((25, 3), np.float32)
+    data = pose_to_npz_bytes(PoseResult(keypoints, np.zeros((33, 4), np.float32), None, 3, 0.8))
+    old = io.BytesIO()
+    with np.load(io.BytesIO(data)) as npz:  # as an older version wrote it: no other_person_scale
+        np.savez(old, **{name: npz[name] for name in npz.files if name != "other_person_scale"})
+    with pytest.raises(ValueError, match="older version"):
+        pose_from_npz_bytes(old.getvalue())
+    assert pose_from_npz_bytes(data).other_person_scale == pytest.approx(0.8)

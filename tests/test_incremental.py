@@ -131,7 +131,7 @@ def test_a_changed_source_reruns_every_stage_of_that_item(copy, samples_dir):
     catalog, out, _ = copy
     shutil.copy(samples_dir / "image" / "01992_00.jpg", catalog / "persons" / "00034_00.jpg")
     summary = run(catalog, out)
-    assert stages_run(out, summary) == {("person", "00034_00.jpg"): {"ingest", "pose", "parse", "agnostic"}}
+    assert stages_run(out, summary) == {("person", "00034_00.jpg"): {"ingest", "pose", "pose_gate", "parse", "agnostic"}}
 
 
 def test_a_failed_item_is_retried_once_its_source_is_replaced(copy, samples_dir):
@@ -139,7 +139,7 @@ def test_a_failed_item_is_retried_once_its_source_is_replaced(copy, samples_dir)
     assert stages_run(out, run(catalog, out)) == {}, "an unchanged failure must not be retried"
     shutil.copy(samples_dir / "image" / "00035_00.jpg", catalog / "persons" / "broken.jpg")
     summary = run(catalog, out)
-    assert stages_run(out, summary) == {("person", "broken.jpg"): {"ingest", "pose", "parse", "agnostic"}}
+    assert stages_run(out, summary) == {("person", "broken.jpg"): {"ingest", "pose", "pose_gate", "parse", "agnostic"}}
     assert summary["dataset"]["persons"] == 3
 
 
