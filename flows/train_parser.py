@@ -86,6 +86,7 @@ def train_parser(
     patience: int = 50,
     seed: int = 0,
     compare_geometric: bool = True,
+    trust_weights: bool = False,
     storage_options: StorageOptions | None = None,
     storage_secret_block: str | None = None,
 ) -> dict[str, Any]:
@@ -103,14 +104,16 @@ def train_parser(
         patience: epochs without improvement before stopping early.
         seed: training seed.
         compare_geometric: also evaluate the bundled geometric parser on the val split (pixel IoU).
+        trust_weights: load .pt checkpoints (the fine-tuned --model, last.pt) as Ultralytics does, code in them
+            included (trusted files only; refused otherwise when they hold more than model classes).
         storage_options: fsspec options for every URL, never credentials.
         storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
             such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
     """
     config = ParserTrainConfig(
         data=data, out=out, model=model, epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers,
-        patience=patience, seed=seed, compare_geometric=compare_geometric, storage_options=storage_options or {},
-        storage_secret_block=storage_secret_block,
+        patience=patience, seed=seed, compare_geometric=compare_geometric, trust_weights=trust_weights,
+        storage_options=storage_options or {}, storage_secret_block=storage_secret_block,
     )  # fmt: skip
     use_storage_secret(config.storage_secret_block)
     logger = get_run_logger()

@@ -31,6 +31,8 @@ def add_train_parser_command(commands: Any) -> None:
     parser.add_argument("--no-geometric", action="store_true", help="skip evaluating the geometric parser")
     parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                         help="an fsspec storage option for every URL (repeatable); never a credential")
+    parser.add_argument("--trust-weights", action="store_true",
+                        help="load .pt checkpoints as Ultralytics does, code in them included (trusted files only)")
     parser.add_argument("--storage-secret-block", default=None, metavar="NAME",
                         help="a Prefect Secret block holding the storage credentials (a JSON object)")
     parser.add_argument("--json", action="store_true", help="print the model card as JSON on stdout")
@@ -46,7 +48,7 @@ def cmd_train_parser(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, model=args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
         device=args.device, workers=args.workers, patience=args.patience, seed=args.seed,
         compare_geometric=not args.no_geometric, storage_options=storage_options_from(args.storage_option),
-        storage_secret_block=args.storage_secret_block,
+        storage_secret_block=args.storage_secret_block, trust_weights=args.trust_weights,
     )  # fmt: skip
     card = train_parser(**config.model_dump())
     print(json.dumps(card, indent=2, sort_keys=True, default=str) if args.json else card_markdown(card))

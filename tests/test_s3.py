@@ -526,3 +526,40 @@ def test_a_prefect_server_refuses_a_deployment_run_whose_parameters_carry_a_cred
         stored = [run.parameters for run in client.read_flow_runs()]
     assert {"storage_options": {"endpoint_url": "http://minio:9000"}}.items() <= ok.parameters.items()
     assert FAKE_SECRET not in json.dumps(stored, default=str)
+
+
+
+@pytest.mark.slow
+def test_outputs_deleted_from_the_bucket_behind_the_manifests_back_are_made_again(s3, samples_dir, prefect_server):
+    from flows.preprocess import preprocess
+    from tasks.manifest import read_run
+
+    s3.put("catalog/persons/00034_00.jpg", (samples_dir / "image" / "00034_00.jpg").read_bytes())
+    s3.put("catalog/garments/04469_00.jpg", (samples_dir / "cloth" / "04469_00.jpg").read_bytes())
+    first = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=s3.storage_options)
+    assert first["persons"]["ok"] == 1 and first["garments"]["ok"] == 1
+    s3.client.delete_object(Bucket=s3.name, Key="dataset/test/agnostic-v3.2/00034_00.jpg")
+    again = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=s3.storage_options)
+    rows = read_run(Store(s3.url("dataset"), s3.storage_options), "test", again["run_id"]).to_pylist()
+    assert [(row["key"], row["stage"]) for row in rows] == [("00034_00.jpg", "agnostic")]
+    assert "dataset/test/agnostic-v3.2/00034_00.jpg" in set(s3.keys("dataset/"))
+
+
+@pytest.mark.slow
+def test_a_bucket_that_refuses_writes_fails_the_shard_at_once_not_after_retries(s3, samples_dir, prefect_server):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.preprocess import preprocess
+
+    s3.put("catalog/garments/04469_00.jpg", (samples_dir / "cloth" / "04469_00.jpg").read_bytes())
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.fail(None, 403, "AccessDenied", "Access Denied",
+                   when=lambda method, path: method == "PUT" and "/dataset/test/" in path)
+        options = {**s3.storage_options, "endpoint_url": proxy.endpoint}
+        state = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options,
+                           return_state=True)
+    assert state.is_failed() and "AccessDenied" in state.message, state.message
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert [run.run_count for run in runs if run.name == "garment-00000"] == [1], "access denied is no transient error"
