@@ -10,7 +10,8 @@ Decisions (peers.md §3 lists the choices the MediaPipe -> BODY_25 converters di
 - Coordinates are float pixels of the image the estimator was given (contract §0 item 3).
 - Several people: the solutions pose graph returns one person per call, so `PoseEstimator` finds people
   one at a time (paint the found one over with the backdrop colour, run again), counts them, and keeps
-  the biggest, most central one. (MediaPipe's face detector was tried for this and dropped: on a
+  the biggest, most central one. It looks again only when the backdrop around the first one has edges
+  that could be someone (`_backdrop_may_hold_others`): a studio photo costs one pass. (MediaPipe's face detector was tried for this and dropped: on a
   768x1024 image it missed one of two people in 8 of 24 test composites and its box sizes picked the
   smaller person in 3 more; tiling it fixed recall but raised a false face on a hand.)
 """
@@ -329,6 +330,14 @@ ERASE_BOX_MARGIN = 0.15
 # A later pose counts as another person only with both shoulders visible, and at most this fraction of
 # its visible landmarks on someone already painted over (a left-over of them rather than a new person).
 MAX_OVERLAP_WITH_FOUND = 0.5
+# Looking for another person costs one more pass of the pose detector (a quarter of a full pass whatever
+# the image size: it sees 224x224). Nobody else can stand on a plain backdrop, so the look runs only when
+# something outside the found person has edges: a blob of strong gradients, at a quarter of the size, at
+# least MIN_OTHER_EXTENT of the image's height or width (the detector finds no smaller person at 224x224).
+LOOK_SCALE = 4
+LOOK_GRADIENT = 4.0  # CIE L units per pixel at that scale: a wall's shading is < 1, an edge of a face > 10
+LOOK_REGION_THRESHOLD = 0.1  # the found person, for the look: their mask above this, grown as for painting
+MIN_OTHER_EXTENT = 0.1
 # Tasks backend: how many poses PoseLandmarker may return (it finds several people itself).
 TASKS_MAX_POSES = MAX_PERSONS
 
@@ -434,6 +443,30 @@ def _erase_region(
         mx, my = ERASE_BOX_MARGIN * (x1 - x0), ERASE_BOX_MARGIN * (y1 - y0)
         region[max(0, int(y0 - my)) : int(y1 + my), max(0, int(x0 - mx)) : int(x1 + mx)] = True
     return region
+
+
+def _backdrop_may_hold_others(image: np.ndarray, segmentation: np.ndarray | None) -> bool:
+    """False when everything outside the found person (its pose mask) is plain backdrop: no blob of
+    edges big enough to be someone else. True without a mask."""
+    if segmentation is None:
+        return True
+    height, width = image.shape[:2]
+    size = (max(1, width // LOOK_SCALE), max(1, height // LOOK_SCALE))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    person = cv2.resize(np.asarray(segmentation, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+    grow = 2 * max(1, int(round(ERASE_GROW_FRACTION * min(width, height) / LOOK_SCALE))) + 1
+    found = cv2.dilate((person > LOOK_REGION_THRESHOLD).astype(np.uint8), np.ones((grow, grow), np.uint8))
+    lightness = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)[:, :, 0].astype(np.float32) * (100.0 / 255.0)
+    gradient = cv2.magnitude(cv2.Sobel(lightness, cv2.CV_32F, 1, 0, ksize=3),
+                             cv2.Sobel(lightness, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
+    busy = ((gradient > LOOK_GRADIENT) & (found == 0)).astype(np.uint8)
+    busy[:2], busy[-2:], busy[:, :2], busy[:, -2:] = 0, 0, 0, 0  # the frame's own edge is no one
+    if not busy.any():
+        return False
+    busy = cv2.dilate(busy, np.ones((5, 5), np.uint8))  # the edges of one person into one blob
+    _, _, stats, _ = cv2.connectedComponentsWithStats(busy, connectivity=8)
+    extent = np.maximum(stats[1:, cv2.CC_STAT_HEIGHT] / size[1], stats[1:, cv2.CC_STAT_WIDTH] / size[0])
+    return bool(np.any(extent >= MIN_OTHER_EXTENT))
 
 
 def _is_another_person(landmarks: np.ndarray, found_region: np.ndarray, threshold: float) -> bool:
@@ -585,6 +618,8 @@ class PoseEstimator:
             if people and not _is_another_person(landmarks, found_region, self.visibility_threshold):
                 break
             people.append(found)
+            if len(people) == 1 and not _backdrop_may_hold_others(image, segmentation):
+                break
             region = _erase_region(landmarks, segmentation, width, height, self.visibility_threshold)
             found_region |= region
             if len(people) < MAX_PERSONS:

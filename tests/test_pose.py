@@ -350,6 +350,42 @@ def test_two_people_are_counted_and_the_bigger_one_is_posed(estimator, sample_im
     assert seg[:, big[0] : big[2]].sum() > 0.9 * seg.sum(), "the mask is of the chosen (bigger) person"
 
 
+def _cut_out(estimator, image: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The person of a photo, scaled: (RGB, alpha 0..1) from the pose model's own mask."""
+    alpha = estimator.estimate(image).segmentation
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return small, cv2.resize(alpha, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def _count_passes(estimator, monkeypatch) -> list[int]:
+    calls = []
+    run = estimator._solutions_pose
+    monkeypatch.setattr(estimator, "_solutions_pose", lambda image: calls.append(1) or run(image))
+    return calls
+
+
+def test_a_studio_photo_of_one_person_costs_one_pose_pass(estimator, sample_images, monkeypatch):
+    calls = _count_passes(estimator, monkeypatch)
+    for name, image in sample_images.items():
+        calls.clear()
+        assert estimator.estimate(image).persons_detected == 1
+        assert len(calls) == 1, f"{name}: {len(calls)} pose passes on a plain backdrop"
+
+
+def test_two_people_on_one_plain_backdrop_are_both_counted(estimator, sample_images, monkeypatch):
+    canvas = np.full((H, W, 3), 228, dtype=np.float32)
+    (first, first_alpha), (second, second_alpha) = (
+        _cut_out(estimator, image, 0.62) for image in list(sample_images.values())[:2])
+    for (person, alpha), x0 in (((first, first_alpha), 0), ((second, second_alpha), W - second.shape[1])):
+        h, w = person.shape[:2]
+        window = canvas[H - h :, x0 : x0 + w]
+        window[:] = alpha[..., None] * person + (1 - alpha[..., None]) * window
+    calls = _count_passes(estimator, monkeypatch)
+    result = estimator.estimate(np.round(canvas).astype(np.uint8))
+    assert result.persons_detected == 2, f"two people on one backdrop, {result.persons_detected} counted"
+    assert len(calls) >= 2, "the second person was found without looking again"
+
+
 def test_backend_id_names_mediapipe_and_the_model(estimator):
     assert estimator.backend_id.startswith("mediapipe-0.10.21/") and "pose_landmark_full" in estimator.backend_id
 

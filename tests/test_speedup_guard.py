@@ -1,0 +1,93 @@
+"""The faster pose, parser and cloth-mask code keeps today's outputs (issue 13's quality guard).
+
+`tests/fixtures/before_speedup.npz` holds what the code before the speed change produced on the sample
+photos, their mirror images and the demo's photos (see tests/fixtures/make_before_speedup.py). The
+skirt label came after the speed change: it relabels trousers, so skirt (12) is compared as pants (9).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.cloth_mask import cloth_mask_classical
+from tasks.contract import Cihp
+from tasks.parse_geometric import GeometricParser
+from tasks.pose import PoseEstimator, as_stored
+from tests.stage_photos import guard_photos
+
+BEFORE = Path(__file__).parent / "fixtures" / "before_speedup.npz"
+MIN_AGREEMENT = 0.97  # share of pixels with the same label
+MIN_LABEL_IOU = 0.9  # for every label covering more than LABEL_MIN_SHARE of the image
+LABEL_MIN_SHARE = 0.01
+MIN_MASK_IOU = 0.98
+MAX_KEYPOINT_SHIFT_PX = 1.0
+
+
+@pytest.fixture(scope="module")
+def before() -> dict[str, np.ndarray]:
+    with np.load(BEFORE) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+@pytest.fixture(scope="module")
+def photos(samples_dir):
+    return guard_photos(samples_dir)
+
+
+@pytest.fixture(scope="module")
+def now(photos) -> dict[str, object]:
+    """The current code's poses and parse maps."""
+    found = {}
+    with PoseEstimator() as estimator, GeometricParser() as parser:
+        for name, ingested in photos["person"].items():
+            valid_box = ingested.fit.content_box() if ingested.fit is not None else None
+            pose = as_stored(estimator.estimate(ingested.image, valid_box=valid_box))
+            found[name] = (pose, parser.parse(ingested.image, pose))
+    return found
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def test_every_photo_of_the_fixtures_is_still_there(before, photos):
+    names = {key.split("/", 1)[1] for key in before if key.startswith("parse/")}
+    assert names == set(photos["person"]), "the guard photos changed: the fixtures no longer match them"
+
+
+def test_the_people_counted_are_unchanged(before, now):
+    changed = {name: (int(before[f"persons/{name}"]), pose.persons_detected)
+               for name, (pose, _) in now.items() if pose.persons_detected != int(before[f"persons/{name}"])}
+    assert not changed, f"persons_detected changed (before, now): {changed}"
+
+
+def test_keypoints_move_by_less_than_a_pixel(before, now):
+    for name, (pose, _) in now.items():
+        old, new = before[f"keypoints/{name}"], pose.keypoints_body25
+        assert np.array_equal(old[:, 2] > 0, new[:, 2] > 0), f"{name}: other joints are missing now"
+        shift = np.linalg.norm(old[:, :2] - new[:, :2], axis=1).max()
+        assert shift < MAX_KEYPOINT_SHIFT_PX, f"{name}: a keypoint moved by {shift:.2f} px"
+
+
+def test_parse_maps_agree_with_todays(before, now):
+    for name, (_, labels) in now.items():
+        old = before[f"parse/{name}"]
+        new = np.where(labels == Cihp.SKIRT, Cihp.PANTS, labels)
+        agreement = float(np.mean(old == new))
+        assert agreement >= MIN_AGREEMENT, f"{name}: {agreement:.2%} of pixels keep their label"
+        for label in np.unique(old):
+            share = float(np.mean(old == label))
+            if label == 0 or share <= LABEL_MIN_SHARE:
+                continue
+            iou = _iou(old == label, new == label)
+            assert iou >= MIN_LABEL_IOU, f"{name}: label {Cihp(label).name} ({share:.1%}) has IoU {iou:.3f}"
+
+
+def test_cloth_masks_agree_with_todays(before, photos):
+    for name, ingested in photos["garment"].items():
+        iou = _iou(before[f"mask/{name}"] > 0, cloth_mask_classical(ingested.image) > 0)
+        assert iou >= MIN_MASK_IOU, f"{name}: cloth mask IoU {iou:.4f} with today's"
