@@ -4,6 +4,12 @@ It needs no weights: the person silhouette comes from MediaPipe Pose's segmentat
 MediaPipe Face Mesh, and body parts from the BODY_25 skeleton. Colour models (skin from the face,
 upper and lower clothes from the middle of the torso and from just below the hips) decide skin
 against sleeve, bare leg against trousers and where the top ends. `parser_id` says it is approximate.
+
+Within the person's box, what is costly (the partition into body parts by distance fields, the
+colour models and the skin mask) is decided at half the size (WORK_SCALE), a quarter of the pixels;
+the labels are then drawn at full size from those maps upsampled, with every boundary the geometry
+draws (face outline, neck, waist line, shoes, silhouette) at full resolution. VITON-HD's own maps were
+parsed at 256x192 and upsampled (contract §1.3).
 """
 
 from __future__ import annotations
@@ -32,27 +38,41 @@ _MP_RIGHT_HAND = (16, 18, 20, 22)
 # Part ids of the internal partition of the silhouette (not CIHP ids).
 _HEAD, _TORSO, _L_ARM, _R_ARM, _L_LEG, _R_LEG, _L_HAND, _R_HAND = range(8)
 
+WORK_SCALE = 0.5  # parts, colours and skin are decided at half the size
+CROP_MARGIN_PX = 16  # the box: around the silhouette, the keypoints and the face, in pixels of the image
+# In pixels at full size; the work frame scales lengths by WORK_SCALE and areas by its square.
+SKIN_CLEAN_RADIUS_PX = 4  # the opening and closing that clean specks off the skin mask
+MIN_MODEL_PIXELS = 200  # the fewest pixels a colour model is fitted on
+MIN_WAIST_BAND_PIXELS = 100  # the fewest pixels the waist search reads
+
+
+def _in_parts(parts: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """np.isin(parts, ids) for part ids -1..7, by a lookup table."""
+    table = np.zeros(9, dtype=bool)
+    table[np.asarray(ids) + 1] = True
+    return table[parts + 1]
+
 
 class _ColourModel:
     """A Gaussian over Lab pixels, with a variance floor so shading does not break it."""
 
     def __init__(self, pixels_lab: np.ndarray, floor: tuple[float, float, float] = (6.0, 3.0, 3.0)):
-        pixels = pixels_lab.reshape(-1, 3).astype(np.float64)
+        pixels = pixels_lab.reshape(-1, 3).astype(np.float32)
         mean = np.median(pixels, axis=0)
         for _ in range(2):  # trim outliers (eyes, lips, prints), then refit
             cov = np.cov(pixels.T) + np.diag(np.square(floor))
-            distance = _mahalanobis(pixels, mean, np.linalg.inv(cov))
+            distance = _mahalanobis(pixels, mean, _whitening(cov))
             keep = distance <= np.percentile(distance, 90)
             if keep.sum() >= 20:
                 pixels = pixels[keep]
             mean = pixels.mean(axis=0)
         self.mean = mean
         self.cov = np.cov(pixels.T) + np.diag(np.square(floor))
-        self.inv_cov = np.linalg.inv(self.cov)
+        self.whitening = _whitening(self.cov)
         self.log_det = float(np.linalg.slogdet(self.cov)[1])
 
     def distance(self, pixels_lab: np.ndarray) -> np.ndarray:
-        return _mahalanobis(pixels_lab.reshape(-1, 3).astype(np.float64), self.mean, self.inv_cov)
+        return _mahalanobis(pixels_lab.reshape(-1, 3), self.mean, self.whitening)
 
     def log_likelihood(self, pixels_lab: np.ndarray) -> np.ndarray:
         return -0.5 * (np.square(self.distance(pixels_lab)) + self.log_det)
@@ -62,12 +82,17 @@ class _ColourModel:
         return float(min(other.distance(self.mean[None])[0], self.distance(other.mean[None])[0]))
 
 
-def _mahalanobis(pixels: np.ndarray, mean: np.ndarray, inv_cov: np.ndarray) -> np.ndarray:
-    delta = pixels - mean
-    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", delta, inv_cov, delta), 0.0))
+def _whitening(cov: np.ndarray) -> np.ndarray:
+    """W with W @ W.T = inv(cov): the Mahalanobis distance of delta is the length of delta @ W."""
+    return np.linalg.cholesky(np.linalg.inv(cov)).astype(np.float32)
 
 
-def _fit_model(lab: np.ndarray, region: np.ndarray, min_pixels: int = 200, **kwargs) -> _ColourModel | None:
+def _mahalanobis(pixels: np.ndarray, mean: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    whitened = (pixels.astype(np.float32) - mean.astype(np.float32)) @ whitening
+    return np.sqrt(np.einsum("ij,ij->i", whitened, whitened))
+
+
+def _fit_model(lab: np.ndarray, region: np.ndarray, min_pixels: float, **kwargs) -> _ColourModel | None:
     if region is None or int(region.sum()) < min_pixels:
         return None
     return _ColourModel(lab[region], **kwargs)
@@ -86,6 +111,17 @@ class _Skeleton:
 
     def get(self, joint: int) -> np.ndarray | None:
         return self.points.get(int(joint))
+
+    def scaled(self, frame: _Frame) -> _Skeleton:
+        """The same skeleton in the pixels of `frame`."""
+        return _Skeleton(
+            points={joint: frame.points(point) for joint, point in self.points.items()},
+            hands={side: frame.points(tip) for side, tip in self.hands.items()},
+            shoulder_width=self.shoulder_width * frame.scale,
+            axis=self.axis,
+            torso_length=self.torso_length * frame.scale,
+            mid_shoulder=None if self.mid_shoulder is None else frame.points(self.mid_shoulder),
+        )
 
 
 @dataclass
@@ -154,41 +190,155 @@ class GeometricParser:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB image; got {image_rgb.shape}")
         shape = image_rgb.shape[:2]
+        labels = np.zeros(shape, dtype=np.uint8)
         skeleton = _skeleton(pose, shape, self.min_keypoint_confidence)
-        face = self._face(image_rgb, pose, skeleton)
-        silhouette = _silhouette(pose, shape, skeleton, face, self.segmentation_threshold)
-        parts = _partition(silhouette, skeleton, face)
+        polygon = self._face_polygon(image_rgb, pose, skeleton)
+        silhouette = None
+        if pose.segmentation is not None:
+            silhouette = _segmentation(pose, shape) > self.segmentation_threshold
+            if not silhouette.any():
+                return labels
+        frame = _Frame.around(shape, silhouette, skeleton, polygon)
+        x0, y0, x1, y1 = frame.box
+        crop = frame.at_full_size()
+        labels[y0:y1, x0:x1] = self._label(
+            frame, crop, crop.crop(image_rgb), pose, skeleton, polygon,
+            None if silhouette is None else crop.crop(silhouette))
+        return labels
 
-        axial = _axial(shape, skeleton)
-        lab = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB)
-        models = _colour_models(lab, parts, skeleton, face, axial) if self.use_colour else _Models()
-        skin = _skin_mask(lab, parts, models)
-        waist = _waist_cut(lab, parts, axial, models, skin)
+    def _label(self, frame: _Frame, crop: _Frame, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton,
+               polygon: np.ndarray | None, silhouette: np.ndarray | None) -> np.ndarray:
+        """The labels of the box (`image_rgb`, `silhouette`: the box at full size; `skeleton`, `polygon`:
+        pixels of the whole image)."""
+        # At WORK_SCALE: the body parts, the colour models, the skin and the waist line.
+        work_image = cv2.resize(image_rgb, frame.size, interpolation=cv2.INTER_AREA)
+        work_shape = work_image.shape[:2]
+        work_skeleton = skeleton.scaled(frame)
+        work_face = None if polygon is None else _face_from_polygon(frame.points(polygon), work_shape)
+        if pose.segmentation is not None:  # grown by a pixel: every silhouette pixel at full size gets a part
+            work_silhouette = frame.segmentation(_segmentation(pose, frame.full_shape)) > self.segmentation_threshold
+            work_silhouette = cv2.dilate(work_silhouette.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        else:
+            work_silhouette = _silhouette_from_skeleton(work_shape, work_skeleton, work_face)
+        work_parts = _partition(work_silhouette, work_skeleton, work_face)
+        work_axial = _axial(work_shape, work_skeleton)
+        lab = cv2.cvtColor(work_image, cv2.COLOR_RGB2LAB)
+        area = frame.scale**2
+        models = _colour_models(lab, work_parts, work_skeleton, work_face, work_axial, area) if self.use_colour \
+            else _Models()
+        work_skin = _skin_mask(lab, work_parts, models, frame)
+        waist_level = _waist_level(lab, work_parts, work_axial, models, work_skin, area)
+
+        # At full size: those maps upsampled, and the geometry drawn.
+        shape = image_rgb.shape[:2]
+        skeleton = skeleton.scaled(crop)
+        face = None if polygon is None else _face_from_polygon(crop.points(polygon), shape)
+        parts = frame.upsample(work_parts, cv2.INTER_NEAREST)
+        skin = None
+        if work_skin is not None:
+            skin = (frame.upsample(work_skin.astype(np.float32), cv2.INTER_LINEAR) > 0.5).astype(np.uint8)
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+            skin = cv2.morphologyEx(skin, cv2.MORPH_OPEN, kernel).astype(bool)
+        if silhouette is None:
+            silhouette = frame.upsample(work_silhouette.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
+        below_waist = _axial(shape, skeleton) >= waist_level
+        near_face = None
+        if work_face is not None and skin is not None:
+            distance = frame.upsample(_distance_to(work_face.mask), cv2.INTER_LINEAR) / frame.scale
+            near_face = distance <= 0.2 * face.width
 
         labels = np.zeros(shape, dtype=np.uint8)
-        _label_torso(labels, parts, skin, waist)
-        _label_arms(labels, parts, skin, waist, lab, models)
-        _label_legs(labels, parts, skin, waist, axial, skeleton)
-        _label_head(labels, parts, face, skin)
+        _label_torso(labels, parts, skin, below_waist)
+        _label_arms(labels, parts, skin, below_waist, image_rgb, models)
+        _label_legs(labels, parts, skin, below_waist, _axial(shape, skeleton), skeleton)
+        _label_head(labels, parts, face, skin, near_face)
         _label_neck(labels, parts, silhouette, skeleton, face, skin)
         _label_shoes(labels, parts, skin, skeleton)
         labels[~silhouette] = 0
         return labels
 
-    def _face(self, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton) -> _Face | None:
-        """Face Mesh's oval when it belongs to the posed person, else an ellipse from the pose's face."""
+    def _face_polygon(self, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton) -> np.ndarray | None:
+        """Face Mesh's oval when it belongs to the posed person, else an ellipse from the pose's face
+        (pixels of the image)."""
         polygon = _face_mesh_polygon(self._mesh(), image_rgb)
         if polygon is not None and not _face_matches_pose(polygon, skeleton):
             polygon = None  # Face Mesh found someone else's face (another person, a poster)
         if polygon is None:
             polygon = _face_ellipse_from_pose(pose, image_rgb.shape[:2], skeleton)
-        if polygon is None:
-            return None
-        mask = np.zeros(image_rgb.shape[:2], dtype=np.uint8)
-        cv2.fillConvexPoly(mask, polygon, 1)
-        chin = polygon[np.argmax(polygon[:, 1])].astype(np.float64)
-        width = float(polygon[:, 0].max() - polygon[:, 0].min())
-        return _Face(polygon, mask.astype(bool), max(width, 1.0), chin)
+        return polygon
+
+
+def _segmentation(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
+    segmentation = np.asarray(pose.segmentation, dtype=np.float32)
+    if segmentation.shape != shape:
+        segmentation = cv2.resize(segmentation, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return segmentation
+
+
+def _face_from_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> _Face:
+    polygon = np.round(polygon).astype(np.int32)
+    mask = np.zeros(shape, dtype=np.uint8)
+    cv2.fillConvexPoly(mask, polygon, 1)
+    chin = polygon[np.argmax(polygon[:, 1])].astype(np.float64)
+    width = float(polygon[:, 0].max() - polygon[:, 0].min())
+    return _Face(polygon, mask.astype(bool), max(width, 1.0), chin)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A box (x0, y0, x1, y1) of the image, resampled to `size` (width, height)."""
+
+    full_shape: tuple[int, int]
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+
+    @classmethod
+    def around(cls, shape: tuple[int, int], silhouette: np.ndarray | None, skeleton: _Skeleton,
+               polygon: np.ndarray | None) -> _Frame:
+        """The person's box (silhouette, keypoints and face, plus a margin) at WORK_SCALE; the whole
+        image without a silhouette (the one drawn from the skeleton reaches past its joints)."""
+        height, width = shape
+        if silhouette is None:
+            box = (0, 0, width, height)
+        else:
+            rows, cols = np.flatnonzero(silhouette.any(axis=1)), np.flatnonzero(silhouette.any(axis=0))
+            xs = [cols[0], cols[-1]] + [p[0] for p in skeleton.points.values()]
+            ys = [rows[0], rows[-1]] + [p[1] for p in skeleton.points.values()]
+            if polygon is not None:
+                xs += [polygon[:, 0].min(), polygon[:, 0].max()]
+                ys += [polygon[:, 1].min(), polygon[:, 1].max()]
+            box = (max(0, int(min(xs)) - CROP_MARGIN_PX), max(0, int(min(ys)) - CROP_MARGIN_PX),
+                   min(width, int(max(xs)) + 1 + CROP_MARGIN_PX), min(height, int(max(ys)) + 1 + CROP_MARGIN_PX))
+        x0, y0, x1, y1 = box
+        size = (max(1, int(np.ceil((x1 - x0) * WORK_SCALE))), max(1, int(np.ceil((y1 - y0) * WORK_SCALE))))
+        return cls(shape, box, size)
+
+    def at_full_size(self) -> _Frame:
+        x0, y0, x1, y1 = self.box
+        return _Frame(self.full_shape, self.box, (x1 - x0, y1 - y0))
+
+    @property
+    def scale(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return (self.size[0] / (x1 - x0) + self.size[1] / (y1 - y0)) / 2
+
+    def points(self, points: np.ndarray) -> np.ndarray:
+        """(..., 2) pixel coordinates of the image -> of the frame (pixel centres kept aligned)."""
+        x0, y0, x1, y1 = self.box
+        factor = np.array([self.size[0] / (x1 - x0), self.size[1] / (y1 - y0)])
+        return (np.asarray(points, dtype=np.float64) - (x0, y0) + 0.5) * factor - 0.5
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = self.box
+        return np.ascontiguousarray(array[y0:y1, x0:x1])
+
+    def segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return cv2.resize(self.crop(segmentation), self.size, interpolation=cv2.INTER_AREA)
+
+    def upsample(self, work: np.ndarray, interpolation: int) -> np.ndarray:
+        """A map of this frame at the box's full size."""
+        x0, y0, x1, y1 = self.box
+        return cv2.resize(work, (x1 - x0, y1 - y0), interpolation=interpolation)
 
 
 # -- geometry helpers ------------------------------------------------------------------------
@@ -341,19 +491,8 @@ def _leg_chain(skeleton: _Skeleton, side: str) -> list[np.ndarray]:
 # -- silhouette and partition ------------------------------------------------------------------
 
 
-def _silhouette(
-    pose: PoseResult, shape: tuple[int, int], skeleton: _Skeleton, face: _Face | None, threshold: float
-) -> np.ndarray:
-    """Person pixels: MediaPipe's segmentation when there is one, else polygons from the skeleton."""
-    if pose.segmentation is not None:
-        segmentation = np.asarray(pose.segmentation, dtype=np.float32)
-        if segmentation.shape != shape:
-            segmentation = cv2.resize(segmentation, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        return segmentation > threshold
-    return _silhouette_from_skeleton(shape, skeleton, face)
-
-
 def _silhouette_from_skeleton(shape: tuple[int, int], skeleton: _Skeleton, face: _Face | None) -> np.ndarray:
+    """Person pixels without a segmentation: polygons and thick lines along the skeleton."""
     sw = skeleton.shoulder_width
     canvas = np.zeros(shape, dtype=np.uint8)
     torso = _torso_polygon(skeleton)
@@ -413,7 +552,7 @@ def _partition(silhouette: np.ndarray, skeleton: _Skeleton, face: _Face | None) 
     parts = np.argmin(scores, axis=0).astype(np.int8)
     for hand, arm, side in ((_L_HAND, _L_ARM, "left"), (_R_HAND, _R_ARM, "right")):
         zone = _hand_zone(shape, skeleton, side)  # hands lie in front of the torso and legs they touch
-        parts[zone & np.isin(parts, (arm, _TORSO, _L_LEG, _R_LEG))] = hand
+        parts[zone & _in_parts(parts, (arm, _TORSO, _L_LEG, _R_LEG))] = hand
     best = np.min(scores, axis=0)
     parts[~silhouette | ~np.isfinite(best) | (best > 8.0)] = -1
     return parts
@@ -445,34 +584,35 @@ def _axial(shape: tuple[int, int], skeleton: _Skeleton) -> np.ndarray:
     if skeleton.mid_shoulder is None:
         rows = np.arange(shape[0], dtype=np.float32)[:, None] / max(shape[0], 1)
         return np.broadcast_to(rows, shape)
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     ox, oy = skeleton.mid_shoulder
-    return ((xs - ox) * skeleton.axis[0] + (ys - oy) * skeleton.axis[1]) / skeleton.torso_length
+    xs = (np.arange(shape[1], dtype=np.float32) - np.float32(ox)) * np.float32(skeleton.axis[0] / skeleton.torso_length)
+    ys = (np.arange(shape[0], dtype=np.float32) - np.float32(oy)) * np.float32(skeleton.axis[1] / skeleton.torso_length)
+    return ys[:, None] + xs[None, :]
 
 
 def _colour_models(
-    lab: np.ndarray, parts: np.ndarray, skeleton: _Skeleton, face: _Face | None, axial: np.ndarray
+    lab: np.ndarray, parts: np.ndarray, skeleton: _Skeleton, face: _Face | None, axial: np.ndarray, area: float
 ) -> _Models:
     """Skin from the middle of the face; hair from the head around it; upper clothes from the chest
     core; lower clothes from just below the hips."""
     models = _Models()
     if face is not None:
         core = _erode(face.mask, 0.12 * face.width)
-        models.skin = _fit_model(lab, core, floor=(14.0, 3.0, 3.0))
+        models.skin = _fit_model(lab, core, MIN_MODEL_PIXELS * area, floor=(14.0, 3.0, 3.0))
         beyond_face = _distance_to(face.mask) > 0.2 * face.width
         above_chin = np.arange(parts.shape[0])[:, None] < face.chin[1]
-        models.hair = _fit_model(lab, (parts == _HEAD) & beyond_face & above_chin)
+        models.hair = _fit_model(lab, (parts == _HEAD) & beyond_face & above_chin, MIN_MODEL_PIXELS * area)
     torso = parts == _TORSO
     if torso.any():
         inner = _erode(torso, 0.08 * skeleton.shoulder_width)
-        models.upper = _fit_model(lab, inner & (axial > 0.3) & (axial < 0.7))
-    lower_region = np.isin(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > 1.05) & (axial < 1.25)
+        models.upper = _fit_model(lab, inner & (axial > 0.3) & (axial < 0.7), MIN_MODEL_PIXELS * area)
+    lower_region = _in_parts(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > 1.05) & (axial < 1.25)
     hips = [skeleton.get(j) for j in (Body25.L_HIP, Body25.R_HIP)]
     if all(h is not None for h in hips):
         xs = np.arange(parts.shape[1])[None, :]
         lo, hi = sorted([hips[0][0], hips[1][0]])
         lower_region &= (xs >= lo) & (xs <= hi)
-        models.lower = _fit_model(lab, lower_region)
+        models.lower = _fit_model(lab, lower_region, MIN_MODEL_PIXELS * area)
     return models
 
 
@@ -489,7 +629,7 @@ def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, other: _ColourMo
     return is_skin
 
 
-def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models) -> np.ndarray | None:
+def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models, frame: _WorkFrame) -> np.ndarray | None:
     """Skin pixels of the silhouette (None without a skin model): closer to the face's colours than to
     the clothes' nearby, then cleaned of specks."""
     if models.skin is None:
@@ -500,12 +640,14 @@ def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models) -> np.ndarra
         ((_TORSO, _L_ARM, _R_ARM, _L_HAND, _R_HAND), models.upper),
         ((_L_LEG, _R_LEG), models.lower),
     ):
-        region = np.isin(parts, part_ids)
+        region = _in_parts(parts, part_ids)
         skin[region] = _closer_to_skin(lab[region], models.skin, rival, limit=4.0)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    size = 2 * max(1, round(SKIN_CLEAN_RADIUS_PX * frame.scale / 2)) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     cleaned = cv2.morphologyEx(skin.astype(np.uint8), cv2.MORPH_OPEN, kernel)
     cleaned = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, kernel).astype(bool)
-    return _fill_small_holes(cleaned, max_area=0.002 * parts.size) & (parts >= 0)
+    image_area = frame.full_shape[0] * frame.full_shape[1] * frame.scale**2
+    return _fill_small_holes(cleaned, max_area=0.002 * image_area) & (parts >= 0)
 
 
 def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
@@ -521,18 +663,18 @@ def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     return filled
 
 
-def _waist_cut(
-    lab: np.ndarray, parts: np.ndarray, axial: np.ndarray, models: _Models, skin: np.ndarray | None
-) -> np.ndarray:
-    """Boolean map of 'below the top': the axial level between upper and lower clothes that best
-    separates their colours, searched from 0.7 to 1.15 torso lengths; the hip line when the colours
-    do not tell (no models, or models too alike)."""
+def _waist_level(
+    lab: np.ndarray, parts: np.ndarray, axial: np.ndarray, models: _Models, skin: np.ndarray | None, area: float
+) -> float:
+    """Where the top ends, in torso lengths along the body axis: the level between upper and lower
+    clothes that best separates their colours, searched from 0.7 to 1.15 torso lengths; the hip line
+    (1.0) when the colours do not tell (no models, or models too alike)."""
     cut = 1.0
     if models.upper is not None and models.lower is not None and models.upper.separation(models.lower) > 2.0:
-        band = np.isin(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > 0.7) & (axial < 1.15)
+        band = _in_parts(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > 0.7) & (axial < 1.15)
         if skin is not None:
             band &= ~skin
-        if band.sum() > 100:
+        if band.sum() > MIN_WAIST_BAND_PIXELS * area:
             levels = axial[band]
             pixels = lab[band]
             is_lower = models.lower.log_likelihood(pixels) > models.upper.log_likelihood(pixels)
@@ -540,7 +682,7 @@ def _waist_cut(
             # errors(c) = lower-looking pixels above c + upper-looking pixels below c
             errors = [np.sum(is_lower & (levels < c)) + np.sum(~is_lower & (levels >= c)) for c in candidates]
             cut = float(candidates[int(np.argmin(errors))])
-    return axial >= cut
+    return cut
 
 
 # -- labelling, one function per body part ------------------------------------------------------
@@ -560,7 +702,7 @@ def _label_arms(
     parts: np.ndarray,
     skin: np.ndarray | None,
     below_waist: np.ndarray,
-    lab: np.ndarray,
+    image_rgb: np.ndarray,
     models: _Models,
 ) -> None:
     """Arms (14 = the person's left) and hands: skin only. A sleeve is upper clothes (contract §1.3);
@@ -574,7 +716,9 @@ def _label_arms(
         labels[arm & ~skin] = Cihp.UPPER_CLOTHES
         if models.upper is not None and models.lower is not None:
             rows, cols = np.nonzero((parts == hand) & ~skin & below_waist)
-            pixels = lab[rows, cols]
+            if len(rows) == 0:
+                continue
+            pixels = cv2.cvtColor(np.ascontiguousarray(image_rgb[rows, cols][:, None]), cv2.COLOR_RGB2LAB)[:, 0]
             looks_lower = models.lower.log_likelihood(pixels) > models.upper.log_likelihood(pixels)
             labels[rows[looks_lower], cols[looks_lower]] = Cihp.PANTS
 
@@ -606,16 +750,17 @@ def _axial_of(skeleton: _Skeleton, point: np.ndarray) -> float:
     return float(np.dot(point - skeleton.mid_shoulder, skeleton.axis) / skeleton.torso_length)
 
 
-def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin: np.ndarray | None) -> None:
+def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin: np.ndarray | None,
+                near_face: np.ndarray | None) -> None:
     """Head: the face outline is face (13); the rest of the head is hair (2), but bare skin just
-    around the outline above the chin (ears, the forehead above the mesh) is face."""
+    around the outline (`near_face`: within a fifth of its width) above the chin (ears, the forehead
+    above the mesh) is face."""
     if face is None:
         return
     head = parts == _HEAD
     labels[head] = Cihp.HAIR
     if skin is not None:
         above_chin = np.arange(parts.shape[0])[:, None] <= face.chin[1]
-        near_face = _distance_to(face.mask) <= 0.2 * face.width
         labels[head & above_chin & near_face & skin] = Cihp.FACE
     labels[face.mask & (parts >= 0)] = Cihp.FACE
 
@@ -632,13 +777,13 @@ def _label_neck(
     only its skin when there is a skin model."""
     if face is None or skeleton.mid_shoulder is None:
         return
-    ys, xs = np.mgrid[0 : parts.shape[0], 0 : parts.shape[1]]
+    ys, xs = np.arange(parts.shape[0])[:, None], np.arange(parts.shape[1])[None, :]
     chin_x, chin_y = face.chin
     shoulder_y = skeleton.mid_shoulder[1]
     half_width = 0.45 * face.width
     band = silhouette & ~face.mask & (ys > chin_y - 0.1 * face.width) & (ys <= shoulder_y)
     band &= np.abs(xs - chin_x) <= half_width
-    band &= np.isin(parts, (_HEAD, _TORSO))
+    band &= _in_parts(parts, (_HEAD, _TORSO))
     if skin is not None:
         band &= skin
     labels[band] = Cihp.TORSO_SKIN
