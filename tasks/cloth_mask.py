@@ -4,7 +4,8 @@ Pure functions on numpy arrays (no file paths, no storage, no Prefect).
 
 Default (`cloth_mask_classical`): background removal for product shots on plain backgrounds.
 1. The background colour is modelled from the image border (median and 75th-percentile spread in
-   CIE Lab, on a median-filtered copy that flattens JPEG ringing).
+   CIE Lab, on a median-filtered copy at half the size that flattens JPEG ringing); the colour
+   distances are computed at that size and upsampled (they are smooth), the edges below at full size.
 2. A pixel is garment when its colour is far from that model *or* it lies on an edge (Canny on the
    lightness, thresholds relative to the border's own gradients): white garments on white-ish
    backgrounds differ by 1-3 Lab units inside, but keep a visible outline.
@@ -13,7 +14,8 @@ Default (`cloth_mask_classical`): background removal for product shots on plain 
    back into the mask, as in the VITON-HD masks.
 4. The outer band of the mask is re-decided where garment and background contrast strongly: a pixel
    stays garment when it is closer to the nearby garment colour than to the background. This trims
-   the halo that low thresholds and JPEG ringing leave around dark garments.
+   the halo that low thresholds and JPEG ringing leave around dark garments. Only the band's pixels
+   are computed (colours read at their positions from the half-size image).
 Limits: one garment per image (the largest component wins: a detached belt is dropped); a background
 that is not plain (a gradient, a room) raises the thresholds with the border spread and may lose a
 white garment, or yield NO_GARMENT.
@@ -35,7 +37,7 @@ import cv2
 import numpy as np
 
 from tasks.errors import NO_GARMENT, ItemError
-from tasks.normalize import border_pixels, encode_jpeg
+from tasks.normalize import border_pixels, border_strip_width, encode_jpeg
 
 # ---------------------------------------------------------------------------------------------------
 # Thresholds (each with why)
@@ -44,8 +46,10 @@ from tasks.normalize import border_pixels, encode_jpeg
 MIN_COVERAGE = 0.01  # below 1% of the frame there is no garment to speak of (a speck, dust, a label)
 MAX_COVERAGE = 0.98  # above 98% the "background" model failed: no plain background, or a full-bleed crop
 
+COLOUR_SCALE = 0.5  # the colour distances are computed at half the size (the edges at full size)
 GRADIENT_BLUR_SIGMA = 1.0  # just enough blur that single-pixel JPEG noise is not an edge
-MEDIAN_RADIUS_FRACTION = 0.004  # 7x7 median at 768 wide: flattens JPEG ringing, keeps edges
+MEDIAN_RADIUS_FRACTION = 0.004  # radius 1 at COLOUR_SCALE at 768 wide (a 3x3 median of 2x2 means, ~6x6 px
+# of the image): flattens JPEG ringing, keeps edges
 DELTA_E_FLOOR = 0.6  # Lab distance a flat (retouched) studio background stays under, JPEG noise included
 BORDER_SPREAD_PERCENTILE = 75  # the border's spread, robust to a garment cut by the frame (up to 1/4 of it)
 BORDER_SPREAD_FACTOR = 4.0  # on a noisy/textured background, 4x that spread (~6 sigma of Gaussian noise)
@@ -75,34 +79,32 @@ def cloth_mask_classical(cloth_rgb: np.ndarray, *, check: bool = True) -> np.nda
     MAX_COVERAGE of the image (`check=False` returns such a mask instead, for diagnostics).
     """
     _check_rgb(cloth_rgb)
+    cloth_rgb = np.ascontiguousarray(cloth_rgb)
     height, width = cloth_rgb.shape[:2]
     short_side = min(height, width)
-    median_k = 2 * max(1, int(round(MEDIAN_RADIUS_FRACTION * short_side))) + 1
-    smooth = cv2.medianBlur(np.ascontiguousarray(cloth_rgb), median_k)
-    lab = cv2.cvtColor(smooth.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)  # L 0..100, a/b ~ -128..127
 
-    # Colour distance from the border's colour model.
+    # Colour distance from the border's colour model, at COLOUR_SCALE (a median-smoothed copy).
+    colour_size = (max(1, round(width * COLOUR_SCALE)), max(1, round(height * COLOUR_SCALE)))
+    small = cv2.resize(cloth_rgb, colour_size, interpolation=cv2.INTER_AREA)
+    median_k = 2 * max(1, int(MEDIAN_RADIUS_FRACTION * short_side * COLOUR_SCALE)) + 1
+    smooth = cv2.medianBlur(small, median_k)
+    lab = cv2.cvtColor(smooth.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)  # L 0..100, a/b ~ -128..127
     border_lab = border_pixels(lab)
-    background = np.median(border_lab, axis=0)
-    distance = np.linalg.norm(lab - background, axis=2)
+    background = np.median(border_lab, axis=0).astype(np.float32)
     border_distance = np.linalg.norm(border_lab - background, axis=1)
     distance_spread = float(np.percentile(border_distance, BORDER_SPREAD_PERCENTILE))
     distance_threshold = max(DELTA_E_FLOOR, BORDER_SPREAD_FACTOR * distance_spread)
+    distance = cv2.resize(_distance(lab, background), (width, height), interpolation=cv2.INTER_LINEAR)
 
-    # Edges: the outline a white garment keeps even where its fabric matches the background. Canny's
-    # thin, non-maximum-suppressed edges sit on the outline itself, not a blur-width outside it. A thin
-    # faint outline (a white strap's edge) survives a light Gaussian blur, not the median.
-    lightness = cv2.cvtColor(
-        cv2.GaussianBlur(cloth_rgb, (0, 0), GRADIENT_BLUR_SIGMA).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB
-    )[:, :, 0]
-    grad_x = cv2.Sobel(lightness, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    grad_y = cv2.Sobel(lightness, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    gradient = cv2.magnitude(grad_x, grad_y)
-    gradient_spread = float(np.percentile(border_pixels(gradient), BORDER_SPREAD_PERCENTILE))
+    # Edges at full size: the outline a white garment keeps even where its fabric matches the
+    # background. Canny's thin, non-maximum-suppressed edges sit on the outline itself, not a
+    # blur-width outside it. A thin faint outline (a white strap's edge) survives a light Gaussian blur,
+    # not the median. Canny runs on CIE L in 0..255 (8-bit Lab) with a 3x3 Sobel: its magnitude is
+    # 8 * 2.55 times the gradient in L units per pixel.
+    lightness8 = cv2.cvtColor(cv2.GaussianBlur(cloth_rgb, (0, 0), GRADIENT_BLUR_SIGMA), cv2.COLOR_RGB2LAB)[:, :, 0]
+    gradient_spread = float(np.percentile(_border_gradient(lightness8), BORDER_SPREAD_PERCENTILE))
     gradient_threshold = max(GRADIENT_FLOOR, GRADIENT_SPREAD_FACTOR * gradient_spread)
-    # Canny on L in 0..255 with a 3x3 Sobel: its magnitude is 8 * 2.55 times ours (L units per pixel).
     canny_scale = 8.0 * 2.55
-    lightness8 = np.clip(np.rint(lightness * 2.55), 0, 255).astype(np.uint8)
     edges = cv2.Canny(
         lightness8,
         gradient_threshold * canny_scale,
@@ -111,12 +113,11 @@ def cloth_mask_classical(cloth_rgb: np.ndarray, *, check: bool = True) -> np.nda
         L2gradient=True,
     )
 
-    raw = (distance > distance_threshold) | (edges > 0)
+    mask = cv2.bitwise_or(cv2.compare(distance, distance_threshold, cv2.CMP_GT), edges)
     close_r = max(1, int(round(CLOSE_RADIUS_FRACTION * short_side)))
     open_r = max(1, int(round(OPEN_RADIUS_FRACTION * short_side)))
     band_r = max(BAND_RADIUS_MIN, int(round(BAND_RADIUS_FRACTION * short_side)))
 
-    mask = raw.astype(np.uint8) * 255
     mask = _morph(mask, cv2.MORPH_CLOSE, close_r)
     mask = fill_holes(mask)
     mask = _morph(mask, cv2.MORPH_OPEN, open_r)
@@ -131,36 +132,79 @@ def cloth_mask_classical(cloth_rgb: np.ndarray, *, check: bool = True) -> np.nda
     return mask
 
 
+def _distance(lab: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Per-pixel Lab distance (CIE76 delta E) of an (H, W, 3) float32 image to one colour."""
+    delta = lab - colour
+    return np.sqrt(np.einsum("ijk,ijk->ij", delta, delta))
+
+
+def _border_gradient(lightness8: np.ndarray) -> np.ndarray:
+    """Gradient magnitudes (CIE L units per pixel) of the border strip: four Sobels on the strips alone."""
+    height, width = lightness8.shape
+    strip = min(border_strip_width(height, width), height, width)
+    lightness = lightness8.astype(np.float32) * np.float32(100.0 / 255.0)
+
+    def magnitude(window: np.ndarray) -> np.ndarray:
+        grad_x = cv2.Sobel(window, cv2.CV_32F, 1, 0, ksize=3)
+        grad_y = cv2.Sobel(window, cv2.CV_32F, 0, 1, ksize=3)
+        return cv2.magnitude(grad_x, grad_y) / 8.0
+
+    if 2 * strip + 2 >= min(height, width):  # a tiny image: the whole of it
+        return border_pixels(magnitude(lightness))
+    # Each strip with one more row/column of context, so its Sobel sees what the full image's would.
+    top = magnitude(lightness[: strip + 1])[:strip]
+    bottom = magnitude(lightness[height - strip - 1 :])[1:]
+    left = magnitude(lightness[strip - 1 : height - strip + 1, : strip + 1])[1:-1, :strip]
+    right = magnitude(lightness[strip - 1 : height - strip + 1, width - strip - 1 :])[1:-1, 1:]
+    return np.concatenate([part.reshape(-1) for part in (top, bottom, left, right)])
+
+
 def _refine_boundary(mask: np.ndarray, lab: np.ndarray, background: np.ndarray, band_r: int) -> np.ndarray:
     """Re-decide the pixels of the mask's outer band: garment where closer to the nearby garment colour
     than to the background colour. Trims the halo of JPEG ringing and low thresholds around dark
-    garments, and leaves white garments (whose colour is close to the background's) nearly as they are."""
+    garments, and leaves white garments (whose colour is close to the background's) nearly as they are.
+
+    `lab` is the colour image at COLOUR_SCALE; the band's pixels read it (and the nearby garment colour,
+    a wide blur of the inner garment's colours) by bilinear interpolation at their own positions."""
+    height, width = mask.shape
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_r + 1, 2 * band_r + 1))
-    inner = cv2.erode(mask, kernel) > 0
-    band = (mask > 0) & ~inner
-    weight = _wide_blur(inner.astype(np.float32), 2.0 * band_r)
-    local = _wide_blur(lab * inner[:, :, None], 2.0 * band_r)
-    known = weight > LOCAL_COLOUR_MIN_WEIGHT
-    local = local / np.maximum(weight, 1e-6)[:, :, None]
-    to_garment = np.linalg.norm(lab - local, axis=2)
-    to_background = np.linalg.norm(lab - background, axis=2)
+    inner = cv2.erode(mask, kernel)
+    rows, cols = np.nonzero(cv2.bitwise_and(mask, cv2.bitwise_not(inner)))
+    if len(rows) == 0:
+        return mask
+    # The nearby garment colour: blur(lab * inner) / blur(inner), a Gaussian of sigma 2 * band_r (full-size
+    # pixels) computed at a quarter of the full size, where it is smooth anyway.
+    sigma = 2.0 * band_r
+    factor = 4 if sigma >= 8 and min(height, width) >= 64 else 1
+    blur_size = (max(1, width // factor), max(1, height // factor))
+    inner_lab = cv2.resize(inner, (lab.shape[1], lab.shape[0]), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    weighted = np.dstack([lab, inner_lab]) * inner_lab[:, :, None]
+    weighted[:, :, 3] = inner_lab
+    blurred = cv2.GaussianBlur(cv2.resize(weighted, blur_size, interpolation=cv2.INTER_AREA), (0, 0), sigma / factor)
+    nearby = _sample(blurred, cols, rows, (width, height))  # (N, 4): lab * weight, weight
+    weight = nearby[:, 3]
+    local = nearby[:, :3] / np.maximum(weight, 1e-6)[:, None]
+    pixel = _sample(lab, cols, rows, (width, height))
+    to_garment = np.linalg.norm(pixel - local, axis=1)
+    to_background = np.linalg.norm(pixel - background, axis=1)
     # Only where garment and background differ clearly: a low-contrast (white-on-white) edge has no
     # ringing halo to trim, and its faint pixels would be lost to the background side.
-    contrast = np.linalg.norm(local - background, axis=2)
-    decided = known & (contrast > REFINE_MIN_CONTRAST)
-    keep = inner | (band & (~decided | (to_garment <= to_background)))
-    return keep.astype(np.uint8) * 255
+    contrast = np.linalg.norm(local - background, axis=1)
+    decided = (weight > LOCAL_COLOUR_MIN_WEIGHT) & (contrast > REFINE_MIN_CONTRAST)
+    drop = decided & (to_garment > to_background)
+    refined = mask.copy()
+    refined[rows[drop], cols[drop]] = 0
+    return refined
 
 
-def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """A Gaussian blur with a large sigma, computed at a quarter of the size (it is smooth anyway)."""
-    height, width = image.shape[:2]
-    factor = 4 if sigma >= 8 and min(height, width) >= 64 else 1
-    if factor == 1:
-        return cv2.GaussianBlur(image, (0, 0), sigma)
-    small = cv2.resize(image, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
-    small = cv2.GaussianBlur(small, (0, 0), sigma / factor)
-    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, full_size: tuple[int, int]) -> np.ndarray:
+    """Bilinear values of `image` (a resampled copy of a `full_size` (width, height) image) at full-size
+    pixels (xs, ys): (N, C) float32."""
+    scale_x, scale_y = image.shape[1] / full_size[0], image.shape[0] / full_size[1]
+    map_x = ((xs.astype(np.float32) + 0.5) * scale_x - 0.5).reshape(1, -1)
+    map_y = ((ys.astype(np.float32) + 0.5) * scale_y - 0.5).reshape(1, -1)
+    values = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return values.reshape(len(xs), -1)
 
 
 def _morph(mask: np.ndarray, op: int, radius: int) -> np.ndarray:
@@ -172,22 +216,19 @@ def _morph(mask: np.ndarray, op: int, radius: int) -> np.ndarray:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Set every background region not connected to the image border to 255."""
-    height, width = mask.shape
-    padded = np.zeros((height + 2, width + 2), dtype=np.uint8)
-    padded[1:-1, 1:-1] = (mask > 0).astype(np.uint8) * 255
-    flood_mask = np.zeros((height + 4, width + 4), dtype=np.uint8)
+    padded = cv2.copyMakeBorder(cv2.compare(mask, 0, cv2.CMP_GT), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     # Flood the background from the padded corner: it reaches every region that touches the border.
-    cv2.floodFill(padded, flood_mask, (0, 0), 128)
-    return np.where(padded[1:-1, 1:-1] == 128, 0, 255).astype(np.uint8)
+    cv2.floodFill(padded, None, (0, 0), 128)
+    return cv2.compare(padded[1:-1, 1:-1], 128, cv2.CMP_NE)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest 8-connected foreground component (all zeros stays all zeros)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.compare(mask, 0, cv2.CMP_GT), connectivity=8)
     if count <= 1:
-        return np.zeros_like(mask, dtype=np.uint8)
+        return np.zeros(mask.shape, dtype=np.uint8)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return np.where(labels == largest, 255, 0).astype(np.uint8)
+    return cv2.compare(labels, largest, cv2.CMP_EQ)
 
 
 def check_coverage(mask: np.ndarray) -> float:
