@@ -136,15 +136,16 @@ class GeometricParser:
     """Approximate CIHP parsing from MediaPipe's own outputs (no trained parser needed).
 
     Labels: 13 face (Face Mesh oval), 2 hair (head silhouette outside the face), 10 neck/torso
-    skin, 5 upper clothes, 14/15 arms (skin only; sleeves count as upper clothes), 9 pants, 16/17
-    legs (bare skin below the hips), 18/19 shoes (near visible feet). Never labels a pixel outside
-    the person silhouette. Dresses, skirts, coats, hats, scarves, gloves, socks and sunglasses are
-    not told apart (they land in the nearest of the labels above).
+    skin, 5 upper clothes, 14/15 arms (skin only; sleeves count as upper clothes), 9 pants or 12
+    skirt (no gap between the legs down to a hem above the ankles), 16/17 legs (bare skin below the
+    hips), 18/19 shoes (near visible feet). Never labels a pixel outside the person silhouette.
+    Dresses, coats, hats, scarves, gloves, socks and sunglasses are not told apart (they land in the
+    nearest of the labels above).
 
     Holds a MediaPipe Face Mesh graph: one parser per thread; `close()` it or use it as a context manager.
     """
 
-    parser_id = "geometric-v1"
+    parser_id = "geometric-v2"  # v2: skirts (12); parts, colours and skin decided at half size
 
     def __init__(
         self,
@@ -255,6 +256,8 @@ class GeometricParser:
         _label_neck(labels, parts, silhouette, skeleton, face, skin)
         _label_shoes(labels, parts, skin, skeleton)
         labels[~silhouette] = 0
+        if _is_skirt(labels == Cihp.PANTS, skeleton):
+            labels[labels == Cihp.PANTS] = Cihp.SKIRT
         return labels
 
     def _face_polygon(self, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton) -> np.ndarray | None:
@@ -787,6 +790,59 @@ def _label_neck(
     if skin is not None:
         band &= skin
     labels[band] = Cihp.TORSO_SKIN
+
+
+# A skirt has no gap between the legs down to its hem. Across the legs, level by level down from the hips,
+# the lower garment must fill the whole span between the legs past where any trousers' crotch is, then
+# end (the hem: legs or background below it) above the ankles. Trousers or shorts show a gap at the
+# crotch; with the legs together trousers reach the ankles, or the photo's edge, where nothing can be
+# told (pants, as before).
+SKIRT_MIN_DEPTH = 0.3  # torso lengths below the hips the garment must fill without a gap (crotch: ~0.2)
+SKIRT_HEM_ABOVE_ANKLES = 0.15  # torso lengths between the hem and a visible ankle
+SKIRT_BELOW_HEM = 0.1  # torso lengths below the hem that must not be garment (else the photo cut it)
+SKIRT_FILLED = 0.97  # share of the span between the legs that is garment on a level without a gap
+SKIRT_SPAN = 0.7  # the middle of the hip-to-hip span that is read, each level (the legs' own middles off)
+SKIRT_GAP_PX = 3  # fewer levels with a gap are a seam or shading, not the garment's end
+
+
+def _is_skirt(lower: np.ndarray, skeleton: _Skeleton) -> bool:
+    """Whether the lower garment (`lower`: its pixels) is a skirt rather than trousers or shorts."""
+    left_hip, right_hip = skeleton.get(Body25.L_HIP), skeleton.get(Body25.R_HIP)
+    if left_hip is None or right_hip is None or not lower.any():
+        return False
+    hips = (left_hip + right_hip) / 2
+    direction = skeleton.axis
+    knees = [skeleton.get(Body25.L_KNEE), skeleton.get(Body25.R_KNEE)]
+    if all(knee is not None for knee in knees) and np.linalg.norm((knees[0] + knees[1]) / 2 - hips) > 1:
+        down = (knees[0] + knees[1]) / 2 - hips
+        direction = down / np.linalg.norm(down)
+    # Level t (pixels below the hips along `direction`): SKIRT_SPAN of the hip-to-hip segment moved down by t.
+    height, width = lower.shape
+    levels = np.arange(int(np.hypot(height, width)))
+    across = np.linspace(0.5 - SKIRT_SPAN / 2, 0.5 + SKIRT_SPAN / 2, 33)
+    span = right_hip + across[:, None] * (left_hip - right_hip)  # (33, 2)
+    points = span[None] + levels[:, None, None] * direction
+    xs, ys = np.round(points[..., 0]).astype(int), np.round(points[..., 1]).astype(int)
+    inside = ((xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)).all(axis=1)  # one run: a line in a box
+    if not inside[0]:
+        return False
+    filled = lower[ys[inside], xs[inside]].mean(axis=1)
+    # The first run of more than SKIRT_GAP_PX levels with a gap ends the garment.
+    gaps = filled < SKIRT_FILLED
+    hem, run = len(filled), 0
+    for level, gap in enumerate(gaps):
+        run = run + 1 if gap else 0
+        if run > SKIRT_GAP_PX:
+            hem = level - run + 1
+            break
+    torso = skeleton.torso_length
+    below = filled[hem : hem + max(1, int(SKIRT_BELOW_HEM * torso))]
+    if hem < SKIRT_MIN_DEPTH * torso or hem + len(below) >= len(filled) or below.mean() > 0.5:
+        return False  # a gap at the crotch, or the photo ends before the garment does
+    for ankle in (skeleton.get(Body25.L_ANKLE), skeleton.get(Body25.R_ANKLE)):
+        if ankle is not None and hem > float(np.dot(ankle - hips, direction)) - SKIRT_HEM_ABOVE_ANKLES * torso:
+            return False  # down to the ankles: trousers with the legs together, as likely as a long skirt
+    return True
 
 
 def _label_shoes(labels: np.ndarray, parts: np.ndarray, skin: np.ndarray | None, skeleton: _Skeleton) -> None:

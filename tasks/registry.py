@@ -140,7 +140,7 @@ def _pose_params(config: PreprocessConfig, weights: Weights) -> dict:
 
 
 def _geometric_params(config: PreprocessConfig, weights: Weights) -> dict:
-    return {"parser": f"geometric-v1:{_mediapipe_id()}"}
+    return {"parser": f"{parse.GeometricParser.parser_id}:{_mediapipe_id()}"}
 
 
 def _yolo_params(config: PreprocessConfig, weights: Weights) -> dict:

@@ -66,11 +66,12 @@ def test_output_paths_are_every_file_the_stages_declare():
 
 def test_the_default_fingerprints_are_the_ones_existing_datasets_hold():
     """sha256 of {"stage", "version": 1, params} as the v1 planner wrote them: a dataset made before the
-    registry must not rerun anything after it (the pose gate is new: it runs once, from the pose sidecars)."""
+    registry must not rerun anything after it (the pose gate is new: it runs once, from the pose sidecars;
+    the geometric parser's v2, with skirts, reruns parse and agnostic once)."""
     fingerprints = stage_fingerprints(PreprocessConfig(catalog="c", out="o"), Weights())
     assert fingerprints == {
         PERSON: {"ingest": "18c7943c8482b5dd", "pose": "c00f37cfc1b9b68f", "pose_gate": "86304020dfacdaac",
-                 "parse": "cd24a40f7a8d4965", "agnostic": "1f994aa8060e8244"},
+                 "parse": "cab6f8c579108085", "agnostic": "1f994aa8060e8244"},
         GARMENT: {"ingest": "18c7943c8482b5dd", "cloth_mask": "e49d7e6aad2f3782"},
     }
 

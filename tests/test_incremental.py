@@ -120,6 +120,15 @@ def test_a_new_parser_reruns_parse_and_agnostic_for_every_person_only(copy, yolo
     }, "the failed item stays failed: its failure (at ingest) does not depend on the parser"
 
 
+def test_a_new_version_of_the_geometric_parser_reruns_parse_and_agnostic_only(copy, monkeypatch):
+    from tasks.parse_geometric import GeometricParser
+
+    catalog, out, _ = copy
+    monkeypatch.setattr(GeometricParser, "parser_id", "geometric-v99")  # what a release bumping it does
+    ran = stages_run(out, run(catalog, out))
+    assert ran == {("person", "00034_00.jpg"): {"parse", "agnostic"}, ("person", "00121_00.jpg"): {"parse", "agnostic"}}
+
+
 def test_a_touched_but_unchanged_source_is_only_rehashed(copy):
     catalog, out, _ = copy
     os.utime(catalog / "persons" / "00034_00.jpg", None)  # now

@@ -120,7 +120,7 @@ def test_the_default_table_covers_the_eight_parser_classes():
 
 def test_parser_from_spec_geometric():
     parser = parser_from_spec("geometric")
-    assert isinstance(parser, GeometricParser) and parser.parser_id == "geometric-v1"
+    assert isinstance(parser, GeometricParser) and parser.parser_id == "geometric-v2"
 
 
 @pytest.mark.parametrize("spec", ["yolo:", "yolo:s3://bucket/parser.pt", "schp", "yolo:/nonexistent/parser.pt"])
@@ -292,6 +292,33 @@ def test_geometric_pants_are_below_the_upper_clothes(sample_parses):
     for stem, (_, _, labels) in sample_parses.items():
         assert (labels == Cihp.PANTS).sum() > 10000, f"{stem}: pants have {(labels == Cihp.PANTS).sum()} px"
         assert _centroid(labels, Cihp.PANTS)[1] > _centroid(labels, Cihp.UPPER_CLOTHES)[1], stem
+
+
+def test_geometric_labels_no_skirt_on_trousers_jeans_or_shorts(sample_parses):
+    for stem, (_, _, labels) in sample_parses.items():  # trousers, jeans cut at the thigh, denim shorts
+        assert not (labels == Cihp.SKIRT).any(), f"{stem}: {(labels == Cihp.SKIRT).sum()} px of skirt"
+
+
+def _denim_mini_skirt(image: np.ndarray) -> np.ndarray:
+    """00121_00's denim shorts made a mini skirt: the notch between the legs filled with the denim beside it."""
+    skirt = image.copy()
+    patch = image[850:935, 300:350]
+    skirt[850:935, 350:400] = patch
+    skirt[850:935, 400:420] = patch[:, :20]
+    return skirt
+
+
+@pytest.mark.parametrize("mirrored", [False, True], ids=["as-shot", "mirrored"])
+def test_geometric_labels_a_skirt_as_skirt(sample_parses, geometric, mirrored):
+    from tasks.pose import PoseEstimator
+
+    image = _denim_mini_skirt(sample_parses["00121_00"][0])
+    if mirrored:
+        image = np.ascontiguousarray(image[:, ::-1])
+    with PoseEstimator() as estimator:
+        labels = geometric.parse(image, estimator.estimate(image))
+    assert (labels == Cihp.SKIRT).sum() > 30000, f"{(labels == Cihp.SKIRT).sum()} px of skirt"
+    assert not (labels == Cihp.PANTS).any(), "part of the skirt is labelled pants"
 
 
 def test_geometric_labels_nothing_outside_the_silhouette(sample_parses):
