@@ -25,6 +25,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import queue
 import shutil
 import sys
 import tempfile
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import cpu_model, log  # noqa: E402
 
 DEFAULT_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "vitonhd"
-FLOOR_STAGES = ("ingest", "pose", "parse", "agnostic", "cloth_mask")
+FLOOR_STAGES = ("ingest", "pose", "pose_gate", "parse", "agnostic", "cloth_mask")
 
 
 def build_catalog(samples: Path, root: Path, repeat: int) -> tuple[list[Path], list[Path]]:
@@ -184,7 +185,14 @@ def run_floor(persons: list[Path], garments: list[Path], processes: int) -> dict
     workers = [context.Process(target=_floor_worker, args=(share, barrier, results)) for share in shares]
     for worker in workers:
         worker.start()
-    found = [results.get() for _ in workers]
+    found = []
+    while len(found) < len(workers):  # a worker that dies stops the bench instead of hanging it
+        try:
+            found.append(results.get(timeout=5))
+        except queue.Empty:
+            dead = [worker.exitcode for worker in workers if worker.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a floor worker died (exit code {dead[0]}); its traceback is above") from None
     for worker in workers:
         worker.join()
 

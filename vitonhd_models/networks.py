@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -244,9 +245,11 @@ class TpsGridGen(nn.Module):
     x = coords[k // grid_size], y = coords[k % grid_size]; theta[:, :N] are x offsets and
     theta[:, N:] y offsets. All buffers are non-persistent, so nothing here is in the state dict.
 
-    Implementation note: the TPS system is solved once at construction (float64, then float32);
-    the grid is then a single (H*W, N) matrix product with the moved control points. This is
-    the same mapping as the official per-forward evaluation, up to float rounding.
+    Numerics are the official module's, so the grid is bit-equal to it: every value in float32 (the
+    sampling grid and control points are numpy's float64 linspace rounded to float32, the system
+    L = [[K, P], [P^T, 0]] is inverted in float32), the weights are Li @ Q per forward, and a grid
+    point is ((a0 + a1 x) + a2 y) + sum_i w_i U_i with U_i = d_i^2 log d_i^2. U depends on no input,
+    so it is computed once, with the same float32 operations the official forward repeats.
     """
 
     def __init__(
@@ -259,44 +262,42 @@ class TpsGridGen(nn.Module):
             grid_size,
         )
         n = grid_size * grid_size
-        coords = torch.linspace(-TPS_EXTENT, TPS_EXTENT, grid_size, dtype=torch.float64)
-        p_x = coords.repeat_interleave(grid_size)  # x varies slowest
-        p_y = coords.repeat(grid_size)  # y varies fastest
-        # Sampling grid: x along the width, y along the height.
-        gy, gx = torch.meshgrid(
-            torch.linspace(-TPS_EXTENT, TPS_EXTENT, load_height, dtype=torch.float64),
-            torch.linspace(-TPS_EXTENT, TPS_EXTENT, load_width, dtype=torch.float64),
-            indexing="ij",
-        )
-        # TPS system L = [[K, P], [P^T, 0]] over the control points.
+        coords = np.linspace(-TPS_EXTENT, TPS_EXTENT, grid_size)
+        p_x = torch.tensor(np.repeat(coords, grid_size), dtype=torch.float32)  # x varies slowest
+        p_y = torch.tensor(np.tile(coords, grid_size), dtype=torch.float32)  # y varies fastest
+        grid_x = torch.tensor(np.linspace(-TPS_EXTENT, TPS_EXTENT, load_width), dtype=torch.float32)
+        grid_y = torch.tensor(np.linspace(-TPS_EXTENT, TPS_EXTENT, load_height), dtype=torch.float32)
+        # The TPS system over the control points, in float32.
         k = _tps_radial(
-            (p_x[:, None] - p_x[None, :]) ** 2 + (p_y[:, None] - p_y[None, :]) ** 2
+            torch.pow(p_x[:, None] - p_x[None, :], 2) + torch.pow(p_y[:, None] - p_y[None, :], 2)
         )
-        p = torch.stack((torch.ones(n, dtype=torch.float64), p_x, p_y), 1)
+        p = torch.stack((torch.ones(n), p_x, p_y), 1)
         top = torch.cat((k, p), 1)
-        bottom = torch.cat((p.t(), torch.zeros(3, 3, dtype=torch.float64)), 1)
+        bottom = torch.cat((p.t(), torch.zeros(3, 3)), 1)
         l_inv = torch.linalg.inv(torch.cat((top, bottom), 0))
-        # Basis at every grid point: [U(|g - p_i|) for i in N, 1, x, y]  -> (H*W, N + 3).
-        flat_x, flat_y = gx.reshape(-1, 1), gy.reshape(-1, 1)
-        u = _tps_radial((flat_x - p_x[None, :]) ** 2 + (flat_y - p_y[None, :]) ** 2)
-        # Target values enter L^-1 only through its first N columns (the affine rows are zero), so
-        # weights = [U, 1, x, y] @ L^-1[:, :N]; written as two products to avoid a (H*W, N+3) copy.
-        affine = l_inv[n:, :n]
-        weights = (
-            u @ l_inv[:n, :n] + affine[0] + flat_x * affine[1] + flat_y * affine[2]
-        )  # (H*W, N)
-        self.register_buffer("tps_weights", weights.to(torch.float32), persistent=False)
-        self.register_buffer("P_X", p_x.to(torch.float32), persistent=False)
-        self.register_buffer("P_Y", p_y.to(torch.float32), persistent=False)
+        # U at every grid point and control point: (H, W, N).
+        x = grid_x.reshape(1, load_width, 1).expand(load_height, load_width, n)
+        y = grid_y.reshape(load_height, 1, 1).expand(load_height, load_width, n)
+        u = _tps_radial(torch.pow(x - p_x, 2) + torch.pow(y - p_y, 2))
+        self.register_buffer("l_inv", l_inv, persistent=False)
+        self.register_buffer("radial", u, persistent=False)
+        self.register_buffer("grid_x", grid_x.reshape(1, 1, load_width), persistent=False)
+        self.register_buffer("grid_y", grid_y.reshape(1, load_height, 1), persistent=False)
+        self.register_buffer("P_X", p_x, persistent=False)
+        self.register_buffer("P_Y", p_y, persistent=False)
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         """theta (b, 2N) offsets -> grid (b, H, W, 2) with (x, y) in the last dim, for grid_sample."""
-        n = self.grid_size * self.grid_size
-        q_x = theta[:, :n] + self.P_X  # moved control points
-        q_y = theta[:, n:] + self.P_Y
-        q = torch.stack((q_x, q_y), 2)  # (b, N, 2)
-        grid = torch.matmul(self.tps_weights, q)  # (b, H*W, 2)
-        return grid.reshape(theta.size(0), self.load_height, self.load_width, 2)
+        n, batch = self.grid_size * self.grid_size, theta.size(0)
+        coordinates = []
+        for offsets, base in ((theta[:, :n], self.P_X), (theta[:, n:], self.P_Y)):
+            moved = (offsets + base).unsqueeze(2)  # (b, N, 1)
+            weights = torch.bmm(self.l_inv[None, :n, :n].expand(batch, n, n), moved)[:, :, 0]  # (b, N)
+            affine = torch.bmm(self.l_inv[None, n:, :n].expand(batch, 3, n), moved)[:, :, 0]  # (b, 3)
+            bend = torch.sum(weights[:, None, None, :] * self.radial, 3)  # (b, H, W)
+            a0, a1, a2 = (affine[:, i, None, None] for i in range(3))
+            coordinates.append(a0 + a1 * self.grid_x + a2 * self.grid_y + bend)
+        return torch.stack(coordinates, 3)
 
 
 class GMM(nn.Module):
