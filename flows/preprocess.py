@@ -48,6 +48,7 @@ from tasks.engine import ShardRun
 from tasks.lease import DatasetLease
 from tasks.manifest import ok_items, read_current, write_summary
 from tasks.model_cache import resolve_weights
+from tasks.paired_cloth import PairingWork, apply_pairings, plan_pairings
 from tasks.plan import (
     OutputListing,
     Selection,
@@ -294,9 +295,11 @@ def run_preprocess(
               read_worn_pairs(catalog, layout),  # a broken pairs file fails the run before any image
               weights, stage_fingerprints(config, weights))
     plan = plan_run(run)
-    lease = DatasetLease(run.out, run.run_id, wait_s=config.lease_wait_s) if plan.planned else nullcontext()
+    # With no item to process, the paired cloth may still be due (a dataset made before it existed).
+    busy = plan.planned or bool(pairing_work(run, plan.current, plan.listed)[0])
+    lease = DatasetLease(run.out, run.run_id, wait_s=config.lease_wait_s) if busy else nullcontext()
     with lease:
-        if plan.planned and lease.waited:  # the run we waited for may have done some of it
+        if busy and lease.waited:  # the run we waited for may have done some of it
             plan = plan_run(run)
         if plan.planned:
             leftovers = run.out.remove_temporaries(min_age_s=time.time() - lease.taken)
@@ -334,9 +337,11 @@ def finish_run(run: Run, plan: Plan, logger: Any) -> dict[str, Any]:
 
     if rows or children:  # else the view read at the start still holds
         current = read_current(out, config.split)
-    ok = ok_listed(current, listed)
-    pairs = write_pairs(out, config, run.layout, run.worn_pairs, ok)
+    pairing, ok, pairs = pairing_work(run, current, listed)
+    write_pairs(out, config.split, pairs)
+    paired = apply_pairings(out, config.split, run_id, pairing, current, ok)
     summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - run.started)
+    summary["paired_cloth"] = paired
     summary["child_runs"] = sorted(children.values())
     summary["failed_shards"] = failed_shards
     failure = failure_reason(summary, policy.max_failed_fraction, unfinished)
@@ -347,7 +352,7 @@ def finish_run(run: Run, plan: Plan, logger: Any) -> dict[str, Any]:
             "tryon": chain.start_tryon(policy, config, new_garments, sorted(ok[PERSON].values()), logger),
             "train": chain.start_train(policy, config, len(pairs), logger),
         }
-    if planned or children:  # an unchanged catalog's run writes nothing
+    if planned or children or paired["rows"]:  # an unchanged catalog's run writes nothing
         write_summary(out, config.split, run_id, summary)
     publish(summary, out, rows, current, keyed=True)
     logger.info(
@@ -466,11 +471,12 @@ def collect(futures: list, description: str = "Shards finished") -> list[dict[st
     return rows
 
 
-def write_pairs(
-    out: Store, config: PreprocessConfig, layout, worn_pairs: list[tuple[str, str]], ok: dict[str, dict[str, str]]
-) -> list[tuple[str, str]]:
-    """`<out>/<split>_pairs.txt` over everything the dataset holds: train pairs each person with what
-    they wear (`worn_pairs`: the catalog's, by key), test with a garment they don't."""
+def pairs_of(
+    config: PreprocessConfig, layout, worn_pairs: list[tuple[str, str]], ok: dict[str, dict[str, str]]
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Who wears what (person stem -> garment stem) and the split's pairs, over everything the dataset
+    holds: train pairs each person with what they wear (`worn_pairs`: the catalog's, by key), test with
+    a garment they don't."""
     worn = {}
     for person_key, garment_key in worn_pairs:
         if person_key in ok[PERSON] and garment_key in ok[GARMENT]:
@@ -483,11 +489,22 @@ def write_pairs(
         pairs = sorted(worn.items())
     else:
         pairs = unworn_pairs(list(ok[PERSON].values()), list(ok[GARMENT].values()), worn)
+    return worn, pairs
+
+
+def write_pairs(out: Store, split: str, pairs: list[tuple[str, str]]) -> None:
+    """`<out>/<split>_pairs.txt`, rewritten only when its content changes."""
     lines = "".join(f"{contract.person_image_name(p)} {contract.cloth_image_name(g)}\n" for p, g in pairs)
-    name = contract.pairs_file_name(config.split)
+    name = contract.pairs_file_name(split)
     if not out.exists(name) or out.read_text(name) != lines:  # object stores bill and notify every PUT
         out.write_text(name, lines)
-    return pairs
+
+
+def pairing_work(run: Run, current, listed: dict[str, dict[str, str]]) -> tuple[PairingWork, dict, list]:
+    """The paired cloth each usable person should have (`tasks.paired_cloth`), against what the dataset holds."""
+    ok = ok_listed(current, listed)
+    worn, pairs = pairs_of(run.config, run.layout, run.worn_pairs, ok)
+    return plan_pairings(run.out, run.config.split, current, ok, worn, pairs), ok, pairs
 
 
 def summarise(

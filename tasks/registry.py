@@ -167,6 +167,12 @@ def _yolo(config: PreprocessConfig) -> bool:
     return config.parser_backend == "yolo"
 
 
+# Files a person gets from another item once every item's stages have run (`tasks.paired_cloth`): HR-VITON
+# reads a person's paired cloth and its mask under the person's own name (contract §0 item 8, §2.1).
+PAIRED_CLOTH_STAGE = "paired_cloth"
+PAIRED_CLOTH = (Output(contract.DIR_CLOTH, contract.cloth_image_name),
+                Output(contract.DIR_CLOTH_MASK, contract.cloth_mask_name))
+
 PERSON_IMAGE = Output(contract.DIR_IMAGE, contract.person_image_name)
 PARSE = Output(contract.DIR_PARSE, contract.parse_name)
 
