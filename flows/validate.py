@@ -30,6 +30,10 @@ Splits are found next to <split>_pairs.txt files, or as train/ and test/ folders
 (holding image/ and cloth/) can be given directly. Both the HR-VITON folder names (image-parse-v3,
 openpose_json, openpose_img) and the VITON-HD ones (image-parse, openpose-json, openpose-img) are read.
 
+Targets (--target, default both, reported apart): vitonhd (VITON-HD's test.py, vitonprep train and
+tryon) and hrviton (HR-VITON's loaders, which also read each person's paired cloth and mask under the
+person's name, image-densepose/, image-parse-agnostic-v3.2/, and only their own folder names).
+
 Prints a report grouped by problem (--json: machine-readable) and exits 0 when no problem is found,
 1 when one is, 2 when the dataset could not be read."""
 
@@ -66,6 +70,12 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
         help="check only this split (repeatable; default: every split found, e.g. test and train)",
     )
     parser.add_argument("--workers", type=int, default=8, help="files read and checked at once (default 8)")
+    parser.add_argument(
+        "--target",
+        action="append",
+        choices=("vitonhd", "hrviton"),
+        help="check for this consumer only (repeatable; default: both, each with its own verdict)",
+    )
     parser.add_argument(
         "--storage-option",
         action="append",
@@ -128,7 +138,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     progress = _Progress(not args.no_progress and not args.json)
     try:
         store = Store(args.url, dict(args.storage_option))
-        report = validate_dataset(store, splits=args.split, workers=args.workers, progress=progress)
+        report = validate_dataset(store, splits=args.split, workers=args.workers, progress=progress,
+                                  targets=args.target or ("vitonhd", "hrviton"))
     except Exception as error:  # noqa: BLE001  (storage unreachable, credentials, a bad URL)
         print(f"vitonprep validate: cannot read {args.url}: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -7,6 +7,7 @@ Two layouts are accepted at a catalog root:
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import hashlib
@@ -200,18 +201,27 @@ def plan_shards(items: Sequence[CatalogItem], shard_size: int) -> list[list[Cata
     return [list(items[start : start + shard_size]) for start in range(0, len(items), shard_size)]
 
 
+def _ring_position(stem: str) -> int:
+    return int.from_bytes(hashlib.sha256(stem.encode("utf-8")).digest()[:8], "big")
+
+
 def unworn_pairs(person_stems: Sequence[str], garment_stems: Sequence[str], worn: dict[str, str]) -> list[tuple[str, str]]:
     """Each person with a garment they do not wear, as the VITON-HD test split does.
 
-    Deterministic: person i (sorted) takes garment (i + 1) mod n, moving on past the one they wear.
+    Deterministic, and stable as the catalog grows: the garments sit on a ring in the order of their
+    stems' hashes, and a person takes the first garment after their own stem's hash (the one after that
+    when it is what they wear). A new garment changes the pair of about one person in n (n garments):
+    a nightly run rewrites few pairs and few paired cloths (`tasks.paired_cloth`), not all of them.
     """
-    garments = sorted(garment_stems)
+    garments = sorted(set(garment_stems), key=lambda stem: (_ring_position(stem), stem))
     if not garments:
         return []
+    positions = [_ring_position(stem) for stem in garments]
     result = []
-    for index, person in enumerate(sorted(person_stems)):
+    for person in sorted(person_stems):
+        start = bisect.bisect_right(positions, _ring_position(person))
         for step in range(len(garments)):
-            garment = garments[(index + 1 + step) % len(garments)]
+            garment = garments[(start + step) % len(garments)]
             if garment != worn.get(person) or len(garments) == 1:
                 break
         result.append((person, garment))

@@ -3,9 +3,15 @@
 Two layers:
 - Pure checks: small functions on bytes, arrays and plain data, each returning a list of `Problem`s
   (a stable `code`, the file's path relative to the root, a human message). No storage, no threads.
-- `validate_dataset(store, splits=None, workers=8)`: finds the splits, lists each split's folders
-  once, then checks every person (its image and companion files) and every cloth (and its mask) on a
-  thread pool, and every pairs file. It returns a `Report` (problems grouped by code, counts, seconds).
+- `validate_dataset(store, splits=None, workers=8, targets=TARGETS)`: finds the splits, lists each
+  split's folders once, then checks every person (its image and companion files) and every cloth (and
+  its mask) on a thread pool, and every pairs file. It returns a `Report` (problems grouped by code,
+  counts, seconds, and a verdict per target).
+
+Targets are the consumers: `vitonhd` (VITON-HD's test.py and datasets.py, and vitonprep's own train and
+tryon) and `hrviton` (HR-VITON's cp_dataset.py and cp_dataset_test.py). Each problem names the targets
+it breaks; most break both. HR-VITON alone reads a paired cloth and mask under each person's name,
+`image-densepose/`, `image-parse-agnostic-v3.2/` from disk, and only its own folder names.
 
 Cost: images whose header answers the question (size, mode) are only opened, never decoded (PIL reads
 lazily). Pixels are decoded only where values matter: parse maps (label range, LIP's label 10,
@@ -44,13 +50,25 @@ from tasks.contract import (
 from tasks.storage import Store
 
 
+VITONHD, HRVITON = "vitonhd", "hrviton"
+TARGETS = (VITONHD, HRVITON)
+TARGET_NAMES = {VITONHD: "VITON-HD (test.py; vitonprep train and tryon)", HRVITON: "HR-VITON (cp_dataset*.py)"}
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong: a stable machine code, the path (relative to the dataset root), a message."""
+    """One thing wrong: a stable machine code, the path (relative to the dataset root), a message, and
+    the consumers it breaks."""
 
     code: str
     path: str
     message: str
+    targets: tuple[str, ...] = TARGETS
+
+
+def for_hrviton(problems: Iterable[Problem]) -> list[Problem]:
+    """The same problems, as breaking HR-VITON only (files only HR-VITON reads)."""
+    return [Problem(p.code, p.path, p.message, (HRVITON,)) for p in problems]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,6 +120,12 @@ CODES: dict[str, str] = {
     "name_contains_image": "the person's name contains 'image': HR-VITON builds paths with "
     "('image/' + name).replace('image', ...), which rewrites it too (§2.1)",
     "name_whitespace": "the file name holds whitespace: pairs lines are split on whitespace (§1.1)",
+    "paired_cloth_missing": "HR-VITON opens cloth/<person>.jpg and cloth-mask/<person>.jpg for every person "
+    "of the pairs file (its 'paired' cloth), in test too: FileNotFoundError (§0 item 8; HR-VITON #14, #71, #101)",
+    "densepose_missing": "HR-VITON reads image-densepose/<person>.jpg, a 768x1024 RGB DensePose rendering "
+    "(detectron2), for every person; vitonprep does not make it (§2.1; HR-VITON #8, #15, #61, #81, #89)",
+    "hrviton_folder_names": "HR-VITON reads image-parse-v3/, openpose_json/ and openpose_img/; this split has "
+    "only VITON-HD's names (§0 item 2, §2.1)",
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -116,6 +140,7 @@ ALIASED_ROLES = {"parse": PARSE_DIRS, "pose_json": POSE_JSON_DIRS, "pose_img": P
 DIR_DENSEPOSE = "image-densepose"  # HR-VITON reads it; the released zip has it; we do not write it
 REQUIRED_DIRS = (contract.DIR_IMAGE, contract.DIR_CLOTH, contract.DIR_CLOTH_MASK)
 OPTIONAL_DIRS = (contract.DIR_PARSE_AGNOSTIC, contract.DIR_AGNOSTIC, DIR_DENSEPOSE)  # checked where present
+HRVITON_DIRS = (contract.DIR_PARSE_AGNOSTIC, DIR_DENSEPOSE)  # HR-VITON reads them from disk (§2.1)
 DEFAULT_SPLITS = ("train", "test")
 
 # ---------------------------------------------------------------------------------------------------
@@ -527,6 +552,25 @@ def check_pairs(
     return problems, pairs
 
 
+def check_paired_cloth(path: str, text: str, layout: SplitLayout) -> list[Problem]:
+    """HR-VITON's paired cloth: `cloth/<person>` and `cloth-mask/<person>` for every person of the pairs file."""
+    problems = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.strip().split()
+        if len(fields) != 2:
+            continue  # check_pairs reports it
+        person = fields[0]
+        cloths = layout.files.get(contract.DIR_CLOTH, set())
+        for folder in (contract.DIR_CLOTH, contract.DIR_CLOTH_MASK):
+            # A cloth of that name without its mask is reported with the cloth (missing_file).
+            if folder in layout.files and person not in layout.files[folder] and person not in cloths:
+                problems.append(Problem(
+                    "paired_cloth_missing", layout.rel(folder, person),
+                    f"{path}:{number} lists person {person!r}: HR-VITON opens {folder}/{person} as its paired "
+                    f"cloth (vitonprep preprocess writes it)", (HRVITON,)))
+    return problems
+
+
 def _unreadable(path: str, error: BaseException) -> Problem:
     return Problem("file_unreadable", path, f"{type(error).__name__}: {error}")
 
@@ -546,10 +590,25 @@ class Report:
     counts: dict[str, int]  # persons, cloths, pairs, files (files opened and checked)
     seconds: float
     notes: list[str] = field(default_factory=list)
+    targets: tuple[str, ...] = TARGETS  # the consumers checked for
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def problems_for(self, target: str) -> list[Problem]:
+        return [problem for problem in self.problems if target in problem.targets]
+
+    def verdicts(self) -> dict[str, dict[str, Any]]:
+        """Per target: ok, how many problems break it, and their codes with counts."""
+        verdicts = {}
+        for target in self.targets:
+            codes: dict[str, int] = {}
+            for problem in self.problems_for(target):
+                codes[problem.code] = codes.get(problem.code, 0) + 1
+            verdicts[target] = {"ok": not codes, "problem_count": sum(codes.values()),
+                                "codes": dict(sorted(codes.items(), key=lambda item: (-item[1], item[0])))}
+        return verdicts
 
     def by_code(self) -> dict[str, list[Problem]]:
         """Problems grouped by code, the most frequent code first, paths sorted within a code."""
@@ -572,10 +631,12 @@ class Report:
                     "count": len(group),
                     "description": CODES.get(code, ""),
                     "examples": [{"path": p.path, "message": p.message} for p in group[:max_examples]],
+                    "targets": sorted({target for p in group for target in p.targets}),
                 }
                 for code, group in self.by_code().items()
             },
             "notes": list(self.notes),
+            "targets": self.verdicts(),
         }
 
     def format_text(self, max_examples: int = 5) -> str:
@@ -599,6 +660,10 @@ class Report:
             if len(group) > max_examples:
                 lines.append(f"    ... and {len(group) - max_examples} more")
         lines.append("")
+        for target, verdict in self.verdicts().items():
+            codes = ", ".join(f"{code} {count}" for code, count in verdict["codes"].items())
+            lines.append(f"{TARGET_NAMES[target]}: " + ("OK" if verdict["ok"] else
+                                                          f"{verdict['problem_count']} problems ({codes})"))
         if self.ok:
             lines.append(f"OK: no problems in {checked}")
         else:
@@ -693,6 +758,19 @@ def list_split(store: Store, name: str, prefix: str, pairs_file: str | None) -> 
     if all(layout.roles.values()) and not hr_complete and not vd_complete:
         present = sorted(folder for folders in layout.roles.values() for folder in folders)
         problems.append(Problem("layout_mixed", layout.rel("") or ".", f"folders {', '.join(present)}"))
+    elif vd_complete and not hr_complete:
+        for hr_name, vd_name in (candidates for candidates in ALIASED_ROLES.values()):
+            if hr_name not in files:
+                problems.append(Problem("hrviton_folder_names", layout.rel(hr_name) + "/",
+                                        f"HR-VITON reads {hr_name}/; this split has {vd_name}/ (rename or link it)",
+                                        (HRVITON,)))
+    if contract.DIR_PARSE_AGNOSTIC not in files:
+        problems.append(Problem("missing_folder", layout.rel(contract.DIR_PARSE_AGNOSTIC) + "/",
+                                f"{contract.DIR_PARSE_AGNOSTIC}/ is missing: HR-VITON reads it from disk", (HRVITON,)))
+    if DIR_DENSEPOSE not in files:
+        problems.append(Problem("densepose_missing", layout.rel(DIR_DENSEPOSE) + "/",
+                                f"{DIR_DENSEPOSE}/ is missing: HR-VITON reads {DIR_DENSEPOSE}/<person>.jpg for every "
+                                "person (see the README: HR-VITON needs DensePose)", (HRVITON,)))
     return layout, problems
 
 
@@ -706,9 +784,18 @@ class _Checker:
     def _file(
         self, folder: str, name: str, owner: str, check: Callable[[str, bytes], list[Problem]]
     ) -> tuple[list[Problem], int]:
-        """Check `folder/name` with `check`, or report it missing; returns (problems, files read)."""
+        """Check `folder/name` with `check`, or report it missing; returns (problems, files read).
+        Problems of the folders only HR-VITON reads break HR-VITON only."""
+        problems, read = self._check_file(folder, name, owner, check)
+        return (for_hrviton(problems) if folder in HRVITON_DIRS else problems), read
+
+    def _check_file(
+        self, folder: str, name: str, owner: str, check: Callable[[str, bytes], list[Problem]]
+    ) -> tuple[list[Problem], int]:
         rel = self.layout.rel(folder, name)
         if name not in self.layout.files.get(folder, ()):
+            if folder == DIR_DENSEPOSE:
+                return [Problem("densepose_missing", rel, f"missing; HR-VITON reads it for {owner}")], 0
             return [Problem("missing_file", rel, f"missing; needed for {owner}")], 0
         try:
             data = self.store.read_bytes(rel)
@@ -734,8 +821,8 @@ class _Checker:
             jobs.append((contract.DIR_PARSE_AGNOSTIC, contract.parse_agnostic_name(stem), _check_parse_agnostic))
         if layout.has(contract.DIR_AGNOSTIC):
             jobs.append((contract.DIR_AGNOSTIC, contract.agnostic_name(stem), check_rgb_image))
-        if layout.has(DIR_DENSEPOSE):
-            jobs.append((DIR_DENSEPOSE, contract.person_image_name(stem), check_rgb_image))
+        if layout.has(DIR_DENSEPOSE):  # HR-VITON opens image-densepose/<the person's file name> (§2.1)
+            jobs.append((DIR_DENSEPOSE, name, check_rgb_image))
         files = 0
         for folder, file_name, check in jobs:
             found, read = self._file(folder, file_name, owner, check)
@@ -764,12 +851,17 @@ def validate_dataset(
     splits: Sequence[str] | None = None,
     workers: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    targets: Sequence[str] = TARGETS,
 ) -> Report:
     """Check every split under `store` against the contract; see the module docstring.
 
     `splits` limits the check to those split names. `workers` threads read and check files at once.
-    `progress(done, total)` is called from the calling thread as persons and cloths finish.
+    `progress(done, total)` is called from the calling thread as persons and cloths finish. `targets`:
+    the consumers to check for (problems breaking none of them are left out).
     """
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets:
+        raise ValueError(f"unknown targets {unknown}: expected some of {list(TARGETS)}")
     started = time.perf_counter()
     found, problems, notes = discover_splits(store, splits)
     counts = {"persons": 0, "cloths": 0, "pairs": 0, "files": 0}
@@ -778,6 +870,12 @@ def validate_dataset(
         layout, listed = list_split(store, name, prefix, pairs_file)
         problems += listed
         layouts.append(layout)
+        vitonhd_names = [candidates[1] for candidates in ALIASED_ROLES.values()]
+        if VITONHD in targets and not any(layout.has(folder) for folder in vitonhd_names) and all(layout.roles.values()):
+            links = "; ".join(f"ln -s {candidates[0]} {candidates[1]}" for candidates in ALIASED_ROLES.values())
+            notes.append(f"{layout.prefix or '.'}: VITON-HD's own datasets.py opens {', '.join(vitonhd_names)}: "
+                         f"link them in the split folder before running its test.py ({links}); vitonprep's "
+                         "train and tryon read these folders as they are")
         if pairs_file is not None:
             persons = layout.files.get(contract.DIR_IMAGE)
             cloths = layout.files.get(contract.DIR_CLOTH)
@@ -787,7 +885,7 @@ def validate_dataset(
                 problems.append(Problem("pairs_malformed", pairs_file, f"not UTF-8 text: {error}"))
             else:
                 found_pairs, pair_count = check_pairs(pairs_file, text, persons, cloths)
-                problems += found_pairs
+                problems += found_pairs + check_paired_cloth(pairs_file, text, layout)
                 counts["pairs"] += pair_count
             counts["files"] += 1
     items: list[tuple[Callable[[str], tuple[list[Problem], int]], str, str]] = []
@@ -805,6 +903,7 @@ def validate_dataset(
             counts["files"] += files
             if progress is not None:
                 progress(done, total)
+    problems = [problem for problem in problems if set(problem.targets) & set(targets)]
     problems.sort(key=lambda p: (p.code, p.path, p.message))
     return Report(
         root=store.url,
@@ -813,6 +912,7 @@ def validate_dataset(
         counts=counts,
         seconds=time.perf_counter() - started,
         notes=notes,
+        targets=tuple(target for target in TARGETS if target in targets),
     )
 
 
@@ -825,6 +925,8 @@ __all__ = [
     "CODES",
     "Problem",
     "Report",
+    "TARGETS",
+    "check_paired_cloth",
     "check_body25_keypoints",
     "check_cloth_mask",
     "check_cloth_name",

@@ -126,6 +126,17 @@ def test_test_pairs_never_give_a_person_what_they_wear():
     assert pairs == unworn_pairs(list(reversed(persons)), garments, worn), "not deterministic"
 
 
+def test_a_new_garment_changes_few_test_pairs():
+    persons = [f"p{i:04d}" for i in range(1000)]
+    garments = [f"g{i:03d}" for i in range(100)]
+    before = dict(unworn_pairs(persons, garments, {}))
+    after = dict(unworn_pairs(persons, [*garments, "g-new"], {}))
+    changed = [person for person in persons if before[person] != after[person]]
+    assert all(after[person] == "g-new" for person in changed), "a pair moved to an old garment"
+    assert len(changed) <= 60, f"{len(changed)} of 1000 test pairs changed for one new garment of 101"
+    assert len(set(after.values())) > 60, "the persons are not spread over the garments"
+
+
 def test_a_long_name_gets_a_stem_every_output_name_can_hold():
     key = "a" * 236 + ".jpg"  # a legal file name of 240 bytes
     stem = stem_for_key(key)

@@ -101,11 +101,15 @@ def test_new_garments_are_processed_and_nothing_else(copy, samples_dir):
     catalog, out, _ = copy
     for name in ("04743_00.jpg", "09133_00.jpg"):
         shutil.copy(samples_dir / "cloth" / name, catalog / "garments" / f"new-{name}")
+    pairs_before = (out / "test_pairs.txt").read_text().splitlines()
     summary = run(catalog, out)
     ran = stages_run(out, summary)
+    moved = {("person", line.split()[0]): {"paired_cloth"} for line in
+             set((out / "test_pairs.txt").read_text().splitlines()) - set(pairs_before)}
     assert ran == {
         ("garment", "new-04743_00.jpg"): {"ingest", "cloth_mask"},
         ("garment", "new-09133_00.jpg"): {"ingest", "cloth_mask"},
+        **moved,  # a person whose test pair is now a new garment gets that garment as their paired cloth
     }
     assert summary["dataset"]["garments"] == 4
 
@@ -148,7 +152,10 @@ def test_a_failed_item_is_retried_once_its_source_is_replaced(copy, samples_dir)
     assert stages_run(out, run(catalog, out)) == {}, "an unchanged failure must not be retried"
     shutil.copy(samples_dir / "image" / "00035_00.jpg", catalog / "persons" / "broken.jpg")
     summary = run(catalog, out)
-    assert stages_run(out, summary) == {("person", "broken.jpg"): {"ingest", "pose", "pose_gate", "parse", "agnostic"}}
+    ran = stages_run(out, summary)
+    # Now usable, it gets its test pair's garment as its paired cloth; others whose pair it took may too.
+    assert ran.pop(("person", "broken.jpg")) == {"ingest", "pose", "pose_gate", "parse", "agnostic", "paired_cloth"}
+    assert all(stages == {"paired_cloth"} for stages in ran.values()), ran
     assert summary["dataset"]["persons"] == 3
 
 

@@ -154,8 +154,10 @@ def make_dataset(
     pairs: str | None = None,
     split: str = "test",
     dirs: dict[str, str] = HRVITON_DIRS,
+    densepose: bool = True,
 ) -> Path:
-    """A valid dataset under `root`: `split`/ with every folder, and `<split>_pairs.txt` (unpaired)."""
+    """A valid dataset under `root`: `split`/ with every folder (DensePose renderings included, as a
+    user adds them), and `<split>_pairs.txt` (unpaired)."""
     files = valid_files()
     base = root / split
     for name in persons:
@@ -166,6 +168,8 @@ def make_dataset(
         put(base / contract.DIR_AGNOSTIC / contract.agnostic_name(stem), files["agnostic"])
         put(base / dirs["pose_json"] / contract.keypoints_json_name(stem), files["pose_json"])
         put(base / dirs["pose_img"] / contract.rendered_pose_name(stem), files["pose_img"])
+        if densepose:
+            put(base / "image-densepose" / name, files["image"])  # any 768x1024 RGB JPEG will do here
     for name in cloths:
         put(base / "cloth" / name, files["cloth"])
         put(base / "cloth-mask" / name, files["cloth_mask"])
@@ -204,14 +208,23 @@ def test_a_valid_hrviton_dataset_has_no_problem(dataset):
     assert report.ok, report.format_text()
     assert report.splits == ["test"]
     assert report.counts["persons"] == 2 and report.counts["cloths"] == 2 and report.counts["pairs"] == 2
-    assert report.counts["files"] == 2 * 6 + 2 * 2 + 1  # companions, cloths and masks, the pairs file
+    assert report.counts["files"] == 2 * 7 + 2 * 2 + 1  # companions, cloths and masks, the pairs file
     assert report.format_text().splitlines()[-1].startswith("OK: no problems")
 
 
-def test_the_official_vitonhd_folder_names_are_accepted(tmp_path):
+def test_the_official_vitonhd_folder_names_are_accepted_for_vitonhd_only(tmp_path):
     root = make_dataset(tmp_path / "dataset", dirs=VITONHD_DIRS)
+    assert validate(root, targets=["vitonhd"]).ok, validate(root, targets=["vitonhd"]).format_text()
     report = validate(root)
+    assert report.verdicts()["vitonhd"]["ok"] and not report.verdicts()["hrviton"]["ok"]
+    assert_only(report, "hrviton_folder_names", "test/image-parse-v3/")
+    assert {p.path for p in report.problems} == {"test/image-parse-v3/", "test/openpose_json/", "test/openpose_img/"}
+
+
+def test_hrviton_names_alone_get_a_note_on_how_to_run_vitonhds_test_py(dataset):
+    report = validate(dataset)
     assert report.ok, report.format_text()
+    assert any("ln -s image-parse-v3 image-parse" in note for note in report.notes), report.notes
 
 
 def test_both_layouts_side_by_side_are_checked(tmp_path):
@@ -579,7 +592,8 @@ def test_the_command_prints_json_and_exits_1_on_problems(dataset, capsys):
     code = validate_main([str(dataset), "--json", "--workers", "2"])
     out = json.loads(capsys.readouterr().out)
     assert code == 1
-    assert set(out) == {"root", "ok", "splits", "counts", "seconds", "problem_count", "problems", "notes"}
+    assert set(out) == {"root", "ok", "splits", "counts", "seconds", "problem_count", "problems", "notes", "targets"}
+    assert out["targets"]["vitonhd"]["codes"] == {"missing_file": 1} and not out["targets"]["hrviton"]["ok"]
     assert out["ok"] is False and out["splits"] == ["test"]
     assert out["problems"]["missing_file"]["examples"][0]["path"] == "test/openpose_json/00001_00_keypoints.json"
 
@@ -610,3 +624,52 @@ def test_every_emitted_code_is_documented():
 
     emitted = set(re.findall(r'Problem\(\s*"([a-z0-9_]+)"', source))
     assert emitted and emitted <= set(CODES), sorted(emitted - set(CODES))
+
+
+# ---------------------------------------------------------------------------------------------------
+# HR-VITON: what its loaders read besides VITON-HD's (the top user reports against it)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_a_person_without_a_paired_cloth_under_their_name_breaks_hrviton_only(tmp_path):
+    """HR-VITON #14, #71, #101: FileNotFoundError cloth/<person>.jpg, in unpaired test too."""
+    root = make_dataset(tmp_path / "dataset", cloths=("10001_00.jpg", "10002_00.jpg"))
+    report = validate(root)
+    assert_only(report, "paired_cloth_missing", "test/cloth/00001_00.jpg")
+    assert {p.path for p in report.problems} == {f"test/{folder}/{stem}.jpg" for folder in ("cloth", "cloth-mask")
+                                                for stem in STEMS}
+    assert report.verdicts()["vitonhd"]["ok"], "VITON-HD reads only the pair's cloth"
+    assert validate(root, targets=["vitonhd"]).ok
+
+
+def test_a_dataset_without_densepose_breaks_hrviton_only(tmp_path):
+    """HR-VITON #8, #15, #61, #81, #89: image-densepose/ is missing."""
+    root = make_dataset(tmp_path / "dataset", densepose=False)
+    report = validate(root)
+    assert_only(report, "densepose_missing", "test/image-densepose/")
+    assert len(report.problems) == 1 and report.problems[0].targets == ("hrviton",)
+    assert "README" in report.problems[0].message
+    assert validate(root, targets=["vitonhd"]).ok
+
+
+def test_densepose_renderings_are_checked_by_name_and_size(dataset):
+    (dataset / "test/image-densepose/00001_00.jpg").rename(dataset / "test/image-densepose/00001_00.png")
+    put(dataset / "test/image-densepose/00002_00.jpg", rgb_jpeg(size=(384, 512)))
+    report = validate(dataset, targets=["hrviton"])
+    assert codes_of(report.problems) == {"densepose_missing", "image_size"}, report.format_text()
+    assert {p.path for p in report.problems} == {"test/image-densepose/00001_00.jpg", "test/image-densepose/00002_00.jpg"}
+    assert validate(dataset, targets=["vitonhd"]).ok
+
+
+def test_the_report_gives_a_verdict_per_target(tmp_path):
+    root = make_dataset(tmp_path / "dataset", densepose=False)
+    text = validate(root).format_text()
+    assert "VITON-HD (test.py; vitonprep train and tryon): OK" in text
+    assert "HR-VITON (cp_dataset*.py): 1 problems (densepose_missing 1)" in text
+
+
+def test_the_command_checks_one_target_on_request(tmp_path, capsys):
+    root = make_dataset(tmp_path / "dataset", densepose=False)
+    assert validate_main([str(root), "--target", "vitonhd", "--no-progress"]) == 0
+    assert validate_main([str(root), "--target", "hrviton", "--no-progress"]) == 1
+    assert "densepose_missing" in capsys.readouterr().out
