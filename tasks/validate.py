@@ -8,9 +8,9 @@ Two layers:
   its mask) on a thread pool, and every pairs file. It returns a `Report` (problems grouped by code,
   counts, seconds, and a verdict per target).
 
-Targets are the consumers: `vitonhd` (VITON-HD's test.py and datasets.py, and vitonprep's own train and
-tryon) and `hrviton` (HR-VITON's cp_dataset.py and cp_dataset_test.py). Each problem names the targets
-it breaks; most break both. HR-VITON alone reads a paired cloth and mask under each person's name,
+Targets are the consumers: `vitonhd` (vitonprep's own train and tryon, and VITON-HD's test.py once
+its three folder names are linked) and `hrviton` (HR-VITON's cp_dataset*.py). Each problem names the
+targets it breaks; most break both. HR-VITON alone reads a paired cloth and mask under each person's name,
 `image-densepose/`, `image-parse-agnostic-v3.2/` from disk, and only its own folder names.
 
 Cost: images whose header answers the question (size, mode) are only opened, never decoded (PIL reads
@@ -52,7 +52,8 @@ from tasks.storage import Store
 
 VITONHD, HRVITON = "vitonhd", "hrviton"
 TARGETS = (VITONHD, HRVITON)
-TARGET_NAMES = {VITONHD: "VITON-HD (test.py; vitonprep train and tryon)", HRVITON: "HR-VITON (cp_dataset*.py)"}
+TARGET_NAMES = {VITONHD: "VITON-HD (vitonprep train and tryon; test.py once its folder names are linked)",
+                HRVITON: "HR-VITON (cp_dataset*.py)"}
 
 
 @dataclass(frozen=True)

@@ -664,7 +664,7 @@ def test_densepose_renderings_are_checked_by_name_and_size(dataset):
 def test_the_report_gives_a_verdict_per_target(tmp_path):
     root = make_dataset(tmp_path / "dataset", densepose=False)
     text = validate(root).format_text()
-    assert "VITON-HD (test.py; vitonprep train and tryon): OK" in text
+    assert "VITON-HD (vitonprep train and tryon; test.py once its folder names are linked): OK" in text
     assert "HR-VITON (cp_dataset*.py): 1 problems (densepose_missing 1)" in text
 
 
