@@ -378,7 +378,9 @@ def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, sample
             assert f"dataset/test/{folder}/{path.stem}.jpg" in keys, f"missing {folder}/{path.stem}.jpg"
     run_folder = f"dataset/manifests/test/run={summary['run_id']}/"
     parts = [k for k in keys if k.startswith(run_folder) and k.endswith(".parquet")]
-    assert len(parts) == 4, parts  # 2 person shards + 2 garment shards
+    assert len(parts) == 5, parts  # 2 person shards + 2 garment shards + the persons' paired cloth
+    for key in ("dataset/test/cloth/00034_00.jpg", "dataset/test/cloth-mask/00034_00.jpg"):
+        assert key in keys, f"the paired cloth {key} HR-VITON reads is missing"
     rows = read_run(Store(s3.url("dataset"), options), "test", summary["run_id"]).to_pylist()
     assert len({(row["kind"], row["key"]) for row in rows}) == 8
     assert all(row["status"] == "ok" for row in rows)

@@ -147,7 +147,8 @@ def nightly(stack):
 def test_the_catalog_run_completes_and_writes_the_dataset_and_manifest(stack, nightly):
     assert nightly["first"].state.is_completed(), nightly["first"].state.message
     dataset = Store(str(stack.root / "dataset"))
-    assert len(dataset.listdir("test/image")) == 4 and len(dataset.listdir("test/cloth-mask")) == 4
+    # 4 garments' masks and, under each person's name, the mask of their paired cloth
+    assert len(dataset.listdir("test/image")) == 4 and len(dataset.listdir("test/cloth-mask")) == 8
     assert len(dataset.read_text("test_pairs.txt").splitlines()) == 4
     from tasks.manifest import ok_items, read_current
 
