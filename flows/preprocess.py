@@ -19,10 +19,11 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, unmapped
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
-from flows.report import RunProgress, publish
+from flows.report import RunProgress, failed_items, log_failed_items, publish
 from tasks import contract
 from tasks.catalog import (
     GARMENT,
@@ -213,9 +214,12 @@ def preprocess(
         train_deployment=train_deployment,
         train_min_new_pairs=train_min_new_pairs,
     )
-    if work_list:
-        return run_part(config, selection, work_list)
-    return run_preprocess(config, selection, policy)
+    try:
+        if work_list:
+            return run_part(config, selection, work_list)
+        return run_preprocess(config, selection, policy)
+    except RunFailed as failure:  # an outcome, not a crash: the run ends Failed with its reason and no traceback
+        return Failed(message=f"Failed: {failure}", data=failure)
 
 
 def epoch_seconds(moment: datetime | None) -> float | None:
@@ -354,7 +358,8 @@ def finish_run(run: Run, plan: Plan, logger: Any) -> dict[str, Any]:
         }
     if planned or children or paired["rows"]:  # an unchanged catalog's run writes nothing
         write_summary(out, config.split, run_id, summary)
-    publish(summary, out, rows, current, keyed=True)
+    log_failed_items(failed_items(rows), logger)
+    publish(summary, out, rows, current, keyed=True, failure=failure)
     logger.info(
         "run %s: processed %d persons (%d failed) and %d garments (%d failed) in %.1f s; the dataset holds "
         "%d persons and %d garments",
@@ -391,7 +396,9 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     summary["work_list"] = work_list
     summary["failed_shards"] = failed_shards
     write_summary(out, config.split, run_id, summary)
-    publish(summary, out, rows, current, keyed=False)
+    log_failed_items(failed_items(rows), logger)
+    failure = shards_failure(failed_shards) if failed_shards else None
+    publish(summary, out, rows, current, keyed=False, failure=failure)
     if failed_shards:  # the parent sees this run Failed and says so; the other shards' rows stand
         raise RunFailed(shards_failure(failed_shards), summary)
     return summary

@@ -20,7 +20,7 @@ from prefect.artifacts import (
 from tasks.catalog import GARMENT, PERSON
 from tasks.contact_sheet import dataset_contact_sheet, encode_png, thumbnail_data_uri
 from tasks.manifest import item_view, run_folder
-from tasks.storage import Store
+from tasks.storage import Store, redact
 
 # The CLI listens here to draw its progress bar; records carry `done` and `total`.
 progress_logger = logging.getLogger("vitonprep.progress")
@@ -43,6 +43,7 @@ class RunProgress:
 
 
 CONTACT_SHEET_ITEMS = 6  # items shown in the run's contact sheet artifact
+FAILED_ITEMS_LOGGED = 50  # failed items that get a WARNING line each; the rest are counted
 CONTACT_SHEET_HEIGHT = 1200  # pixels, as embedded in the artifact
 
 
@@ -71,6 +72,29 @@ def stage_table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[dic
     return table
 
 
+def failed_items(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per item this run failed: kind, key, the stage it failed at, the code, the reason and its
+    source URL (redacted), in catalog order."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] == "error" and (row["kind"], row["key"]) not in found:
+            found[(row["kind"], row["key"])] = {
+                "kind": row["kind"], "key": row["key"], "stage": row["stage"], "error_code": row["error_code"],
+                "reason": redact(row.get("error_message") or ""), "source": redact(row.get("source_url") or ""),
+            }
+    return [found[item] for item in sorted(found)]
+
+
+def log_failed_items(failed: list[dict[str, Any]], logger: Any) -> None:
+    """A WARNING line per failed item (the first FAILED_ITEMS_LOGGED), then how many more there are."""
+    for item in failed[:FAILED_ITEMS_LOGGED]:
+        logger.warning("failed %s %s at %s: %s: %s", item["kind"], item["key"], item["stage"], item["error_code"],
+                       item["reason"])
+    if len(failed) > FAILED_ITEMS_LOGGED:
+        logger.warning("... and %d more failed items (the run's failed-items artifact lists them all)",
+                       len(failed) - FAILED_ITEMS_LOGGED)
+
+
 def sample_items(
     rows: list[dict[str, Any]], current: pa.Table, count: int = CONTACT_SHEET_ITEMS
 ) -> list[dict[str, Any]]:
@@ -95,16 +119,35 @@ def sample_items(
     return [items[item] for item in chosen if item in items]
 
 
+def verdict(summary: dict[str, Any], failure: str | None) -> str:
+    """How the run ends, in one line: "Completed: ..." or "Failed: <why>"."""
+    if failure is not None:
+        return f"Failed: {failure}"
+    processed = summary["persons"]["total"] + summary["garments"]["total"]
+    failed = summary["persons"]["error"] + summary["garments"]["error"]
+    if not processed:
+        return "Completed: nothing to do"
+    return f"Completed: {processed - failed} of {processed} items ok" + (f", {failed} failed" if failed else "")
+
+
 def publish(
-    summary: dict[str, Any], out: Store, rows: list[dict[str, Any]], current: pa.Table, keyed: bool
+    summary: dict[str, Any], out: Store, rows: list[dict[str, Any]], current: pa.Table, keyed: bool,
+    failure: str | None = None,
 ) -> None:
-    """The run's UI artifacts: a keyed per-stage table (a history across runs) and a markdown report
-    with the counts and a contact sheet of a sample of the items it processed."""
+    """The run's UI artifacts: a keyed per-stage table (a history across runs), a table of the items it
+    failed, and a markdown report: the verdict first, then the counts and a contact sheet of a sample of
+    the items it processed."""
     run_id = summary["run_id"]
     create_table_artifact(
         stage_table(summary, rows),
         key=artifact_key("stages") if keyed else None,
         description=f"Per-stage counts, timings and error codes, run {run_id}",
+    )
+    failed = failed_items(rows)
+    create_table_artifact(
+        failed or [{"kind": "-", "key": "-", "stage": "-", "error_code": "-", "reason": "no item failed", "source": "-"}],
+        key=artifact_key("failed-items") if keyed else None,
+        description=f"The {len(failed)} items run {run_id} failed: the stage, the code and why",
     )
     sheet = ""
     sample = sample_items(rows, current)
@@ -122,7 +165,7 @@ def publish(
         for info in (summary.get("started") or {}).values() if info
     )
     create_markdown_artifact(
-        f"# preprocess {run_id}\n\n"
+        f"# {verdict(summary, failure)}\n\npreprocess run {run_id}\n\n"
         f"- persons: {summary['persons']['ok']} ok of {summary['persons']['total']} processed\n"
         f"- garments: {summary['garments']['ok']} ok of {summary['garments']['total']} processed\n"
         f"- the dataset holds {summary['dataset']['persons']} persons, {summary['dataset']['garments']} garments, "

@@ -124,6 +124,46 @@ def test_a_run_with_more_failed_items_than_the_threshold_ends_failed_with_its_co
     assert failure.summary["pairs"] > 0, "the good items still make a dataset"
 
 
+def _logs_and_artifacts(state) -> tuple[list, list]:
+    """The flow run's log records and artifacts, as the Prefect API keeps them (what the UI shows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    return logs, artifacts
+
+
+def test_each_failed_item_gets_a_warning_line_with_its_key_stage_code_and_reason(failed_run):
+    logs, _ = _logs_and_artifacts(failed_run[1])
+    warnings = [log.message for log in logs if log.level == 30 and log.message.startswith("failed ")]
+    assert len(warnings) == 8, warnings
+    for key, code in EXPECTED_CODES.items():
+        assert any(f" {key} at " in line and f": {code}: " in line for line in warnings), (key, code, warnings)
+
+
+def test_a_run_over_the_threshold_ends_failed_with_one_error_line_and_no_traceback(failed_run):
+    logs, _ = _logs_and_artifacts(failed_run[1])
+    errors = [log.message for log in logs if log.level >= 40]
+    assert len(errors) == 1 and "8 of 18 items failed" in errors[0], errors
+    assert not [log.message for log in logs if "Traceback" in log.message], "an expected outcome logged a traceback"
+    assert failed_run[1].message.startswith("Failed: 8 of 18 items failed"), failed_run[1].message
+
+
+def test_the_failed_items_are_a_table_artifact_and_the_summary_starts_with_the_verdict(failed_run):
+    _, artifacts = _logs_and_artifacts(failed_run[1])
+    tables = [json.loads(a.data) for a in artifacts if a.type == "table"]
+    failed = next(table for table in tables if table and "error_code" in table[0] and "reason" in table[0])
+    assert {row["key"] for row in failed} == set(EXPECTED_CODES) | {"blank.png"}
+    assert all(row["reason"] and row["stage"] for row in failed)
+    report = next(a.data for a in artifacts if a.type == "markdown")
+    assert report.startswith("# Failed: 8 of 18 items failed"), report[:200]
+
+
 def test_every_input_gets_exactly_one_manifest_row(run, catalog):
     _, summary, rows = run
     listed = {("person", f.key) for f in catalog.list_files("persons")} | {
