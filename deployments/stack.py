@@ -9,6 +9,9 @@ Ctrl-C or SIGTERM it stops the workers, then the server, and kills whatever they
     python deployments/stack.py --workers 2 --port 4300 --home /tmp/vitonprep-stack
     PREFECT_API_URL=http://127.0.0.1:4200/api prefect deployment run preprocess/catalog
 
+The UI is served for the stack's own port (its API URL is the stack's). The deployments' schedules
+(the nightly catalog run) are paused unless --schedules is given: a local stack runs what you start.
+
 The deployments' URLs come from --catalog, --dataset, --tryon-out, --checkpoints, --parser-data and
 --parser-out (default: the VITONPREP_* environment, else folders under --home). With --ready-file,
 a JSON file with the API URL and the process ids is written once everything is up. Every process started carries VITONPREP_STACK=<token> in its environment; that is
@@ -56,7 +59,8 @@ class Stack:
 
     def __init__(self, home: Path, host: str, port: int):
         self.home, self.host, self.port = home, host, port
-        self.api_url = f"http://{host}:{port}/api"
+        self.ui_url = f"http://{host}:{port}"
+        self.api_url = f"{self.ui_url}/api"
         self.token = uuid.uuid4().hex
         self.server: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
@@ -67,7 +71,7 @@ class Stack:
         return env
 
     def client_env(self, **extra: str) -> dict[str, str]:
-        return self.env(PREFECT_API_URL=self.api_url, **extra)
+        return self.env(PREFECT_API_URL=self.api_url, PREFECT_UI_URL=self.ui_url, **extra)
 
     def prefect(self, *args: str, env: dict[str, str] | None = None) -> str:
         """Run one `prefect` CLI command against the stack's server; its output, or an error with it."""
@@ -82,7 +86,9 @@ class Stack:
 
     def start_server(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        env = self.env(PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home / 'prefect.db'}")
+        # The UI in the browser talks to the API URL it is given, 127.0.0.1:4200 unless told: tell it ours.
+        env = self.env(PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
+                       PREFECT_UI_API_URL=self.api_url, PREFECT_UI_URL=self.ui_url)
         env.pop("PREFECT_API_URL", None)
         log(f"prefect server start --host {self.host} --port {self.port} (database {self.home / 'prefect.db'})")
         with open(self.home / "server.log", "ab") as out:
@@ -119,6 +125,20 @@ class Stack:
     def deploy(self, urls: dict[str, str]) -> None:
         env = self.client_env(**{URL_ENV[name]: url for name, url in urls.items()})
         self.prefect("deploy", "--all", "--prefect-file", str(PROJECT_ROOT / "prefect.yaml"), env=env)
+
+    def pause_schedules(self) -> None:
+        """Every deployment schedule paused, and the runs they already scheduled deleted."""
+        self.prefect("deployment", "schedule", "pause", "--all")
+        os.environ.update(PREFECT_API_URL=self.api_url, PREFECT_HOME=str(self.home))
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+        from prefect.client.schemas.objects import StateType
+
+        scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+        with get_client(sync_client=True) as client:
+            for run in client.read_flow_runs(flow_run_filter=scheduled):
+                if run.deployment_id is not None and run.auto_scheduled:
+                    client.delete_flow_run(run.id)
 
     def create_automations(self) -> None:
         """The automations file's automations, replacing any of the same names."""
@@ -219,6 +239,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parser-data", help="parser dataset URL (default $VITONPREP_PARSER_DATA or <home>/parser-data)")
     parser.add_argument("--parser-out", help="parser training output URL (default $VITONPREP_PARSER_OUT or <home>/parser-out)")
     parser.add_argument("--ready-file", type=Path, help="write the API URL and process ids here once up")
+    parser.add_argument("--schedules", action="store_true",
+                        help="keep the deployments' schedules active (default: paused, nothing starts on its own)")
     return parser.parse_args(argv)
 
 
@@ -240,14 +262,19 @@ def main(argv: list[str] | None = None) -> int:
         stack.create_gpu_limits(sorted(set(gpu_limits)), args.gpu_slots)
         urls = default_urls(home, args)
         stack.deploy(urls)
+        if args.schedules:
+            log("schedules active: the nightly catalog run will start on its own")
+        else:
+            stack.pause_schedules()
+            log("schedules paused (--schedules to keep them): runs start when you start them")
         stack.create_automations()
         stack.start_workers(args.workers, args.worker_limit, gpu_limits, args.poll_seconds)
         if args.ready_file:
             args.ready_file.write_text(json.dumps({
-                "api_url": stack.api_url, "token": stack.token, "urls": urls,
+                "api_url": stack.api_url, "ui_url": stack.ui_url, "token": stack.token, "urls": urls,
                 "server_pid": stack.server.pid, "worker_pids": [w.pid for w in stack.workers],
             }))
-        log(f"ready: PREFECT_API_URL={stack.api_url}; Ctrl-C stops everything")
+        log(f"ready: UI {stack.ui_url}, PREFECT_API_URL={stack.api_url}; Ctrl-C stops everything")
         while True:
             for worker in stack.workers:
                 if worker.poll() is not None:

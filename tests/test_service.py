@@ -231,6 +231,41 @@ def test_the_automations_are_installed(stack):
     assert {"vitonprep-cancel-stuck-preprocess", "vitonprep-cancel-stuck-tryon"} <= names
 
 
+def test_the_ui_is_served_with_the_stacks_own_api_url(stack):
+    import urllib.request
+
+    with urllib.request.urlopen(f"{stack.info['ui_url']}/ui-settings", timeout=10) as response:
+        settings = json.loads(response.read())
+    assert settings["api_url"] == stack.api_url, f"the UI would talk to {settings['api_url']}"
+
+
+def test_a_local_stack_starts_with_its_schedules_paused(stack):
+    with stack.client() as client:
+        deployment = client.read_deployment_by_name("preprocess/catalog")
+        schedules = client.read_deployment_schedules(deployment.id)
+    assert schedules and not any(schedule.active for schedule in schedules), schedules
+    assert not [run for run in stack.runs_of("preprocess/catalog") if run.auto_scheduled], "a nightly run was scheduled"
+
+
+def test_the_flow_run_page_renders_in_a_headless_browser(stack, nightly):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("VITONPREP_UI_SMOKE") == "required":  # .ci/run installs it
+            pytest.fail("chromium is not installed")
+        pytest.skip("no chromium here (.ci/run installs Debian's package)")
+    run = nightly["first"]
+    done = subprocess.run(
+        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=30000",
+         f"{stack.info['ui_url']}/runs/flow-run/{run.id}"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )
+    import html
+
+    shown = run.name in done.stdout or html.escape(run.name, quote=False) in done.stdout
+    assert shown, f"the page shows no {run.name!r}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert "Unable to connect" not in done.stdout
+
+
 def test_stopping_the_stack_leaves_no_process_behind(stack, nightly):
     """Runs last in this module: stops the stack and looks for any process carrying its token."""
     sys.path.insert(0, str(PROJECT_ROOT / "deployments"))
@@ -239,3 +274,4 @@ def test_stopping_the_stack_leaves_no_process_behind(stack, nightly):
     stack.process.send_signal(signal.SIGTERM)
     assert stack.process.wait(timeout=120) == 0
     assert marked_processes(stack.info["token"]) == []
+
