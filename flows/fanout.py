@@ -37,19 +37,15 @@ def start_children(
 ) -> dict[str, str]:
     """Write each part's work list and start its child run; returns Prefect flow run id -> our child run id."""
     out = Store(config.out, config.storage_options)
-    parameters: dict[str, Any] = {
-        **config.model_dump(),
-        "full_refresh": selection.full_refresh,
-        "max_failed_fraction": 1.0,  # the parent judges the whole run
-        "items_per_child_run": 0,
-    }
     children = {}
     for part, items in enumerate(parts, start=1):
         rel = work_list_path(config.split, run_id, part, len(parts))
         write_work_list(out, rel, child_run_id(run_id, part), items)
         child = run_deployment(
             CHILD_DEPLOYMENT,
-            parameters={**parameters, "work_list": rel},
+            parameters={"config": config.model_dump(mode="json"), "work_list": rel,
+                        "full_refresh": selection.full_refresh},
+            flow_run_name=f"{flow_run.get_name()} · part {part} of {len(parts)}",
             timeout=0,
             as_subflow=True,
             idempotency_key=f"{flow_run.get_id()}:{rel}",

@@ -85,14 +85,10 @@ class RunFailed(RuntimeError):
 
 
 def run_name() -> str:
-    """The flow run's name in the UI: what it covers (split, catalog, selection, or its part of a parent)."""
+    """The flow run's name in the UI: what it covers (split, catalog, selection). A child run is named
+    by its parent when it starts it (`flows.fanout`): the parent's name and the part."""
     params = flow_run.get_parameters()
     split = params.get("split", "test")
-    work_list = params.get("work_list")
-    if work_list:  # _work/<split>/plans/<parent run id>/part-0003-of-0012.json
-        parent, name = work_list.rstrip("/").split("/")[-2:]
-        part, _, parts = name.removeprefix("part-").removesuffix(".json").partition("-of-")
-        return f"{split} part {int(part)}/{int(parts)} of {parent}"
     words = [split, "<-", redact(str(params.get("catalog", "")))]
     if params.get("prefix"):
         words.append(f"prefix {params['prefix']}")
@@ -137,16 +133,15 @@ def preprocess(
     tryon_persons: list[str] | None = None,
     train_deployment: str | None = None,
     train_min_new_pairs: int = 1000,
-    work_list: str | None = None,
 ) -> dict[str, Any]:
     """Turn the catalog at `catalog` into a VITON-HD dataset at `out`; return the run summary.
 
     Args:
         catalog: catalog root URL: persons/ + garments/ (+ pairs.csv), or image/ + cloth/.
-        out: dataset root URL; outputs go under <out>/<split>/.
+        out: dataset root URL; outputs go under {out}/{split}/.
         split: the dataset split to write.
         shard_size: images per task run.
-        parser: 'geometric' (bundled, approximate) or 'yolo:<weights URL>'.
+        parser: 'geometric' (bundled, approximate) or 'yolo:' followed by the weights URL (yolo:s3://bucket/best.pt).
         fit: how other aspect ratios reach 768x1024: pad with the background, or crop around the person.
         agnostic_recipe: the clothing-agnostic image recipe, HR-VITON's or VITON-HD's.
         pose_model: URL of a MediaPipe Tasks .task pose model; empty for the bundled model.
@@ -175,7 +170,6 @@ def preprocess(
         tryon_persons: the person roster for those garments; empty = every person in the dataset.
         train_deployment: deployment to start once train_min_new_pairs new pairs arrived (e.g. train/train).
         train_min_new_pairs: new pairs since training last started that start it again.
-        work_list: set by a parent run: the dataset-relative path of the items this child run processes.
     """
     config = PreprocessConfig(
         catalog=catalog,
@@ -215,10 +209,25 @@ def preprocess(
         train_min_new_pairs=train_min_new_pairs,
     )
     try:
-        if work_list:
-            return run_part(config, selection, work_list)
         return run_preprocess(config, selection, policy)
     except RunFailed as failure:  # an outcome, not a crash: the run ends Failed with its reason and no traceback
+        return Failed(message=f"Failed: {failure}", data=failure)
+
+
+@flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT), log_prints=False)
+def preprocess_part(config: PreprocessConfig, work_list: str, full_refresh: bool = False) -> dict[str, Any]:
+    """One part of a large preprocess run: the items of a work list its parent wrote (the shard-range
+    deployment; the parent starts it and judges the whole run).
+
+    Args:
+        config: the parent run's configuration.
+        work_list: the dataset-relative path of the work list the parent wrote for this part.
+        full_refresh: rerun every stage of the items, as the parent was asked to.
+    """
+    use_storage_secret(config.storage_secret_block)
+    try:
+        return run_part(config, Selection(full_refresh=full_refresh), work_list)
+    except RunFailed as failure:
         return Failed(message=f"Failed: {failure}", data=failure)
 
 

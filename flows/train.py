@@ -75,9 +75,9 @@ def train(
     """Train one stage of VITON-HD on `dataset` into `out`; return the run summary.
 
     Args:
-        dataset: dataset root URL (holds <split>/ and <split>_pairs.txt, as preprocess writes them).
+        dataset: dataset root URL (holds {split}/ and {split}_pairs.txt, as preprocess writes them).
         stage: seg (segmentation generator), gmm (geometric matching) or alias (ALIAS generator).
-        out: output URL for checkpoints, metrics, samples and <stage>_final.pth (what tryon loads).
+        out: output URL for checkpoints, metrics, samples and {stage}_final.pth (what tryon loads).
         split: the split to train on; its pairs must pair each person with the garment they wear.
         steps: total optimiser steps; a rerun resumes from the last checkpoint up to this.
         batch_size: pairs per step.

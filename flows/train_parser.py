@@ -156,7 +156,7 @@ def model_card(config: ParserTrainConfig, trained: dict[str, Any], evaluation: d
 def card_markdown(card: dict[str, Any]) -> str:
     lines = [
         "# Human parser (YOLOv8-seg)", "",
-        f"- weights: `{card['weights']}` (use `--parser yolo:<this URL>`)",
+        f"- weights: `{card['weights']}` (use `--parser yolo:` followed by this URL)",
         f"- classes: {', '.join(card['classes'])}",
         f"- class -> CIHP: {card['class_to_cihp']}",
         f"- data: {card['data']['url']} (fingerprint {card['data']['fingerprint']})",

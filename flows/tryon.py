@@ -97,10 +97,10 @@ def tryon(
     """Render every pair through VITON-HD's seg, GMM and ALIAS networks; return the run summary.
 
     Args:
-        dataset: dataset root URL, holding <split>/ and <split>_pairs.txt (ours or VITON-HD's layout).
-        out: output root URL: results/<person>_<garment>.jpg, manifests/tryon/, tryon_contact_sheet.png.
+        dataset: dataset root URL, holding {split}/ and {split}_pairs.txt (ours or VITON-HD's layout).
+        out: output root URL: results/{person}_{garment}.jpg, manifests/tryon/, tryon_contact_sheet.png.
         split: the dataset split to read.
-        pairs: URL of a pairs file ('person.jpg cloth.jpg' per line); default <dataset>/<split>_pairs.txt.
+        pairs: URL of a pairs file ('person.jpg cloth.jpg' per line); default {dataset}/{split}_pairs.txt.
         persons: person stems or names (x or x.jpg); with garments, their cross product is rendered.
         garments: garment stems or names; with persons.
         checkpoints: folder URL with seg_final.pth, gmm_final.pth, alias_final.pth (and our .json sidecars);

@@ -27,7 +27,9 @@ def load_entrypoint(entrypoint: str):
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
 def test_deployment_entrypoint_is_a_flow_taking_its_parameters(deployment):
     flow = load_entrypoint(deployment["entrypoint"])
-    assert flow.name == deployment["entrypoint"].rsplit(".", 1)[1].replace("_", "-")
+    function = deployment["entrypoint"].rsplit(".", 1)[1]
+    # preprocess_part is the preprocess flow's child-run form: deployed as preprocess/shard-range
+    assert flow.name == {"preprocess_part": "preprocess"}.get(function, function.replace("_", "-"))
     accepted = set(inspect.signature(flow.fn).parameters)
     unknown = set(deployment.get("parameters", {})) - accepted
     assert not unknown, f"{deployment['name']} passes parameters the flow does not take: {unknown}"
@@ -77,3 +79,25 @@ def test_automations_file_is_valid_for_prefect():
     assert automations
     for automation in automations:
         AutomationCore.model_validate(automation)
+
+
+def test_descriptions_hold_no_placeholder_the_ui_would_swallow_as_html():
+    """`yolo:<out>/run/...` shows as `yolo:/run/...` in both UIs: placeholders are written {like_this}."""
+    import re
+
+    from prefect.utilities.callables import parameter_schema
+
+    tag = re.compile(r"<[A-Za-z][^<>]*>")
+    for deployment in DEPLOYMENTS:
+        assert not tag.search(deployment.get("description") or ""), deployment["name"]
+        flow = load_entrypoint(deployment["entrypoint"])
+        for name, prop in parameter_schema(flow.fn).properties.items():
+            assert not tag.search(prop.get("description") or ""), f"{flow.name}.{name}: {prop['description']}"
+
+
+def test_only_the_shard_range_deployment_takes_a_work_list():
+    from prefect.utilities.callables import parameter_schema
+
+    for deployment in DEPLOYMENTS:
+        names = set(parameter_schema(load_entrypoint(deployment["entrypoint"]).fn).properties)
+        assert ("work_list" in names) == (deployment["name"] == "shard-range"), deployment["name"]

@@ -167,7 +167,8 @@ def test_child_runs_of_the_shard_range_deployment_ran_on_several_workers(stack, 
     assert all(run.state.is_completed() for run in children), [(run.name, run.state.name) for run in children]
     workers = {run.labels.get("prefect.worker.name") for run in children}
     assert len(workers) >= 2, f"children ran on {workers} only"
-    assert all(" part " in run.name for run in children)
+    parent = nightly["first"].name
+    assert sorted(run.name for run in children) == [f"{parent} · part {i} of 3" for i in (1, 2, 3)], "named by the parent"
 
 
 def test_a_second_catalog_run_while_one_is_running_is_cancelled(nightly):
