@@ -167,14 +167,48 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
     return PreprocessConfig(**values)
 
 
+class RunLink(logging.Handler):
+    """Prints the run's UI page on stderr as it starts, when the run goes to a configured Prefect server
+    (the temporary server of a run without one is gone when the command ends: no link then)."""
+
+    def __init__(self, ui_url: str):
+        super().__init__()
+        self.ui_url, self.page = ui_url, None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from flows.report import flow_run_page
+
+        self.page = flow_run_page(self.ui_url, record.flow_run_id)
+        print(f"watch the run at {self.page}", file=sys.stderr, flush=True)
+
+
+def configured_ui_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    return settings.ui_url if settings.api.url else None
+
+
 def run_flow(config, show_progress: bool = True, **selection: Any) -> dict[str, Any]:
     from flows.preprocess import preprocess
-    from flows.report import progress_logger
+    from flows.report import progress_logger, run_logger
     from tasks.workers import warm_up
 
     warm_up(config)  # the worker processes start while Prefect starts its temporary API server
-    with progress_bar(progress_logger, show_progress, "preprocess"):
-        return preprocess(**config.model_dump(), **selection)
+    ui_url = configured_ui_url()
+    link = RunLink(ui_url) if ui_url else None
+    if link is not None:
+        run_logger.addHandler(link)
+        run_logger.setLevel(logging.INFO)
+    try:
+        with progress_bar(progress_logger, show_progress, "preprocess"):
+            summary = preprocess(**config.model_dump(), **selection)
+    finally:
+        if link is not None:
+            run_logger.removeHandler(link)
+    if link is not None and link.page:
+        summary = {**summary, "ui_url": link.page}
+    return summary
 
 
 @contextmanager
@@ -202,6 +236,8 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     for stage, stats in summary["stages"].items():
         print(f"  {stage:10s} {stats['mean_ms']:8.1f} ms/image over {stats['items']} images")
     print(f"  {summary['seconds']:.1f} s, {summary['images_per_second']:.2f} images/s")
+    if summary.get("ui_url"):
+        print(f"  in the UI: {summary['ui_url']}")
     for failure in summary["failed"]:
         print(f"  failed {failure['kind']} {failure['key']} at {failure['stage']}: "
               f"{failure['error_code']}: {failure['error_message']}")

@@ -23,7 +23,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
-from flows.report import RunProgress, failed_items, log_failed_items, publish
+from flows.report import RunProgress, announce_run, failed_items, log_failed_items, publish
 from tasks import contract
 from tasks.catalog import (
     GARMENT,
@@ -298,6 +298,7 @@ def run_preprocess(
     (`tasks.lease`); a run with nothing to do writes nothing, the lease included.
     """
     logger = get_run_logger()
+    announce_run()
     started = time.perf_counter()
     catalog = Store(config.catalog, config.storage_options)
     layout = detect_layout(catalog)

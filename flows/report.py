@@ -27,6 +27,34 @@ progress_logger = logging.getLogger("vitonprep.progress")
 progress_logger.propagate = False  # for progress bars, not for the console log
 
 
+# The CLI listens here to print the run's UI link as soon as the run starts (a server is configured).
+run_logger = logging.getLogger("vitonprep.run")
+run_logger.propagate = False
+
+
+def announce_run() -> None:
+    """Tell listeners (the CLI) which flow run this is."""
+    from prefect.runtime import flow_run
+
+    run_logger.info("started", extra={"flow_run_id": str(flow_run.get_id())})
+
+
+def flow_run_page(ui_url: str, flow_run_id: str) -> str:
+    """The flow run's page in the UI the server opens at its root (the new UI where it is the default)."""
+    import json
+    import urllib.request
+
+    base = ui_url.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{base}/ui-settings", timeout=5) as response:
+            settings = json.loads(response.read())
+        if settings.get("default_ui") == "v2" and settings.get("v2_base_url"):
+            base += settings["v2_base_url"].rstrip("/")
+    except (OSError, ValueError):
+        pass  # an older server: its one UI
+    return f"{base}/runs/flow-run/{flow_run_id}"
+
+
 class RunProgress:
     """One progress artifact per run (and the CLI's bar), advanced as each unit of work finishes."""
 

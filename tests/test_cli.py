@@ -16,8 +16,8 @@ VITONPREP = [sys.executable, "-m", "flows.cli"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def vitonprep(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "YOLO_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+def vitonprep(*args: str, timeout: float = 900, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "YOLO_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **env_vars}
     return subprocess.run(
         [*VITONPREP, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -82,3 +82,30 @@ def test_demo_runs_end_to_end_and_writes_a_contact_sheet(tmp_path):
     assert summary["garments"]["ok"] == 3, summary["failed"]
     assert summary["persons"]["ok"] >= 1, summary["failed"]
     assert "no_person" in summary["errors"], "the cat photo should be recorded as having no person"
+
+
+@pytest.mark.slow
+def test_with_a_prefect_server_configured_the_cli_prints_the_runs_ui_page(tmp_path, samples_dir, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    catalog = tmp_path / "catalog"
+    for folder in ("image", "cloth"):
+        (catalog / folder).mkdir(parents=True)
+        first = sorted((samples_dir / folder).glob("*.jpg"))[0]
+        shutil.copy(first, catalog / folder / first.name)
+    api = PREFECT_API_URL.value()
+    result = vitonprep("preprocess", "--catalog", str(catalog), "--out", str(tmp_path / "out"), "--json",
+                       PREFECT_API_URL=api)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    page = f"{api.removesuffix('/api')}"
+    assert summary["ui_url"].startswith(page) and summary["ui_url"].endswith(f"/runs/flow-run/{summary['flow_run_id']}")
+    assert f"watch the run at {summary['ui_url']}" in result.stderr
+
+
+@pytest.mark.slow
+def test_without_a_server_no_link_to_a_temporary_one_is_printed(tmp_path):
+    (tmp_path / "photos").mkdir()
+    result = vitonprep("preprocess", "--catalog", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress",
+                       PREFECT_API_URL="")
+    assert "watch the run at" not in result.stderr
