@@ -1,19 +1,29 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create or reuse .venv.
 PYTHON ?= python3.11
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+LOCK := requirements.lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha256sum | cut -c1-12)
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test bench bench-tryon bench-parser bench-orchestration install clean
+.PHONY: demo test lint bench bench-tryon bench-parser bench-orchestration install lock clean
 
-$(STAMP): pyproject.toml
+# The versions of $(LOCK), so CI and every new machine get the same set.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	$(VENV)/bin/python -m pip install --quiet -c $(LOCK) -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# Resolve pyproject.toml's ranges afresh in a clean venv and pin what that installs.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e ".[test]"
+	{ head -2 $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -E '^(pip|vitonprep)=='; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
 
 install: $(STAMP)
 
@@ -22,6 +32,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/preprocess.py

@@ -641,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for shards in args.shards:
                 repeats = []
-                for repeat in range(args.repeats):
+                for _ in range(args.repeats):
                     result = run_graph(server, shards, args.kinds, args.shard_size, args.workers)
                     log(f"S={shards} ({result['task_runs']} task runs): flow call {result['wall_s']:.2f} s, "
                         f"recorded after {fmt(result['recorded_s'], '.2f')} s")

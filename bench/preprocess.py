@@ -141,11 +141,11 @@ def _floor_worker(paths: list[tuple[str, str]], barrier, results) -> None:
 
     from tasks.catalog import CatalogItem
     from tasks.config import PreprocessConfig
-    from tasks.workers import prepare_models
     from tasks.model_cache import Weights
     from tasks.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
     from tasks.plan import WorkItem
     from tasks.registry import StageEnv, StageInput, active_stages
+    from tasks.workers import prepare_models
 
     config = PreprocessConfig(catalog="-", out="-")
     env = StageEnv(config, Weights())
@@ -217,11 +217,11 @@ def run_loop(persons: list[Path], garments: list[Path], out: Path) -> float:
     """Every photo through every stage and its writes, one after another, in one process."""
     from tasks.catalog import CatalogItem
     from tasks.config import PreprocessConfig
-    from tasks.workers import SOURCE, Job, prepare_models, run_job
     from tasks.model_cache import Weights
     from tasks.plan import WorkItem
     from tasks.registry import stages_for
     from tasks.storage import Store
+    from tasks.workers import SOURCE, Job, prepare_models, run_job
 
     config = PreprocessConfig(catalog="-", out=str(out), workers=0)
     store = Store(str(out))

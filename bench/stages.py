@@ -70,27 +70,27 @@ def measure(samples: Path, repeat: int) -> dict:
     bare_mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
     times: dict[str, list[float]] = {}
 
-    def timed(name: str, call):
+    def timed(name: str, call, *args):
         started = time.perf_counter()
-        value = call()
+        value = call(*args)
         times.setdefault(name, []).append(1000 * (time.perf_counter() - started))
         return value
 
     for warm in (True, False):  # one untimed round builds every graph and cache
         for _ in range(1 if warm else repeat):
             for kind, photos in canvases.items():
-                for index, (name, ingested) in enumerate(photos):
+                for name, ingested in photos:
                     if kind == "person":
-                        timed("mediapipe", lambda: bare_pose.process(ingested.image))
-                        timed("face_mesh", lambda: bare_mesh.process(ingested.image))
+                        timed("mediapipe", bare_pose.process, ingested.image)
+                        timed("face_mesh", bare_mesh.process, ingested.image)
                     item = WorkItem(CatalogItem(kind, f"{name}.jpg", f"{name}.jpg", "-", 0, name), frozenset())
                     values = {"ingest": ingested}
                     for stage in active_stages(config, kind)[1:]:
                         inputs = [StageInput(item, {read: values[read] for read in stage.reads})]
-                        [value] = timed(f"{stage.name} run", lambda: stage.run(env, inputs))
+                        [value] = timed(f"{stage.name} run", stage.run, env, inputs)
                         if isinstance(value, BaseException):
                             raise RuntimeError(f"{stage.name} failed on {name}: {value}") from value
-                        timed(f"{stage.name} encode", lambda: stage.encode(value))
+                        timed(f"{stage.name} encode", stage.encode, value)
                         values[stage.name] = value
         if warm:
             times.clear()

@@ -290,7 +290,7 @@ def plan_run(run: Run) -> Plan:
 
 
 def run_preprocess(
-    config: PreprocessConfig, selection: Selection = Selection(), policy: RunPolicy | None = None
+    config: PreprocessConfig, selection: Selection | None = None, policy: RunPolicy | None = None
 ) -> dict[str, Any]:
     """The flow's body: list, diff against the manifest, process (here or in child runs), summarise, chain.
 
@@ -299,6 +299,7 @@ def run_preprocess(
     """
     logger = get_run_logger()
     announce_run()
+    selection = selection or Selection()
     started = time.perf_counter()
     catalog = Store(config.catalog, config.storage_options)
     layout = detect_layout(catalog)

@@ -87,12 +87,12 @@ def stem_for_key(key: str) -> str:
     return f"{safe[:CUT_STEM]}-{digest}"
 
 
-def list_items(store: Store, layout: CatalogLayout, kind: str, prefix: str = "") -> Iterable[CatalogItem]:
+def list_items(store: Store, layout: CatalogLayout, kind: str) -> Iterable[CatalogItem]:
     """Every image below the kind's folder (any depth), in a stable order. Keys that would leave the
     root are listed too (the planner refuses them, so they get an error row, never a read)."""
     folder = layout.persons_dir if kind == PERSON else layout.garments_dir
     for info in store.list_files(folder):
-        if not info.key.lower().endswith(IMAGE_EXTENSIONS) or not info.key.startswith(prefix):
+        if not info.key.lower().endswith(IMAGE_EXTENSIONS):
             continue
         yield CatalogItem(
             kind=kind,

@@ -30,17 +30,6 @@ DIR_POSE_JSON_VITONHD = "openpose-json"
 # Ours, not the contract's: intermediate files (pose model outputs, child runs' work lists).
 WORK_DIR = "_work"
 
-DATASET_DIRS = (
-    DIR_IMAGE,
-    DIR_CLOTH,
-    DIR_CLOTH_MASK,
-    DIR_PARSE,
-    DIR_PARSE_AGNOSTIC,
-    DIR_AGNOSTIC,
-    DIR_POSE_IMG,
-    DIR_POSE_JSON,
-)
-
 JPEG_QUALITY = 95  # our choice; the contract fixes the format (JPEG), not the quality
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from tasks import contract
-from tasks.storage import Store, StorageNotFoundError
+from tasks.storage import StorageNotFoundError, Store
 
 log = logging.getLogger("vitonprep.lease")
 

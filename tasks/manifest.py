@@ -24,8 +24,6 @@ from tasks.storage import Store
 MANIFEST_SCHEMA_VERSION = 2
 MANIFESTS_DIR = "manifests"
 
-ITEM_KEY = ("kind", "key")
-
 SCHEMA = pa.schema(
     [
         ("schema_version", pa.int32()),

@@ -632,7 +632,7 @@ def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, other: _ColourMo
     return is_skin
 
 
-def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models, frame: _WorkFrame) -> np.ndarray | None:
+def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models, frame: _Frame) -> np.ndarray | None:
     """Skin pixels of the silhouette (None without a skin model): closer to the face's colours than to
     the clothes' nearby, then cleaned of specks."""
     if models.skin is None:

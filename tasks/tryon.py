@@ -65,8 +65,6 @@ RESULTS_DIR = "results"
 TRYON_MANIFEST_DIR = "manifests/tryon"
 CONTACT_SHEET_NAME = "tryon_contact_sheet.png"
 TRYON_SCHEMA_VERSION = 1
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16")
 OK, ERROR = "ok", "error"
 NETWORK_CACHE_SIZE = 2  # loaded network sets kept per process (a long-lived worker may switch checkpoints)
 

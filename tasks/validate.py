@@ -49,7 +49,6 @@ from tasks.contract import (
 )
 from tasks.storage import Store
 
-
 VITONHD, HRVITON = "vitonhd", "hrviton"
 TARGETS = (VITONHD, HRVITON)
 TARGET_NAMES = {VITONHD: "VITON-HD (vitonprep train and tryon; test.py once its folder names are linked)",

@@ -34,5 +34,5 @@ def prefect_server():
 
 
 from tests.s3 import s3, s3_server  # noqa: E402,F401
-from tests.yolo_weights import no_network, yolo_weights  # noqa: E402,F401  (shared session fixtures)
 from tests.tryon_dataset import tryon_dataset  # noqa: E402,F401  (a preprocessed train split, per session)
+from tests.yolo_weights import no_network, yolo_weights  # noqa: E402,F401  (shared session fixtures)

@@ -23,15 +23,15 @@ from tests.test_metrics_features import (  # noqa: F401  (weight-file fixtures)
 )
 from vitonhd_models import losses
 from vitonhd_models.checkpoints import Architecture, build_network, load_networks, read_architecture
-from vitonhd_models.data import collate_pairs, read_pairs
+from vitonhd_models.data import PairDataset, collate_pairs, read_pairs
 from vitonhd_models.train import (
+    CachedDataset,
     StageTrainer,
     StepBatches,
     TrainSettings,
     holdout_split,
     latest_step,
     load_training_state,
-    make_dataset,
     make_loader,
     read_metrics,
     seed_step,
@@ -93,6 +93,12 @@ def probe_loss(trainer: StageTrainer, batch: dict) -> float:
         return losses.weighted_cross_entropy(out["parse"], out["target"]).item()
     return F.l1_loss(out["warped" if trainer.settings.stage == "gmm" else "image"], out["target"]).item()
 
+
+
+def make_dataset(split_store, pairs, arch, settings, agnostic):
+    """The training pairs as the train flow reads them (cached when the settings say so)."""
+    dataset = PairDataset(split_store, pairs, size_hw=arch.load_hw, agnostic=agnostic, targets=True)
+    return CachedDataset(dataset) if settings.cache_samples else dataset
 
 @pytest.fixture(scope="module")
 def four_pairs(tryon_dataset):

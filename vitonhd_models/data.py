@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 AGNOSTIC_DISK = "disk"
 AGNOSTIC_SOURCES = (RECIPE_VITONHD, RECIPE_HRVITON, AGNOSTIC_DISK)
 
-NUM_GROUPS_13 = len(contract.CIHP_TO_GROUP13)
 NUM_GROUPS_7 = len(contract.GROUP13_TO_GROUP7)
 UPPER_GROUP_13 = 3  # contract §1.4: 13-group "upper" (CIHP 5, 6, 7)
 UPPER_GROUP_7 = 2  # contract §1.4: 7-group "upper"; §1.8 uses parse7[:, 2:3] as the cloth region

@@ -45,7 +45,7 @@ from tasks.storage import Store
 from vitonhd_models import checkpoints as ckpt
 from vitonhd_models import losses, metrics
 from vitonhd_models.checkpoints import Architecture
-from vitonhd_models.data import PairDataset, collate_pairs, merge_13_to_7
+from vitonhd_models.data import collate_pairs, merge_13_to_7
 from vitonhd_models.pipeline import (
     generate,
     gmm_input,
@@ -428,11 +428,6 @@ def train_segment(
     result.checkpoint = save_training_state(stage_store, trainer, until_step)
     write_metrics(stage_store, result.rows)
     return result
-
-
-def make_dataset(split_store: Store, pairs, arch: Architecture, settings: TrainSettings, agnostic: str):
-    dataset = PairDataset(split_store, pairs, size_hw=arch.load_hw, agnostic=agnostic, targets=True)
-    return CachedDataset(dataset) if settings.cache_samples else dataset
 
 
 # ---- Evaluation ----------------------------------------------------------------------------------
