@@ -41,11 +41,12 @@ def main() -> int:
     args = parser.parse_args()
 
     from tasks.cloth_mask import cloth_mask_classical
-    from tasks.contact_sheet import colourise_parse, contact_sheet, encode_png
+    from tasks.contact_sheet import contact_sheet, encode_png
     from tasks.parse_geometric import GeometricParser
     from tasks.pose import PoseEstimator, as_stored
     from tests.conftest import SAMPLES_DIR
     from tests.stage_photos import guard_photos
+    from vitonhd_models.contract import colourise_parse
 
     photos = guard_photos(SAMPLES_DIR)
     with np.load(FIXTURES) as stored:

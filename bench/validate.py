@@ -29,12 +29,12 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
 from flows.validate import parse_storage_option  # noqa: E402
-from tasks import contract  # noqa: E402
-from tasks.contract import IMAGE_HEIGHT as H  # noqa: E402
-from tasks.contract import IMAGE_WIDTH as W  # noqa: E402
-from tasks.contract import Cihp  # noqa: E402
 from tasks.storage import Store  # noqa: E402
 from tasks.validate import validate_dataset  # noqa: E402
+from vitonhd_models import contract  # noqa: E402
+from vitonhd_models.contract import IMAGE_HEIGHT as H  # noqa: E402
+from vitonhd_models.contract import IMAGE_WIDTH as W  # noqa: E402
+from vitonhd_models.contract import Cihp  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "vitonhd"
 SPLIT = "test"

@@ -16,9 +16,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from tasks import contract
 from tasks.contact_sheet import dataset_contact_sheet
 from tasks.storage import Store
+from vitonhd_models import contract
 
 # Garments to render: (name, body colour, background colour, sleeve length as a fraction).
 DEMO_GARMENTS = (

@@ -24,7 +24,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
 from flows.report import RunProgress, announce_run, failed_items, log_failed_items, publish
-from tasks import contract
 from tasks.catalog import (
     GARMENT,
     PERSON,
@@ -66,6 +65,7 @@ from tasks.runtime import SHARDS_IN_FLIGHT, use_storage_secret
 from tasks.shards import shard_task
 from tasks.storage import Store, redact
 from tasks.workers import warm_up, workers_of
+from vitonhd_models import contract
 
 
 def new_run_id() -> str:

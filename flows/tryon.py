@@ -25,7 +25,6 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preprocess import collect, new_run_id
-from tasks import contract
 from tasks.config import StorageOptions
 from tasks.contact_sheet import contact_sheet, thumbnail_data_uri
 from tasks.runtime import use_storage_secret
@@ -55,6 +54,7 @@ from tasks.tryon import (
     shard_name,
     write_summary,
 )
+from vitonhd_models import contract
 from vitonhd_models.data import detect_layout
 from vitonhd_models.pipeline import resolve_device
 

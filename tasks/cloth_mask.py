@@ -36,8 +36,8 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from tasks.errors import NO_GARMENT, ItemError
 from tasks.normalize import border_pixels, border_strip_width, encode_jpeg
+from vitonhd_models.errors import NO_GARMENT, ItemError
 
 # ---------------------------------------------------------------------------------------------------
 # Thresholds (each with why)

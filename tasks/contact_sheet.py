@@ -9,18 +9,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.contract import CIHP_PALETTE
 from tasks.storage import Store
+from vitonhd_models.contract import colourise_parse
 
 TILE_WH = (192, 256)  # a quarter of 768x1024
 OVERLAY_ALPHA = 0.55
 LABEL_BAND = 18  # pixels of caption above each row
-
-
-def colourise_parse(labels: np.ndarray) -> np.ndarray:
-    """A CIHP label map as RGB with the CIHP palette."""
-    palette = np.asarray(CIHP_PALETTE, dtype=np.uint8)
-    return palette[np.clip(labels, 0, len(CIHP_PALETTE) - 1)]
 
 
 def overlay_parse(image_rgb: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:

@@ -34,9 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tasks import errors
 from tasks.config import PreprocessConfig
-from tasks.errors import ItemError
 from tasks.manifest import manifest_part_path, write_part
 from tasks.model_cache import Weights
 from tasks.plan import WorkItem
@@ -63,6 +61,8 @@ from tasks.workers import (
     worker_pool,
     workers_of,
 )
+from vitonhd_models import errors
+from vitonhd_models.errors import ItemError
 
 log = logging.getLogger("vitonprep.engine")
 

@@ -20,8 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from tasks import contract
 from tasks.storage import StorageNotFoundError, Store
+from vitonhd_models import contract
 
 log = logging.getLogger("vitonprep.lease")
 

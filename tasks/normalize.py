@@ -3,7 +3,7 @@
 Pure functions on bytes and numpy arrays (no file paths, no storage, no Prefect).
 
 Decisions:
-- Every per-input problem is an `ItemError` with a stable code (tasks/errors.py); the message says why.
+- Every per-input problem is an `ItemError` with a stable code (vitonhd_models/errors.py); the message says why.
 - The pixel-count limit is checked from the header, before any pixel is decoded, and PIL's own
   decompression-bomb guard is turned into the same error. PIL's global `MAX_IMAGE_PIXELS` and
   `LOAD_TRUNCATED_IMAGES` are never changed: a truncated file must fail, not decode half grey.
@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from tasks.contract import IMAGE_HEIGHT, IMAGE_WIDTH, JPEG_QUALITY
-from tasks.errors import (
+from vitonhd_models.contract import IMAGE_HEIGHT, IMAGE_WIDTH, JPEG_QUALITY
+from vitonhd_models.errors import (
     DECOMPRESSION_BOMB,
     EMPTY_FILE,
     NOT_AN_IMAGE,

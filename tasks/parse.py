@@ -17,7 +17,6 @@ import io
 import numpy as np
 from PIL import Image
 
-from tasks.contract import CIHP_NUM_LABELS, cihp_palette_flat
 from tasks.parse_geometric import GeometricParser
 from tasks.parse_yolo import (  # noqa: F401  (the stage's public names)
     DEFAULT_YOLO_CLASS_TO_CIHP,
@@ -26,6 +25,7 @@ from tasks.parse_yolo import (  # noqa: F401  (the stage's public names)
     composite_instances,
     yolo_parser_id,
 )
+from vitonhd_models.contract import CIHP_NUM_LABELS, cihp_palette_flat
 
 # ---------------------------------------------------------------------------------------------
 # PNG encoding (contract §1.3: P mode, indices 0..19, the colours are only a palette)

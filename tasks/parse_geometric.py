@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from tasks.contract import Body25, Cihp
+from vitonhd_models.contract import Body25, Cihp
 
 if TYPE_CHECKING:  # pragma: no cover
     from tasks.pose import PoseResult

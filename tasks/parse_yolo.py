@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.contract import CIHP_NUM_LABELS, Cihp
 from tasks.storage import file_sha256
+from vitonhd_models.contract import CIHP_NUM_LABELS, Cihp
 
 # ---------------------------------------------------------------------------------------------
 # Instance compositing (YOLO-seg output -> one label map)

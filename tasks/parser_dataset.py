@@ -38,7 +38,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from tasks.contract import (
+from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
+from tasks.storage import StorageError, StorageNotFoundError, Store, sha256_hex
+from vitonhd_models.contract import (
     CIHP_LABEL_NAMES,
     CIHP_NUM_LABELS,
     DIR_IMAGE,
@@ -47,8 +49,6 @@ from tasks.contract import (
     Cihp,
     parse_name,
 )
-from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
-from tasks.storage import StorageError, StorageNotFoundError, Store, sha256_hex
 
 # ---------------------------------------------------------------------------------------------------
 # Class tables

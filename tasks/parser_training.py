@@ -365,9 +365,9 @@ def ground_truth(spec: Mapping[str, Any], data_yaml: Path, stem: str, shape: tup
                  class_to_cihp: Mapping[int, int], storage_options: Mapping[str, Any]) -> np.ndarray:
     """The val image's ground-truth CIHP map: the source dataset's label map when readable, else the
     polygons of its label file painted back (holes are bridged, so they come back empty)."""
-    from tasks.contract import DIR_PARSE, DIR_PARSE_VITONHD, parse_name
     from tasks.parse import decode_parse_png
     from tasks.parser_dataset import parse_label_lines, rasterise_polygons
+    from vitonhd_models.contract import DIR_PARSE, DIR_PARSE_VITONHD, parse_name
 
     if spec.get("source"):
         source = Store(str(spec["source"]), dict(storage_options))
@@ -390,8 +390,8 @@ def evaluate_pixels(config: ParserTrainConfig, weights: Path, data_yaml: Path, s
     trained weights (and with the geometric parser), both reduced to the labels the class set can express."""
     from PIL import Image
 
-    from tasks.contract import Cihp
     from tasks.parse_yolo import YoloParser
+    from vitonhd_models.contract import Cihp
 
     class_to_cihp, cihp_to_class = label_tables(spec)
     names = {int(label): label.name.lower() for label in Cihp}
@@ -427,9 +427,9 @@ def geometric_parser(enabled: bool) -> Iterator[Callable[[np.ndarray], np.ndarra
     if not enabled:
         yield None
         return
-    from tasks.errors import ItemError
     from tasks.parse_geometric import GeometricParser
     from tasks.pose import PoseEstimator
+    from vitonhd_models.errors import ItemError
 
     with PoseEstimator() as estimator, GeometricParser() as parser:
 

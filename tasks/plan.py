@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 
-from tasks import contract, errors
 from tasks.catalog import GARMENT, PERSON, CatalogItem, stem_collisions
 from tasks.registry import stages_for
 from tasks.storage import Store, unsafe_relative_reason
+from vitonhd_models import contract, errors
 
 
 @dataclass(frozen=True)

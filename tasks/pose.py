@@ -28,14 +28,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tasks.contract import (
+from vitonhd_models.contract import (
     BODY25_COUNT,
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
     OPENPOSE_JSON_VERSION,
     Body25,
 )
-from tasks.errors import NO_PERSON, ItemError
+from vitonhd_models.errors import NO_PERSON, ItemError
+from vitonhd_models.openpose import check_body25
 
 
 @dataclass(frozen=True)
@@ -178,17 +179,6 @@ def mediapipe_to_body25(
     return out
 
 
-def _check_body25(keypoints_body25: np.ndarray) -> np.ndarray:
-    kp = np.asarray(keypoints_body25, dtype=np.float32)
-    if kp.shape == (BODY25_COUNT * 3,):
-        kp = kp.reshape(BODY25_COUNT, 3)
-    if kp.shape != (BODY25_COUNT, 3):
-        raise ValueError(f"BODY_25 keypoints must be ({BODY25_COUNT}, 3); got {kp.shape}")
-    if not np.all(np.isfinite(kp)):
-        raise ValueError("BODY_25 keypoints hold NaN or infinity (OpenPose writes 0, 0, 0 for missing joints)")
-    return kp
-
-
 # ---------------------------------------------------------------------------------------------------
 # OpenPose JSON (contract §1.5)
 # ---------------------------------------------------------------------------------------------------
@@ -198,7 +188,7 @@ _JSON_DECIMALS = 4
 
 def openpose_json(keypoints_body25: np.ndarray) -> dict:
     """One person's BODY_25 keypoints as an OpenPose 1.3 `_keypoints.json` document (plain Python types)."""
-    kp = _check_body25(keypoints_body25)
+    kp = check_body25(keypoints_body25)
     flat = [round(float(v), _JSON_DECIMALS) for v in kp.reshape(-1)]
     person = {
         "person_id": [-1],
@@ -212,31 +202,6 @@ def openpose_json(keypoints_body25: np.ndarray) -> dict:
         "hand_right_keypoints_3d": [],
     }
     return {"version": OPENPOSE_JSON_VERSION, "people": [person]}
-
-
-def keypoints_from_openpose_json(document: dict) -> np.ndarray:
-    """The first person's `pose_keypoints_2d` as (25, 3) float32, as VITON-HD reads it (people[0]).
-
-    Raises ValueError when the document holds no person or its pose is not BODY_25 (75 numbers).
-    """
-    if not isinstance(document, dict):
-        raise ValueError(f"an OpenPose document is a JSON object; got {type(document).__name__}")
-    people = document.get("people")
-    if not isinstance(people, list) or not people:
-        raise ValueError("the OpenPose document holds no person (`people` is missing or empty)")
-    first = people[0]
-    flat = first.get("pose_keypoints_2d") if isinstance(first, dict) else None
-    if not isinstance(flat, list):
-        raise ValueError("people[0] has no `pose_keypoints_2d` list")
-    if len(flat) != BODY25_COUNT * 3:
-        raise ValueError(
-            f"pose_keypoints_2d has {len(flat)} numbers; BODY_25 has {BODY25_COUNT * 3} "
-            f"(COCO-18 has 54, and would put the hips at the knees: contract §0 item 6)"
-        )
-    try:
-        return _check_body25(np.asarray(flat, dtype=np.float32))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"pose_keypoints_2d is not 75 finite numbers: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -286,7 +251,7 @@ def render_body25(
     confidence <= RENDER_THRESHOLD (our missing joints have 0) are skipped with every limb that touches
     them. Like OpenPose, nothing is drawn when the confident keypoints span no area.
     """
-    kp = _check_body25(keypoints_body25)
+    kp = check_body25(keypoints_body25)
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
 
     sized = kp[kp[:, 2] > RENDER_RECTANGLE_THRESHOLD]
@@ -695,7 +660,7 @@ def pose_from_npz_bytes(data: bytes) -> PoseResult:
             else:  # written before the sizes were kept: the item reruns its pose from the source
                 raise ValueError("a pose npz of several people without their sizes (written by an older version)")
             return PoseResult(
-                keypoints_body25=_check_body25(npz["keypoints_body25"]),
+                keypoints_body25=check_body25(npz["keypoints_body25"]),
                 landmarks_px=_check_landmarks(npz["landmarks_px"]).astype(np.float32),
                 segmentation=None if seg_u8 is None else segmentation_from_u8(seg_u8),
                 persons_detected=persons,
@@ -747,7 +712,7 @@ def as_stored(result: PoseResult) -> PoseResult:
 
 
 def estimate_pose(env, item) -> PoseResult:
-    from tasks.agnostic import check_agnostic_keypoints
+    from vitonhd_models.agnostic import check_agnostic_keypoints
 
     ingested = item.values["ingest"]
     valid_box = ingested.fit.content_box() if ingested.fit is not None else None
@@ -796,7 +761,7 @@ def torso_tilt_deg(keypoints_body25: np.ndarray) -> float | None:
 
 def gate_pose(env, item) -> dict:
     """Refuse a person lying down or upside down, and a photo of several people of similar size."""
-    from tasks.errors import NOT_UPRIGHT, SEVERAL_PERSONS
+    from vitonhd_models.errors import NOT_UPRIGHT, SEVERAL_PERSONS
 
     pose, config = item.values["pose"], env.config
     seen = {"persons_detected": int(pose.persons_detected), "other_person_scale": round(pose.other_person_scale, 3),

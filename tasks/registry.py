@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from tasks import agnostic, cloth_mask, contract, errors, normalize, parse, pose
+from tasks import agnostic, cloth_mask, normalize, parse, pose
 from tasks.catalog import GARMENT, PERSON
 from tasks.config import PreprocessConfig
-from tasks.errors import ItemError
 from tasks.model_cache import Weights, cached
+from vitonhd_models import contract, errors
+from vitonhd_models.errors import ItemError
 
 if TYPE_CHECKING:
     from tasks.plan import WorkItem

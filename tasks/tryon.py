@@ -34,12 +34,11 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks import contract, errors
 from tasks.config import StorageOptions
-from tasks.errors import ItemError
 from tasks.normalize import encode_jpeg
 from tasks.runtime import TASK_OPTIONS, gpu_slot
 from tasks.storage import StorageError, Store
+from vitonhd_models import contract, errors
 from vitonhd_models.checkpoints import (
     RANDOM_INIT,
     STAGES,
@@ -57,6 +56,7 @@ from vitonhd_models.data import (
     parse_pairs,
     read_pairs,
 )
+from vitonhd_models.errors import ItemError
 from vitonhd_models.pipeline import TryOnNetworks, pair_seed, to_device, to_uint8_images, try_on
 
 log = logging.getLogger("vitonprep.tryon")

@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks import contract
-from tasks.contract import (
+from tasks.storage import Store
+from vitonhd_models import contract
+from vitonhd_models.contract import (
     AGNOSTIC_REQUIRED_KEYPOINTS,
     BODY25_COUNT,
     CIHP_NUM_LABELS,
@@ -47,7 +48,6 @@ from tasks.contract import (
     Body25,
     Cihp,
 )
-from tasks.storage import Store
 
 VITONHD, HRVITON = "vitonhd", "hrviton"
 TARGETS = (VITONHD, HRVITON)

@@ -22,12 +22,12 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks import errors
 from tasks.config import PreprocessConfig
-from tasks.errors import ItemError
 from tasks.model_cache import Weights
 from tasks.plan import WorkItem
 from tasks.registry import KINDS, Stage, StageEnv, StageInput, active_stages
+from vitonhd_models import errors
+from vitonhd_models.errors import ItemError
 
 log = logging.getLogger("vitonprep.workers")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.agnostic import (
+from vitonhd_models.agnostic import (
     AGNOSTIC_RECIPES,
     GRAY,
     check_agnostic_keypoints,
@@ -24,8 +24,8 @@ from tasks.agnostic import (
     image_agnostic,
     parse_agnostic,
 )
-from tasks.contract import IMAGE_HEIGHT, IMAGE_WIDTH, Body25, Cihp
-from tasks.errors import MISSING_KEYPOINTS, ZERO_HIP_WIDTH, ItemError
+from vitonhd_models.contract import IMAGE_HEIGHT, IMAGE_WIDTH, Body25, Cihp
+from vitonhd_models.errors import MISSING_KEYPOINTS, ZERO_HIP_WIDTH, ItemError
 
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
 GRAY_PIXEL = np.array(GRAY, dtype=np.uint8)

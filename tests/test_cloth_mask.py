@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks import errors
 from tasks.cloth_mask import (
     MASK_THRESHOLD,
     CheckpointError,
@@ -22,8 +21,9 @@ from tasks.cloth_mask import (
     cloth_mask_classical,
     encode_cloth_mask,
 )
-from tasks.errors import ItemError
+from vitonhd_models import errors
 from vitonhd_models.cloth_unet import ClothUNet
+from vitonhd_models.errors import ItemError
 
 HEIGHT, WIDTH = 320, 240  # the 3:4 catalog aspect, small enough to keep the tests quick
 

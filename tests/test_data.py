@@ -12,9 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks import contract
-from tasks.errors import BAD_INPUT, MISSING_INPUT, MISSING_KEYPOINTS, ItemError
 from tasks.storage import Store
+from vitonhd_models import contract
 from vitonhd_models.checkpoints import Architecture, load_networks
 from vitonhd_models.data import (
     LAYOUT_OURS,
@@ -28,6 +27,7 @@ from vitonhd_models.data import (
     parse_pairs,
     read_pairs,
 )
+from vitonhd_models.errors import BAD_INPUT, MISSING_INPUT, MISSING_KEYPOINTS, ItemError
 from vitonhd_models.pipeline import (
     binary_noise,
     gaussian_blur,

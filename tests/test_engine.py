@@ -24,17 +24,17 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
-from tasks import contract, errors
 from tasks.catalog import GARMENT, PERSON, detect_layout, list_items
 from tasks.config import PreprocessConfig
 from tasks.engine import ShardRun, process_shard, read_source, schedule_of, segments_of
-from tasks.errors import ItemError
 from tasks.manifest import manifest_part_path, read_run
 from tasks.model_cache import Weights, resolve_weights
 from tasks.plan import Selection, WorkItem, plan_catalog
 from tasks.registry import STAGES, active_stages, output_paths, stage_fingerprints, stages_for
 from tasks.storage import Store
 from tasks.workers import SOURCE, Job, prepare_models, run_job, worker_pool
+from vitonhd_models import contract, errors
+from vitonhd_models.errors import ItemError
 
 # ---------------------------------------------------------------------------------------------
 # The registry

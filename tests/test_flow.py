@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import contract
 from tasks.manifest import item_view, read_run
 from tasks.storage import Store
+from vitonhd_models import contract
 
 pytestmark = pytest.mark.slow
 

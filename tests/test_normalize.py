@@ -14,9 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from tasks import errors
-from tasks.contract import IMAGE_HEIGHT, IMAGE_WIDTH
-from tasks.errors import ItemError
 from tasks.normalize import (
     FIT_METHODS,
     FitRecord,
@@ -26,6 +23,9 @@ from tasks.normalize import (
     estimate_background_rgb,
     fit_to_canvas,
 )
+from vitonhd_models import errors
+from vitonhd_models.contract import IMAGE_HEIGHT, IMAGE_WIDTH
+from vitonhd_models.errors import ItemError
 
 CANVAS_SHAPE = (IMAGE_HEIGHT, IMAGE_WIDTH, 3)
 

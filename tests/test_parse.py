@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.contract import CIHP_NUM_LABELS, Body25, Cihp, cihp_palette_flat
 from tasks.parse import (
     DEFAULT_YOLO_CLASS_TO_CIHP,
     YOLO_CLASS_NAMES,
@@ -26,6 +25,7 @@ from tasks.parse import (
 )
 from tasks.parse_yolo import composite_instances_on_device
 from tests.yolo_weights import TINY_IMGSZ as _TINY
+from vitonhd_models.contract import CIHP_NUM_LABELS, Body25, Cihp, cihp_palette_flat
 
 # ---------------------------------------------------------------------------------------------
 # The parse PNG

@@ -16,7 +16,6 @@ import yaml
 from PIL import Image
 
 from flows.cli import main
-from tasks.contract import CIHP_LABEL_NAMES, DIR_IMAGE, DIR_PARSE, Cihp, person_image_name
 from tasks.parse import encode_parse_png
 from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
 from tasks.parser_dataset import (
@@ -39,6 +38,7 @@ from tasks.parser_dataset import (
 )
 from tasks.storage import Store
 from tests.yolo_weights import network_refused
+from vitonhd_models.contract import CIHP_LABEL_NAMES, DIR_IMAGE, DIR_PARSE, Cihp, person_image_name
 
 HEIGHT, WIDTH = 96, 128
 MIN_IOU = 0.97

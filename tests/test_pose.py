@@ -9,25 +9,25 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.contract import (
-    AGNOSTIC_REQUIRED_KEYPOINTS,
-    IMAGE_HEIGHT,
-    IMAGE_WIDTH,
-    OPENPOSE_JSON_VERSION,
-    Body25,
-)
-from tasks.errors import NO_PERSON, ItemError
 from tasks.pose import (
     PoseEstimator,
     PoseResult,
     choose_person,
-    keypoints_from_openpose_json,
     mediapipe_to_body25,
     openpose_json,
     pose_from_npz_bytes,
     pose_to_npz_bytes,
     render_body25,
 )
+from vitonhd_models.contract import (
+    AGNOSTIC_REQUIRED_KEYPOINTS,
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    OPENPOSE_JSON_VERSION,
+    Body25,
+)
+from vitonhd_models.errors import NO_PERSON, ItemError
+from vitonhd_models.openpose import keypoints_from_openpose_json
 
 W, H = IMAGE_WIDTH, IMAGE_HEIGHT
 

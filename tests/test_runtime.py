@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tasks.errors import ItemError
 from tasks.runtime import GPU_LIMIT_ENV, TASK_OPTIONS, gpu_slot, is_infrastructure_error
 from tasks.storage import StorageError, StorageNotFoundError, StoragePermissionError, StorageUnavailableError
+from vitonhd_models.errors import ItemError
 
 
 @pytest.mark.parametrize(

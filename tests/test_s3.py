@@ -344,9 +344,9 @@ def secret_block(prefect_server, monkeypatch):
 @pytest.mark.slow
 def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, samples_dir, secret_block):
     from flows.preprocess import preprocess
-    from tasks import contract
     from tasks.manifest import read_run
     from tasks.storage import use_credentials
+    from vitonhd_models import contract
 
     options = s3.storage_options
     persons = sorted((samples_dir / "image").glob("*.jpg"))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tasks.cloth_mask import cloth_mask_classical
-from tasks.contract import Cihp
 from tasks.parse_geometric import GeometricParser
 from tasks.pose import PoseEstimator, as_stored
 from tests.stage_photos import guard_photos
+from vitonhd_models.contract import Cihp
 
 BEFORE = Path(__file__).parent / "fixtures" / "before_speedup.npz"
 MIN_AGREEMENT = 0.97  # share of pixels with the same label

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from tasks.contract import Cihp
 from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES, class_table_for_names
 from tasks.parser_training import IouAccumulator, best_epoch, expressible, label_tables
+from vitonhd_models.contract import Cihp
 
 
 def test_iou_is_intersection_over_union_summed_over_the_split():

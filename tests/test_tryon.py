@@ -19,7 +19,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks import contract
 from tasks.storage import Store
 from tasks.tryon import (
     OK,
@@ -31,6 +30,7 @@ from tasks.tryon import (
     result_key,
     select_pending,
 )
+from vitonhd_models import contract
 from vitonhd_models.checkpoints import (
     RANDOM_INIT,
     STAGES,

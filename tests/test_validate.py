@@ -18,10 +18,6 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from flows.validate import main as validate_main
-from tasks import contract
-from tasks.contract import IMAGE_HEIGHT as H
-from tasks.contract import IMAGE_WIDTH as W
-from tasks.contract import Body25, Cihp
 from tasks.storage import Store
 from tasks.validate import (
     CODES,
@@ -33,6 +29,10 @@ from tasks.validate import (
     lip_label10_reason,
     validate_dataset,
 )
+from vitonhd_models import contract
+from vitonhd_models.contract import IMAGE_HEIGHT as H
+from vitonhd_models.contract import IMAGE_WIDTH as W
+from vitonhd_models.contract import Body25, Cihp
 
 STEMS = ("00001_00", "00002_00")
 HRVITON_DIRS = {"parse": "image-parse-v3", "pose_json": "openpose_json", "pose_img": "openpose_img"}

@@ -1,4 +1,4 @@
-"""Build the three networks and load their weights: the official files or ours, from any Store.
+"""Build the three networks and load their weights: the official files or ours, from any `Files` (a `tasks.storage.Store`).
 
 A checkpoint folder holds `seg_final.pth`, `gmm_final.pth` and `alias_final.pth` (contract §1.10: bare
 state dicts, the names `test.py` expects). The `train` flow writes the same three names, so its output
@@ -11,6 +11,7 @@ A file that is absent leaves its network randomly initialised; the caller is tol
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -18,8 +19,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
-from tasks import contract
-from tasks.storage import Store, sha256_hex
+from vitonhd_models import contract
+from vitonhd_models.files import Files
 from vitonhd_models.networks import ALIAS_NORM_HIDDEN, GMM, ALIASGenerator, SegGenerator, init_weights
 from vitonhd_models.pipeline import TryOnNetworks
 
@@ -112,7 +113,7 @@ def load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str
         raise ValueError(f"{source} does not fit {type(net).__name__}: {' '.join(first)}") from exc
 
 
-def load_weights(net: torch.nn.Module, store: Store | None, stage: str) -> str:
+def load_weights(net: torch.nn.Module, store: Files | None, stage: str) -> str:
     """Load `<stage>_final.pth` from `store` into `net`; its checkpoint id, or RANDOM_INIT (with a warning)
     when the folder or the file is absent."""
     name = checkpoint_name(stage)
@@ -122,10 +123,10 @@ def load_weights(net: torch.nn.Module, store: Store | None, stage: str) -> str:
         return RANDOM_INIT
     data = store.read_bytes(name)
     load_state(net, state_dict_from_bytes(data, store.url_of(name)), store.url_of(name))
-    return sha256_hex(data)[:CHECKPOINT_ID_CHARS]
+    return hashlib.sha256(data).hexdigest()[:CHECKPOINT_ID_CHARS]
 
 
-def read_architecture(store: Store | None) -> Architecture:
+def read_architecture(store: Files | None) -> Architecture:
     """The architecture the folder's sidecars describe; official defaults where there are none."""
     found: dict[str, dict] = {}
     if store is not None:
@@ -147,7 +148,7 @@ def read_architecture(store: Store | None) -> Architecture:
 
 
 def load_networks(
-    store: Store | None, device: str | torch.device = "cpu", seed: int = 0, arch: Architecture | None = None
+    store: Files | None, device: str | torch.device = "cpu", seed: int = 0, arch: Architecture | None = None
 ) -> tuple[TryOnNetworks, Architecture, dict[str, str]]:
     """(networks in eval mode on `device`, their architecture, {stage: checkpoint id or RANDOM_INIT}).
 
@@ -168,18 +169,18 @@ def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def save_final(store: Store, stage: str, net: torch.nn.Module, arch: Architecture, info: dict | None = None) -> str:
+def save_final(store: Files, stage: str, net: torch.nn.Module, arch: Architecture, info: dict | None = None) -> str:
     """Write `<stage>_final.pth` (a bare state dict, loadable by the official test.py when `arch` is the
     default) and then its `<stage>_final.json` sidecar; returns the checkpoint id."""
     data = state_dict_bytes(net.state_dict())
     store.write_bytes(checkpoint_name(stage), data)
-    checkpoint_id = sha256_hex(data)[:CHECKPOINT_ID_CHARS]
+    checkpoint_id = hashlib.sha256(data).hexdigest()[:CHECKPOINT_ID_CHARS]
     sidecar = {"stage": stage, "checkpoint_id": checkpoint_id, "architecture": arch.to_dict(), **(info or {})}
     store.write_text(arch_name(stage), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return checkpoint_id
 
 
-def write_architecture(store: Store, arch: Architecture, stages: tuple[str, ...] = STAGES) -> None:
+def write_architecture(store: Files, arch: Architecture, stages: tuple[str, ...] = STAGES) -> None:
     """Sidecars without weights: the networks of `stages` will be built with `arch`, randomly initialised."""
     for stage in stages:
         store.write_text(arch_name(stage), json.dumps({"stage": stage, "architecture": arch.to_dict()}) + "\n")

@@ -1,6 +1,6 @@
 """Read a VITON-HD dataset (ours or the official layout) into the tensors of contract §1.8.
 
-A sample is one (person, cloth) pair. `load_pair` reads its files through a `Store` and returns the
+A sample is one (person, cloth) pair. `load_pair` reads its files through a `Files` (a `tasks.storage.Store`) and returns the
 dict VITON-HD's `datasets.py` returns (same keys, shapes and value ranges), optionally with the training
 targets. `PairDataset` wraps it for a `DataLoader`; a pair that cannot be read becomes `None`, which
 `collate_pairs` drops, so one bad file never stops an epoch.
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from tasks import contract
-from tasks.agnostic import RECIPE_HRVITON, RECIPE_VITONHD, image_agnostic, parse_agnostic
-from tasks.errors import BAD_INPUT, MISSING_INPUT, ItemError
-from tasks.pose import keypoints_from_openpose_json
-from tasks.storage import StorageNotFoundError, Store
+from vitonhd_models import contract
+from vitonhd_models.agnostic import RECIPE_HRVITON, RECIPE_VITONHD, image_agnostic, parse_agnostic
+from vitonhd_models.errors import BAD_INPUT, MISSING_INPUT, ItemError
+from vitonhd_models.files import Files
+from vitonhd_models.openpose import keypoints_from_openpose_json
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ LAYOUT_VITONHD = DatasetLayout(
 )
 
 
-def detect_layout(split_store: Store) -> DatasetLayout:
+def detect_layout(split_store: Files) -> DatasetLayout:
     """Ours when `image-parse-v3/` exists, VITON-HD's when `image-parse/` does; else a ValueError."""
     for layout in (LAYOUT_OURS, LAYOUT_VITONHD):
         if split_store.isdir(layout.parse):
@@ -90,7 +90,7 @@ def parse_pairs(text: str, source: str = "pairs file") -> list[tuple[str, str]]:
     return pairs
 
 
-def read_pairs(root: Store, split: str) -> list[tuple[str, str]]:
+def read_pairs(root: Files, split: str) -> list[tuple[str, str]]:
     """The pairs of `<root>/<split>_pairs.txt`, next to the split folder (contract §1.1)."""
     name = contract.pairs_file_name(split)
     return parse_pairs(root.read_text(name), root.url_of(name))
@@ -106,10 +106,10 @@ def stem_of(name: str) -> str:
 # ---- Reading one pair ----------------------------------------------------------------------------
 
 
-def _read(store: Store, *parts: str) -> bytes:
+def _read(store: Files, *parts: str) -> bytes:
     try:
         return store.read_bytes(*parts)
-    except StorageNotFoundError as exc:
+    except FileNotFoundError as exc:
         raise ItemError(MISSING_INPUT, f"{'/'.join(parts)} is missing") from exc
 
 
@@ -180,7 +180,7 @@ def merge_13_to_7(parse13: torch.Tensor) -> torch.Tensor:
 
 
 def load_pair(
-    split_store: Store,
+    split_store: Files,
     layout: DatasetLayout,
     person: str,
     cloth: str,
@@ -252,7 +252,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        split_store: Store,
+        split_store: Files,
         pairs: Sequence[tuple[str, str]],
         size_hw: tuple[int, int] = (contract.IMAGE_HEIGHT, contract.IMAGE_WIDTH),
         agnostic: str = RECIPE_VITONHD,

@@ -40,12 +40,12 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from tasks.contact_sheet import colourise_parse
-from tasks.storage import Store
 from vitonhd_models import checkpoints as ckpt
 from vitonhd_models import losses, metrics
 from vitonhd_models.checkpoints import Architecture
+from vitonhd_models.contract import colourise_parse
 from vitonhd_models.data import collate_pairs, merge_13_to_7
+from vitonhd_models.files import Files
 from vitonhd_models.pipeline import (
     generate,
     gmm_input,
@@ -326,7 +326,7 @@ class StageTrainer:
         return int(state["step"])
 
 
-def save_training_state(stage_store: Store, trainer: StageTrainer, step: int) -> str:
+def save_training_state(stage_store: Files, trainer: StageTrainer, step: int) -> str:
     """The step's full state, then the `latest.json` pointer (so a crash between the two is harmless)."""
     buffer = io.BytesIO()
     torch.save(trainer.state_dict(step), buffer)
@@ -336,7 +336,7 @@ def save_training_state(stage_store: Store, trainer: StageTrainer, step: int) ->
     return name
 
 
-def latest_step(stage_store: Store) -> tuple[int, str | None]:
+def latest_step(stage_store: Files) -> tuple[int, str | None]:
     """(step, file) of the last complete checkpoint, or (0, None)."""
     if not stage_store.exists(f"checkpoints/{LATEST}"):
         return 0, None
@@ -344,7 +344,7 @@ def latest_step(stage_store: Store) -> tuple[int, str | None]:
     return int(pointer["step"]), pointer["file"]
 
 
-def load_training_state(stage_store: Store, trainer: StageTrainer) -> int:
+def load_training_state(stage_store: Files, trainer: StageTrainer) -> int:
     _, name = latest_step(stage_store)
     if name is None:
         return 0
@@ -356,7 +356,7 @@ def load_training_state(stage_store: Store, trainer: StageTrainer) -> int:
 # ---- Metrics files -------------------------------------------------------------------------------
 
 
-def write_metrics(stage_store: Store, rows: list[dict]) -> str | None:
+def write_metrics(stage_store: Files, rows: list[dict]) -> str | None:
     """One Parquet part per checkpoint interval, named by its step range (a rerun overwrites it)."""
     if not rows:
         return None
@@ -369,7 +369,7 @@ def write_metrics(stage_store: Store, rows: list[dict]) -> str | None:
     return name
 
 
-def read_metrics(stage_store: Store) -> list[dict]:
+def read_metrics(stage_store: Files) -> list[dict]:
     """Every step's metrics row, one per step (the last written part wins), in step order."""
     if not stage_store.isdir("metrics"):
         return []
@@ -403,7 +403,7 @@ def make_loader(dataset: torch.utils.data.Dataset, settings: TrainSettings, star
 def train_segment(
     trainer: StageTrainer,
     dataset: torch.utils.data.Dataset,
-    stage_store: Store,
+    stage_store: Files,
     until_step: int,
     on_step: Callable[[dict], None] | None = None,
 ) -> SegmentResult:

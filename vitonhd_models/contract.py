@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import numpy as np
+
 # Contract §1.2: everything assumes exactly 768 (W) x 1024 (H).
 IMAGE_WIDTH = 768
 IMAGE_HEIGHT = 1024
@@ -216,3 +218,9 @@ LOWER_BODY_LABELS = (
     Cihp.LEFT_SHOE,
     Cihp.RIGHT_SHOE,
 )
+
+
+def colourise_parse(labels: np.ndarray) -> np.ndarray:
+    """A CIHP label map (H, W) as RGB (H, W, 3) uint8 with the CIHP palette."""
+    palette = np.asarray(CIHP_PALETTE, dtype=np.uint8)
+    return palette[np.clip(labels, 0, len(CIHP_PALETTE) - 1)]
