@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tasks.storage import Store
+from vitonhd_models.pairs import parse_pairs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 PERSON = "person"
@@ -163,15 +164,10 @@ def read_worn_pairs(store: Store, layout: CatalogLayout) -> list[tuple[str, str]
             raise CatalogError(f"{name}:{number}: holds a NUL byte; this is not a text file")
     if layout.name == "catalog":
         return _read_pairs_csv(lines, name)
-    pairs = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            raise CatalogError(f"{name}:{number}: expected 'person cloth', got {line!r}")
-        pairs.append((fields[0], fields[1]))
-    return pairs
+    try:  # a VITON-HD root's own pairs file, read as its loaders read it (any image names)
+        return parse_pairs(text, name, extension=None)
+    except ValueError as error:
+        raise CatalogError(str(error)) from None
 
 
 def _read_pairs_csv(lines: list[str], name: str) -> list[tuple[str, str]]:

@@ -63,7 +63,6 @@ BAND_RADIUS_MIN = 8  # JPEG ringing spreads up to one 8x8 block from an edge, wh
 REFINE_MIN_CONTRAST = 10.0  # Lab units between garment and background below which the band is kept as is
 LOCAL_COLOUR_MIN_WEIGHT = 0.05  # below this share of interior pixels nearby, no local garment colour: keep
 
-MASK_THRESHOLD = 128  # contract §1.1: the loaders read `np.array(mask) >= 128`
 CLOTH_MASK_JPEG_QUALITY = 100  # edges of a 0/255 mask ring least at 100; decoded, nothing crosses 128
 
 

@@ -25,20 +25,12 @@ from tasks.parse_yolo import (  # noqa: F401  (the stage's public names)
     composite_instances,
     yolo_parser_id,
 )
-from vitonhd_models.contract import CIHP_NUM_LABELS, cihp_palette_flat
+from vitonhd_models.contract import cihp_palette_flat
+from vitonhd_models.parse_maps import check_label_range, decode_parse_png
 
 # ---------------------------------------------------------------------------------------------
 # PNG encoding (contract §1.3: P mode, indices 0..19, the colours are only a palette)
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_label_range(labels: np.ndarray, what: str) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= CIHP_NUM_LABELS):
-        bad = sorted({int(v) for v in np.unique(labels) if v < 0 or v >= CIHP_NUM_LABELS})
-        raise ValueError(
-            f"{what} holds label values {bad[:10]} outside 0..{CIHP_NUM_LABELS - 1} "
-            "(CIHP ids; VITON-HD's one-hot scatter_ raises on any value >= 20)"
-        )
 
 
 def encode_parse_png(labels: np.ndarray) -> bytes:
@@ -48,26 +40,12 @@ def encode_parse_png(labels: np.ndarray) -> bytes:
         raise ValueError(f"a parse map is (H, W); got shape {labels.shape}")
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
         raise ValueError(f"a parse map holds integer label ids; got dtype {labels.dtype}")
-    _check_label_range(labels, "parse map")
+    check_label_range(labels, "parse map")
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(cihp_palette_flat())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
-
-
-def decode_parse_png(data: bytes) -> np.ndarray:
-    """Decode a parse PNG to its (H, W) uint8 label ids. P (indices) and L are accepted; RGB is not."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode not in ("P", "L"):
-            raise ValueError(
-                f"a parse PNG must be single-channel (P with a palette, or L) holding label ids 0..19; "
-                f"got mode {image.mode!r}: an RGB visualisation has lost the ids (contract §0 item 4)"
-            )
-        labels = np.array(image)
-    _check_label_range(labels, "parse PNG")
-    return labels.astype(np.uint8, copy=False)
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -365,9 +365,9 @@ def ground_truth(spec: Mapping[str, Any], data_yaml: Path, stem: str, shape: tup
                  class_to_cihp: Mapping[int, int], storage_options: Mapping[str, Any]) -> np.ndarray:
     """The val image's ground-truth CIHP map: the source dataset's label map when readable, else the
     polygons of its label file painted back (holes are bridged, so they come back empty)."""
-    from tasks.parse import decode_parse_png
     from tasks.parser_dataset import parse_label_lines, rasterise_polygons
     from vitonhd_models.contract import DIR_PARSE, DIR_PARSE_VITONHD, parse_name
+    from vitonhd_models.parse_maps import decode_parse_png
 
     if spec.get("source"):
         source = Store(str(spec["source"]), dict(storage_options))

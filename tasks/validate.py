@@ -45,6 +45,7 @@ from vitonhd_models.contract import (
     CIHP_NUM_LABELS,
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
+    MASK_THRESHOLD,
     Body25,
     Cihp,
 )
@@ -172,7 +173,6 @@ LIP10_EXTENT_STRIDE = 4
 # coloured cut-out, a probability map) leave tens of percent.
 MASK_NEAR_TOLERANCE = 32
 MASK_MIN_BINARY_FRACTION = 0.98
-MASK_THRESHOLD = 128  # the loaders' `>= 128` (contract §1.1)
 # Below this fraction of foreground pixels after thresholding, the mask counts as empty (a few stray
 # ringing pixels are no garment).
 MASK_MIN_FOREGROUND_FRACTION = 0.001
@@ -260,11 +260,6 @@ def check_rgb_image(path: str, data: bytes) -> list[Problem]:
         channels = len(image.getbands())
         problems.append(Problem("image_mode", path, f"mode {image.mode} ({channels} channels), expected RGB"))
     return problems
-
-
-def decode_labels(image: Image.Image) -> np.ndarray:
-    """The (H, W) array of a P or L image: palette indices or grey levels."""
-    return np.asarray(image)
 
 
 def check_parse_labels(path: str, histogram: np.ndarray) -> list[Problem]:
@@ -363,7 +358,7 @@ def check_parse(path: str, data: bytes, *, agnostic: bool = False) -> list[Probl
         reduced = image.resize(
             (max(1, width // LIP10_EXTENT_STRIDE), max(1, height // LIP10_EXTENT_STRIDE)), Image.Resampling.NEAREST
         )
-        problems += check_lip_label10(path, decode_labels(reduced), histogram, stride=1)
+        problems += check_lip_label10(path, np.asarray(reduced), histogram, stride=1)
     return problems
 
 

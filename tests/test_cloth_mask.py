@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from tasks.cloth_mask import (
-    MASK_THRESHOLD,
     CheckpointError,
     UNetClothMasker,
     cloth_mask_classical,
@@ -23,6 +22,7 @@ from tasks.cloth_mask import (
 )
 from vitonhd_models import errors
 from vitonhd_models.cloth_unet import ClothUNet
+from vitonhd_models.contract import MASK_THRESHOLD
 from vitonhd_models.errors import ItemError
 
 HEIGHT, WIDTH = 320, 240  # the 3:4 catalog aspect, small enough to keep the tests quick

@@ -33,6 +33,7 @@ DIR_POSE_JSON_VITONHD = "openpose-json"
 WORK_DIR = "_work"
 
 JPEG_QUALITY = 95  # our choice; the contract fixes the format (JPEG), not the quality
+MASK_THRESHOLD = 128  # contract §1.1: the loaders read a cloth mask as `np.array(mask) >= 128`
 
 
 def person_image_name(stem: str) -> str:

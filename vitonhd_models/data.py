@@ -26,6 +26,8 @@ from vitonhd_models.agnostic import RECIPE_HRVITON, RECIPE_VITONHD, image_agnost
 from vitonhd_models.errors import BAD_INPUT, MISSING_INPUT, ItemError
 from vitonhd_models.files import Files
 from vitonhd_models.openpose import keypoints_from_openpose_json
+from vitonhd_models.pairs import parse_pairs
+from vitonhd_models.parse_maps import LabelMapError, label_ids
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ AGNOSTIC_SOURCES = (RECIPE_VITONHD, RECIPE_HRVITON, AGNOSTIC_DISK)
 NUM_GROUPS_7 = len(contract.GROUP13_TO_GROUP7)
 UPPER_GROUP_13 = 3  # contract §1.4: 13-group "upper" (CIHP 5, 6, 7)
 UPPER_GROUP_7 = 2  # contract §1.4: 7-group "upper"; §1.8 uses parse7[:, 2:3] as the cloth region
-MASK_THRESHOLD = 128  # contract §1.1: cloth-mask pixels >= 128 are cloth
 
 
 @dataclass(frozen=True)
@@ -75,19 +76,6 @@ def detect_layout(split_store: Files) -> DatasetLayout:
 
 
 # ---- Pairs ---------------------------------------------------------------------------------------
-
-
-def parse_pairs(text: str, source: str = "pairs file") -> list[tuple[str, str]]:
-    """`person.jpg cloth.jpg` per line (contract §1.1: whitespace-separated, no header)."""
-    pairs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2 or not all(name.endswith(".jpg") for name in fields):
-            raise ValueError(f"{source}:{number}: expected 'person.jpg cloth.jpg', got {line.strip()!r}")
-        pairs.append((fields[0], fields[1]))
-    return pairs
 
 
 def read_pairs(root: Files, split: str) -> list[tuple[str, str]]:
@@ -136,12 +124,10 @@ def _rgb(image: Image.Image, what: str) -> np.ndarray:
 
 def _labels(image: Image.Image, what: str) -> np.ndarray:
     """Parse maps hold raw CIHP indices (contract §1.3): P or L mode, values 0..19."""
-    if image.mode not in ("P", "L"):
-        raise ItemError(BAD_INPUT, f"{what} has mode {image.mode}; parse maps are P or L with indices 0..19")
-    labels = np.asarray(image)
-    if labels.max(initial=0) >= contract.CIHP_NUM_LABELS:
-        raise ItemError(BAD_INPUT, f"{what} holds label {int(labels.max())}; CIHP labels are 0..19")
-    return labels
+    try:
+        return label_ids(image, what)
+    except LabelMapError as error:
+        raise ItemError(BAD_INPUT, str(error)) from None
 
 
 def _resize_rgb(array: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -229,7 +215,7 @@ def load_pair(
     else:
         img_ag = image_agnostic(image, parse, keypoints, recipe=agnostic)  # ItemError on bad keypoints
 
-    cloth_mask = (_resize_labels(np.asarray(mask), size_hw) >= MASK_THRESHOLD).astype(np.float32)
+    cloth_mask = (_resize_labels(np.asarray(mask), size_hw) >= contract.MASK_THRESHOLD).astype(np.float32)
     sample = {
         "img_name": person,
         "c_name": cloth,

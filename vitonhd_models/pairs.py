@@ -1,0 +1,18 @@
+"""Pairs files as the loaders read them (contract §1.1). Plain Python: imported where PyTorch is not."""
+
+from __future__ import annotations
+
+
+def parse_pairs(text: str, source: str = "pairs file", extension: str | None = ".jpg") -> list[tuple[str, str]]:
+    """`person.jpg cloth.jpg` per line (contract §1.1: whitespace-separated, no header; blank lines
+    skipped). `extension`: what both names must end with (None: any name, as in a catalog's pairs file)."""
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or (extension is not None and not all(name.endswith(extension) for name in fields)):
+            shown = f"person{extension or ''} cloth{extension or ''}"
+            raise ValueError(f"{source}:{number}: expected '{shown}', got {line.strip()!r}")
+        pairs.append((fields[0], fields[1]))
+    return pairs
