@@ -59,7 +59,7 @@ def build_catalog(samples: Path, root: Path, repeat: int) -> tuple[list[Path], l
 
 
 def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: str) -> dict:
-    from flows.cli import run_flow as run_like_the_cli
+    from flows.cli.preprocess import run_flow as run_like_the_cli
     from tasks.config import PreprocessConfig
     from tasks.manifest import item_view, read_run
     from tasks.storage import Store

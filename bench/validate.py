@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
-from flows.validate import parse_storage_option  # noqa: E402
+from flows.cli.common import parse_storage_option  # noqa: E402
 from tasks.storage import Store  # noqa: E402
 from tasks.validate import validate_dataset  # noqa: E402
 from vitonhd_models import contract  # noqa: E402

@@ -74,7 +74,7 @@ def build_demo_catalog(catalog: Store) -> None:
 
 
 def run_demo(out_dir: str = "demo-output", workers: int | None = None, show_progress: bool = True) -> dict[str, Any]:
-    from flows.cli import run_flow
+    from flows.cli.preprocess import run_flow
     from tasks.config import PreprocessConfig
     from tasks.manifest import item_view, read_run
 

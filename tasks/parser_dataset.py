@@ -1,6 +1,6 @@
 """A parser training set: person images + CIHP label maps (or COCO JSON) -> Ultralytics segmentation format.
 
-Behind `vitonprep parser-dataset` (`flows/parser_dataset_cli.py`). Two layers, as in `tasks.validate`:
+Behind `vitonprep parser-dataset` (`flows/cli/parser_dataset.py`). Two layers, as in `tasks.validate`:
 
 - Pure functions on arrays and plain data, no storage: the class tables (`seed8`, the 8 classes of our
   YOLO parser, and `cihp20`), label maps -> one polygon per 8-connected region (`cihp_to_polygons`, holes

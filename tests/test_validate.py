@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from flows.validate import main as validate_main
+from flows.cli.validate import main as validate_main
 from tasks.storage import Store
 from tasks.validate import (
     CODES,

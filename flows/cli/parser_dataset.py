@@ -1,7 +1,7 @@
 """`vitonprep parser-dataset`: person images + CIHP label maps (or COCO JSON) -> an Ultralytics
 segmentation dataset for training the YOLO parser (`tasks.parser_dataset`).
 
-No flow: one listing, then threaded reads, conversions and writes. `flows/cli.py` registers the
+No flow: one listing, then threaded reads, conversions and writes. `flows.cli` registers the
 subcommand with `add_parser_dataset_command`.
 
 Exit codes: 0 something was converted (skipped items are listed in report.json), 1 nothing could be
@@ -99,29 +99,6 @@ def add_parser_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-class _Progress:
-    """A tqdm bar on stderr over the items converted."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="item", desc="parser-dataset", file=sys.stderr)
-        self.bar.n = done
-        if done == total or (done and done % 32 == 0):
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def print_parser_dataset_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True))
@@ -153,7 +130,7 @@ def print_parser_dataset_summary(summary: dict[str, Any], as_json: bool) -> None
 
 
 def cmd_parser_dataset(args: argparse.Namespace) -> int:
-    from flows.cli import storage_options_from
+    from flows.cli.common import CountBar, storage_options_from
     from tasks.parser_dataset import ParserDatasetConfig, convert_dataset
 
     if args.from_coco is not None and not args.images:
@@ -176,7 +153,7 @@ def cmd_parser_dataset(args: argparse.Namespace) -> int:
         workers=args.workers,
         storage_options=storage_options_from(args.storage_option),
     )
-    progress = _Progress(not args.no_progress and not args.json)
+    progress = CountBar(not args.no_progress and not args.json, "parser-dataset")
     try:
         summary = convert_dataset(config, progress=progress)
     finally:

@@ -78,7 +78,7 @@ def print_train_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows.cli import progress_bar, storage_options_from
+    from flows.cli.common import progress_bar, storage_options_from
     from tasks.config import TrainConfig
 
     values = {name: getattr(args, name) for name in TrainConfig.model_fields if name != "storage_options"}

@@ -1,7 +1,7 @@
 """`vitonprep validate URL`: check a dataset root against the VITON-HD / HR-VITON contract.
 
-No flow: validation is a read-only listing plus threaded reads (`tasks.validate`). `flows/cli.py`
-registers the subcommand with `add_validate_command`; `python -m flows.validate URL` runs it alone.
+No flow: validation is a read-only listing plus threaded reads (`tasks.validate`). `flows.cli`
+registers the subcommand with `add_validate_command`; `python -m flows.cli.validate URL` runs it alone.
 
 Exit codes: 0 no problem found, 1 problems found, 2 the dataset could not be validated (a bad option,
 storage unreachable).
@@ -13,7 +13,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+
+from flows.cli.common import CountBar, parse_storage_option
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -47,17 +48,6 @@ def _codes_epilog() -> str:
         f"problem codes (§: sections of the VITON-HD contract note, research/vitonhd-contract.md; "
         f"#: HR-VITON issues):\n{codes}"
     )
-
-
-def parse_storage_option(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE` -> (key, value); VALUE is read as JSON where it parses (true, 3, {...}), else a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,29 +94,6 @@ def add_validate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     return parser
 
 
-class _Progress:
-    """A tqdm bar on stderr over persons and cloths checked, when stderr is a terminal."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self.bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="item", desc="validate", file=sys.stderr)
-        self.bar.n = done
-        if done == total or done % 64 == 0:
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate `args.url`; print the report; 0 when clean, 1 with problems, 2 when it could not run."""
     from tasks.storage import Store
@@ -135,7 +102,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("vitonprep validate: --workers must be at least 1", file=sys.stderr)
         return EXIT_ERROR
-    progress = _Progress(not args.no_progress and not args.json)
+    progress = CountBar(not args.no_progress and not args.json, "validate")
     try:
         store = Store(args.url, dict(args.storage_option))
         report = validate_dataset(store, splits=args.split, workers=args.workers, progress=progress,
@@ -153,7 +120,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A `vitonprep` parser holding only `validate` (for `python -m flows.validate`)."""
+    """A `vitonprep` parser holding only `validate` (for `python -m flows.cli.validate`)."""
     parser = argparse.ArgumentParser(prog="vitonprep", description="Prepare VITON-HD / HR-VITON try-on datasets.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_validate_command(commands)
@@ -161,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m flows.validate URL [options]`, the same as `vitonprep validate URL [options]`."""
+    """`python -m flows.cli.validate URL [options]`, the same as `vitonprep validate URL [options]`."""
     args = build_parser().parse_args(["validate", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)
 
