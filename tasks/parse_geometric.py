@@ -21,6 +21,18 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from tasks.pose import (
+    MP_LEFT_EAR,
+    MP_LEFT_INDEX,
+    MP_LEFT_PINKY,
+    MP_LEFT_THUMB,
+    MP_LEFT_WRIST,
+    MP_RIGHT_EAR,
+    MP_RIGHT_INDEX,
+    MP_RIGHT_PINKY,
+    MP_RIGHT_THUMB,
+    MP_RIGHT_WRIST,
+)
 from vitonhd_models.contract import Body25, Cihp
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,9 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 # ---------------------------------------------------------------------------------------------
 
 # MediaPipe Pose landmark ids used beside BODY_25: the face (for a fallback face ellipse) and the hands.
-_MP_LEFT_EAR, _MP_RIGHT_EAR = 7, 8
-_MP_LEFT_HAND = (15, 17, 19, 21)  # wrist, pinky, index, thumb
-_MP_RIGHT_HAND = (16, 18, 20, 22)
+_MP_LEFT_HAND = (MP_LEFT_WRIST, MP_LEFT_PINKY, MP_LEFT_INDEX, MP_LEFT_THUMB)  # the wrist first
+_MP_RIGHT_HAND = (MP_RIGHT_WRIST, MP_RIGHT_PINKY, MP_RIGHT_INDEX, MP_RIGHT_THUMB)
 
 # Part ids of the internal partition of the silhouette (not CIHP ids).
 _HEAD, _TORSO, _L_ARM, _R_ARM, _L_LEG, _R_LEG, _L_HAND, _R_HAND = range(8)
@@ -419,8 +430,8 @@ def _face_ellipse_from_pose(pose: PoseResult, shape: tuple[int, int], skeleton: 
     if nose is None:
         return None
     face_width = 0.45 * skeleton.shoulder_width
-    if landmarks is not None and landmarks.shape[0] > _MP_RIGHT_EAR:
-        ears = [landmarks[i] for i in (_MP_LEFT_EAR, _MP_RIGHT_EAR)]
+    if landmarks is not None and landmarks.shape[0] > MP_RIGHT_EAR:
+        ears = [landmarks[i] for i in (MP_LEFT_EAR, MP_RIGHT_EAR)]
         if all(_landmark_ok(e, shape, 0.3) for e in ears):
             face_width = float(np.linalg.norm(ears[0][:2] - ears[1][:2])) or face_width
     half_w, half_h = face_width / 2, 0.65 * face_width

@@ -134,11 +134,11 @@ CODES: dict[str, str] = {
 # ---------------------------------------------------------------------------------------------------
 
 # Roles whose folder name differs between the two codebases: (HR-VITON name, VITON-HD name).
-PARSE_DIRS = (contract.DIR_PARSE, "image-parse")
-POSE_JSON_DIRS = (contract.DIR_POSE_JSON, "openpose-json")
-POSE_IMG_DIRS = (contract.DIR_POSE_IMG, "openpose-img")
+PARSE_DIRS = (contract.DIR_PARSE, contract.DIR_PARSE_VITONHD)
+POSE_JSON_DIRS = (contract.DIR_POSE_JSON, contract.DIR_POSE_JSON_VITONHD)
+POSE_IMG_DIRS = (contract.DIR_POSE_IMG, contract.DIR_POSE_IMG_VITONHD)
 ALIASED_ROLES = {"parse": PARSE_DIRS, "pose_json": POSE_JSON_DIRS, "pose_img": POSE_IMG_DIRS}
-DIR_DENSEPOSE = "image-densepose"  # HR-VITON reads it; the released zip has it; we do not write it
+DIR_DENSEPOSE = contract.DIR_DENSEPOSE
 REQUIRED_DIRS = (contract.DIR_IMAGE, contract.DIR_CLOTH, contract.DIR_CLOTH_MASK)
 OPTIONAL_DIRS = (contract.DIR_PARSE_AGNOSTIC, contract.DIR_AGNOSTIC, DIR_DENSEPOSE)  # checked where present
 HRVITON_DIRS = (contract.DIR_PARSE_AGNOSTIC, DIR_DENSEPOSE)  # HR-VITON reads them from disk (§2.1)

@@ -28,6 +28,8 @@ DIR_POSE_JSON = "openpose_json"
 DIR_PARSE_VITONHD = "image-parse"
 DIR_POSE_IMG_VITONHD = "openpose-img"
 DIR_POSE_JSON_VITONHD = "openpose-json"
+# Contract §2.1: HR-VITON reads DensePose renderings (detectron2) from here; we do not write them.
+DIR_DENSEPOSE = "image-densepose"
 
 # Ours, not the contract's: intermediate files (pose model outputs, child runs' work lists).
 WORK_DIR = "_work"
