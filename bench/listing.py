@@ -176,7 +176,7 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
         ]
         return len(items), len(cat.plan_shards(items, shard_size))
     store = Store(CATALOG, options)
-    layout = cat.detect_layout(store)
+    layout = cat.detect_catalog_layout(store)
     original = store.list_files
     store.list_files = lambda folder="", page_size_=page_size: original(folder, page_size=page_size_)  # type: ignore[method-assign]
     if name == "plan":

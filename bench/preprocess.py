@@ -95,7 +95,7 @@ def run_engine_alone(catalog: Path, out: Path, workers: int, shard_size: int) ->
     as the flow runs shard tasks (the worker processes warmed first, as the CLI does)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.catalog import GARMENT, PERSON, detect_layout, list_items, plan_shards
+    from tasks.catalog import GARMENT, PERSON, detect_catalog_layout, list_items, plan_shards
     from tasks.config import PreprocessConfig
     from tasks.engine import ShardRun, process_shard
     from tasks.model_cache import resolve_weights
@@ -112,7 +112,7 @@ def run_engine_alone(catalog: Path, out: Path, workers: int, shard_size: int) ->
     store = Store(config.catalog)
     weights = resolve_weights(config)
     run = ShardRun("bench", stage_fingerprints(config, weights), weights)
-    layout = detect_layout(store)
+    layout = detect_catalog_layout(store)
     _, works = plan_catalog({kind: list_items(store, layout, kind) for kind in (PERSON, GARMENT)}, {},
                             run.fingerprints, Selection())
     shards = [(f"{kind}-{i:05d}", shard) for kind in (PERSON, GARMENT)

@@ -27,7 +27,7 @@ from flows.report import RunProgress, announce_run, failed_items, log_failed_ite
 from tasks.catalog import (
     GARMENT,
     PERSON,
-    detect_layout,
+    detect_catalog_layout,
     list_items,
     plan_shards,
     read_worn_pairs,
@@ -302,7 +302,7 @@ def run_preprocess(
     selection = selection or Selection()
     started = time.perf_counter()
     catalog = Store(config.catalog, config.storage_options)
-    layout = detect_layout(catalog)
+    layout = detect_catalog_layout(catalog)
     weights = resolve_weights(config)
     check_parser_weights(config, weights)
     run = Run(config, selection, policy or RunPolicy(), new_run_id(), started, catalog,

@@ -55,7 +55,7 @@ from tasks.tryon import (
     write_summary,
 )
 from vitonhd_models import contract
-from vitonhd_models.data import detect_layout
+from vitonhd_models.data import detect_split_layout
 from vitonhd_models.pipeline import resolve_device
 
 CONTACT_SHEET_PAIRS = 8
@@ -147,7 +147,7 @@ def run_tryon(config: TryOnConfig) -> dict[str, Any]:
     if leftovers:
         logger.info("removed %d partial files left by an interrupted run", leftovers)
     split_store = dataset.child(config.split)
-    layout = detect_layout(split_store)  # fails fast on a URL that holds no such split
+    layout = detect_split_layout(split_store)  # fails fast on a URL that holds no such split
 
     device = resolve_device(config.device)
     precision = effective_precision(config.precision, device)

@@ -58,7 +58,7 @@ class CatalogError(ValueError):
     """The catalog as a whole is unusable (no persons/ or image/ folder, a malformed pairs file)."""
 
 
-def detect_layout(store: Store) -> CatalogLayout:
+def detect_catalog_layout(store: Store) -> CatalogLayout:
     if store.isdir("persons") or store.isdir("garments"):
         pairs = "pairs.csv" if store.exists("pairs.csv") else None
         return CatalogLayout("catalog", "persons", "garments", pairs)

@@ -51,12 +51,12 @@ from vitonhd_models.checkpoints import (
 from vitonhd_models.data import (
     DatasetLayout,
     collate_pairs,
-    detect_layout,
+    detect_split_layout,
     load_pair,
-    parse_pairs,
     read_pairs,
 )
 from vitonhd_models.errors import ItemError
+from vitonhd_models.pairs import parse_pairs
 from vitonhd_models.pipeline import TryOnNetworks, pair_seed, to_device, to_uint8_images, try_on
 
 log = logging.getLogger("vitonprep.tryon")
@@ -495,7 +495,7 @@ def render_pairs(
     dataset = Store(config.dataset, config.storage_options)
     out = Store(config.out, config.storage_options)
     split_store = dataset.child(config.split)
-    layout = detect_layout(split_store)
+    layout = detect_split_layout(split_store)
     rows: list[dict] = []
     batch: list[tuple[PairWork, dict, dict]] = []
     for work in works:

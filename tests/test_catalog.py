@@ -10,7 +10,7 @@ from tasks.catalog import (
     GARMENT,
     PERSON,
     CatalogError,
-    detect_layout,
+    detect_catalog_layout,
     list_items,
     plan_shards,
     read_worn_pairs,
@@ -64,7 +64,7 @@ def test_detects_our_layout_and_lists_nested_images_only(tmp_path):
             "pairs.csv": b"person,garment\na/p1.jpg,g1.webp\n",
         },
     )
-    layout = detect_layout(store)
+    layout = detect_catalog_layout(store)
     assert (layout.name, layout.pairs_file) == ("catalog", "pairs.csv")
     persons = list(list_items(store, layout, PERSON))
     assert [p.key for p in persons] == ["p2.PNG", "a/p1.jpg"], "expected a folder's files before its subfolders"
@@ -77,7 +77,7 @@ def test_detects_vitonhd_layout_with_its_pairs_file(tmp_path):
     store = make_catalog(
         tmp_path, {"image/00001_00.jpg": b"1", "cloth/00001_00.jpg": b"2", "test_pairs.txt": b"00001_00.jpg 00001_00.jpg\n"}
     )
-    layout = detect_layout(store)
+    layout = detect_catalog_layout(store)
     assert (layout.name, layout.persons_dir, layout.garments_dir, layout.pairs_file) == (
         "vitonhd", "image", "cloth", "test_pairs.txt",
     )
@@ -87,13 +87,13 @@ def test_detects_vitonhd_layout_with_its_pairs_file(tmp_path):
 def test_a_folder_without_either_layout_is_rejected(tmp_path):
     store = make_catalog(tmp_path, {"photos/a.jpg": b"1"})
     with pytest.raises(CatalogError, match="persons/ and garments/"):
-        detect_layout(store)
+        detect_catalog_layout(store)
 
 
 def test_pairs_csv_needs_its_header(tmp_path):
     store = make_catalog(tmp_path, {"persons/a.jpg": b"1", "pairs.csv": b"a.jpg,g.jpg\n"})
     with pytest.raises(CatalogError, match="person,garment"):
-        read_worn_pairs(store, detect_layout(store))
+        read_worn_pairs(store, detect_catalog_layout(store))
 
 
 def test_shards_cover_every_item_once_in_order():
@@ -151,7 +151,7 @@ def test_a_vitonhd_name_of_ordinary_length_is_kept():
 
 def pairs_from(tmp_path, data: bytes) -> list[tuple[str, str]]:
     store = make_catalog(tmp_path, {"persons/a.jpg": b"1", "pairs.csv": data})
-    return read_worn_pairs(store, detect_layout(store))
+    return read_worn_pairs(store, detect_catalog_layout(store))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from vitonhd_models.data import (
     LAYOUT_VITONHD,
     PairDataset,
     collate_pairs,
-    detect_layout,
+    detect_split_layout,
     group_onehot,
     load_pair,
     merge_13_to_7,
@@ -75,7 +75,7 @@ def test_a_malformed_pairs_line_names_its_line_number():
 
 
 def test_our_dataset_is_detected_as_our_layout(split):
-    assert detect_layout(split) == LAYOUT_OURS
+    assert detect_split_layout(split) == LAYOUT_OURS
 
 
 # ---- Tensors of one pair (contract §1.1, §1.8) --------------------------------------------------------
@@ -193,7 +193,7 @@ def test_the_official_layout_gives_the_same_tensors(tryon_dataset, tmp_path, fir
                          (contract.DIR_POSE_IMG, "openpose-img"), (contract.DIR_POSE_JSON, "openpose-json")):  # fmt: skip
         shutil.copytree(tryon_dataset.path("train", ours), official / theirs)
     store = Store(str(official))
-    assert detect_layout(store) == LAYOUT_VITONHD
+    assert detect_split_layout(store) == LAYOUT_VITONHD
     theirs = load_pair(store, LAYOUT_VITONHD, *first_pair, size_hw=SMALL)
     ours = load_pair(split, LAYOUT_OURS, *first_pair, size_hw=SMALL)
     for key in ("img", "img_agnostic", "parse_agnostic", "pose", "cloth", "cloth_mask"):

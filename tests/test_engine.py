@@ -24,7 +24,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
-from tasks.catalog import GARMENT, PERSON, detect_layout, list_items
+from tasks.catalog import GARMENT, PERSON, detect_catalog_layout, list_items
 from tasks.config import PreprocessConfig
 from tasks.engine import ShardRun, process_shard, read_source, schedule_of, segments_of
 from tasks.manifest import manifest_part_path, read_run
@@ -235,7 +235,7 @@ def test_a_source_the_store_refuses_to_read_is_that_items_error():
     store = Store("refusing://catalog-refuses")
     store.write_bytes("persons/denied.jpg", b"secret")
     store.write_bytes("persons/fine.jpg", b"fine")
-    items = {item.key: item for item in list_items(store, detect_layout(store), PERSON)}
+    items = {item.key: item for item in list_items(store, detect_catalog_layout(store), PERSON)}
     with pytest.raises(ItemError) as caught:
         read_source(store, WorkItem(items["denied.jpg"], frozenset()), 1 << 20)
     assert caught.value.code == errors.SOURCE_PERMISSION_DENIED
@@ -301,7 +301,7 @@ def test_a_job_writes_every_declared_output_of_every_stage(sample_results):
 def plan_new(catalog: Store, config: PreprocessConfig) -> tuple[dict[str, list[WorkItem]], ShardRun]:
     weights = resolve_weights(config)
     fingerprints = stage_fingerprints(config, weights)
-    layout = detect_layout(catalog)
+    layout = detect_catalog_layout(catalog)
     _, works = plan_catalog({kind: list_items(catalog, layout, kind) for kind in (PERSON, GARMENT)}, {},
                             fingerprints, Selection())
     return works, ShardRun("20261201T000000Z-test00", fingerprints, weights)

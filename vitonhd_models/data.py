@@ -64,7 +64,7 @@ LAYOUT_VITONHD = DatasetLayout(
 )
 
 
-def detect_layout(split_store: Files) -> DatasetLayout:
+def detect_split_layout(split_store: Files) -> DatasetLayout:
     """Ours when `image-parse-v3/` exists, VITON-HD's when `image-parse/` does; else a ValueError."""
     for layout in (LAYOUT_OURS, LAYOUT_VITONHD):
         if split_store.isdir(layout.parse):
@@ -246,7 +246,7 @@ class PairDataset(torch.utils.data.Dataset):
         layout: DatasetLayout | None = None,
     ):
         self.split_store = split_store
-        self.layout = layout or detect_layout(split_store)
+        self.layout = layout or detect_split_layout(split_store)
         self.pairs = list(pairs)
         self.size_hw = size_hw
         self.agnostic = agnostic
