@@ -23,7 +23,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
-from flows.report import RunProgress, announce_run, failed_items, log_failed_items, publish
+from flows.report import RunProgress, announce_run, log_failed_items, publish
 from tasks.catalog import (
     GARMENT,
     PERSON,
@@ -310,20 +310,22 @@ def run_preprocess(
               read_worn_pairs(catalog, layout),  # a broken pairs file fails the run before any image
               weights, stage_fingerprints(config, weights))
     plan = plan_run(run)
-    # With no item to process, the paired cloth may still be due (a dataset made before it existed).
-    busy = plan.planned or bool(pairing_work(run, plan.current, plan.listed)[0])
+    # With no item to process, the paired cloth may still be due (a dataset made before it existed):
+    # worked out here once, and kept for the finish unless processing changes the current view.
+    pairing = None if plan.planned else pairing_work(run, plan.current, plan.listed)
+    busy = plan.planned or bool(pairing[0])
     lease = DatasetLease(run.out, run.run_id, wait_s=config.lease_wait_s) if busy else nullcontext()
     with lease:
         if busy and lease.waited:  # the run we waited for may have done some of it
-            plan = plan_run(run)
+            plan, pairing = plan_run(run), None
         if plan.planned:
             leftovers = run.out.remove_temporaries(min_age_s=time.time() - lease.taken)
             if leftovers:
                 logger.info("removed %d partial files left by an interrupted run", leftovers)
-        return finish_run(run, plan, logger)
+        return finish_run(run, plan, logger, pairing)
 
 
-def finish_run(run: Run, plan: Plan, logger: Any) -> dict[str, Any]:
+def finish_run(run: Run, plan: Plan, logger: Any, pairing: tuple | None = None) -> dict[str, Any]:
     """Process the plan (here or in child runs), then write the pairs and the summary, publish, chain."""
     config, selection, policy, run_id, out = run.config, run.selection, run.policy, run.run_id, run.out
     listed, works, current, planned = plan.listed, plan.works, plan.current, plan.planned
@@ -350,9 +352,9 @@ def finish_run(run: Run, plan: Plan, logger: Any) -> dict[str, Any]:
         rows, failed_shards = process(config, ShardRun(run_id, run.fingerprints, run.weights), works, logger)
         unfinished = {}
 
-    if rows or children:  # else the view read at the start still holds
-        current = read_current(out, config.split)
-    pairing, ok, pairs = pairing_work(run, current, listed)
+    if rows or children:  # else the view read at the start still holds, and so does its pairing
+        current, pairing = read_current(out, config.split), None
+    pairing, ok, pairs = pairing or pairing_work(run, current, listed)
     write_pairs(out, config.split, pairs)
     paired = apply_pairings(out, config.split, run_id, pairing, current, ok)
     summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - run.started)
@@ -369,7 +371,7 @@ def finish_run(run: Run, plan: Plan, logger: Any) -> dict[str, Any]:
         }
     if planned or children or paired["rows"]:  # an unchanged catalog's run writes nothing
         write_summary(out, config.split, run_id, summary)
-    log_failed_items(failed_items(rows), logger)
+    log_failed_items(summary["failed"], logger)
     publish(summary, out, rows, current, keyed=True, failure=failure)
     logger.info(
         "run %s: processed %d persons (%d failed) and %d garments (%d failed) in %.1f s; the dataset holds "
@@ -407,7 +409,7 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     summary["work_list"] = work_list
     summary["failed_shards"] = failed_shards
     write_summary(out, config.split, run_id, summary)
-    log_failed_items(failed_items(rows), logger)
+    log_failed_items(summary["failed"], logger)
     failure = shards_failure(failed_shards) if failed_shards else None
     publish(summary, out, rows, current, keyed=False, failure=failure)
     if failed_shards:  # the parent sees this run Failed and says so; the other shards' rows stand
@@ -577,7 +579,7 @@ def summarise(
         "errors": dict(Counter(row["error_code"] for row in failed.values())),
         "failed": [
             {"kind": kind, "key": key, "stage": row["stage"], "error_code": row["error_code"],
-             "error_message": row["error_message"]}
+             "error_message": row["error_message"], "source": redact(row.get("source_url") or "")}
             for (kind, key), row in sorted(failed.items())
         ],
         "stages": stage_stats,

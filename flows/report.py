@@ -48,10 +48,10 @@ def flow_run_page(ui_url: str, flow_run_id: str) -> str:
     try:
         with urllib.request.urlopen(f"{base}/ui-settings", timeout=5) as response:
             settings = json.loads(response.read())
-        if settings.get("default_ui") == "v2" and settings.get("v2_base_url"):
-            base += settings["v2_base_url"].rstrip("/")
     except (OSError, ValueError):
-        pass  # an older server: its one UI
+        settings = {}  # an older server, without the setting: its one UI at the root
+    if settings.get("default_ui") == "v2" and settings.get("v2_base_url"):
+        base += settings["v2_base_url"].rstrip("/")
     return f"{base}/runs/flow-run/{flow_run_id}"
 
 
@@ -100,24 +100,18 @@ def stage_table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[dic
     return table
 
 
-def failed_items(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per item this run failed: kind, key, the stage it failed at, the code, the reason and its
-    source URL (redacted), in catalog order."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        if row["status"] == "error" and (row["kind"], row["key"]) not in found:
-            found[(row["kind"], row["key"])] = {
-                "kind": row["kind"], "key": row["key"], "stage": row["stage"], "error_code": row["error_code"],
-                "reason": redact(row.get("error_message") or ""), "source": redact(row.get("source_url") or ""),
-            }
-    return [found[item] for item in sorted(found)]
+def failed_items_table(failed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run summary's failed items (one per item, the stage it failed at) as the artifact's rows."""
+    return [{"kind": item["kind"], "key": item["key"], "stage": item["stage"], "error_code": item["error_code"],
+             "reason": redact(item["error_message"] or ""), "source": item.get("source", "")} for item in failed]
 
 
 def log_failed_items(failed: list[dict[str, Any]], logger: Any) -> None:
-    """A WARNING line per failed item (the first FAILED_ITEMS_LOGGED), then how many more there are."""
+    """A WARNING line per failed item of the run summary (the first FAILED_ITEMS_LOGGED), then how many
+    more there are."""
     for item in failed[:FAILED_ITEMS_LOGGED]:
         logger.warning("failed %s %s at %s: %s: %s", item["kind"], item["key"], item["stage"], item["error_code"],
-                       item["reason"])
+                       redact(item["error_message"] or ""))
     if len(failed) > FAILED_ITEMS_LOGGED:
         logger.warning("... and %d more failed items (the run's failed-items artifact lists them all)",
                        len(failed) - FAILED_ITEMS_LOGGED)
@@ -171,7 +165,7 @@ def publish(
         key=artifact_key("stages") if keyed else None,
         description=f"Per-stage counts, timings and error codes, run {run_id}",
     )
-    failed = failed_items(rows)
+    failed = failed_items_table(summary["failed"])
     create_table_artifact(
         failed or [{"kind": "-", "key": "-", "stage": "-", "error_code": "-", "reason": "no item failed", "source": "-"}],
         key=artifact_key("failed-items") if keyed else None,

@@ -253,7 +253,8 @@ class GeometricParser:
             skin = cv2.morphologyEx(skin, cv2.MORPH_OPEN, kernel).astype(bool)
         if silhouette is None:
             silhouette = frame.upsample(work_silhouette.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
-        below_waist = _axial(shape, skeleton) >= waist_level
+        axial = _axial(shape, skeleton)
+        below_waist = axial >= waist_level
         near_face = None
         if work_face is not None and skin is not None:
             distance = frame.upsample(_distance_to(work_face.mask), cv2.INTER_LINEAR) / frame.scale
@@ -262,7 +263,7 @@ class GeometricParser:
         labels = np.zeros(shape, dtype=np.uint8)
         _label_torso(labels, parts, skin, below_waist)
         _label_arms(labels, parts, skin, below_waist, image_rgb, models)
-        _label_legs(labels, parts, skin, below_waist, _axial(shape, skeleton), skeleton)
+        _label_legs(labels, parts, skin, below_waist, axial, skeleton)
         _label_head(labels, parts, face, skin, near_face)
         _label_neck(labels, parts, silhouette, skeleton, face, skin)
         _label_shoes(labels, parts, skin, skeleton)

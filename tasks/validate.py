@@ -522,22 +522,22 @@ def check_body25_keypoints(path: str, keypoints: np.ndarray) -> list[Problem]:
 
 def check_pairs(
     path: str, text: str, persons: set[str] | None, cloths: set[str] | None
-) -> tuple[list[Problem], int]:
+) -> tuple[list[Problem], list[tuple[int, str, str]]]:
     """A `<split>_pairs.txt` as the loaders read it (`line.strip().split()` -> person, cloth).
 
     `persons` / `cloths` are the names in image/ and cloth/ (None: that folder is missing, not checked).
-    Returns the problems and the number of well-formed pairs.
+    Returns the problems and the well-formed pairs as (line number, person, cloth).
     """
     problems = []
-    pairs = 0
+    pairs = []
     for number, line in enumerate(text.splitlines(), start=1):
         where = f"{path}:{number}"
         fields = line.strip().split()
         if len(fields) != 2:
             problems.append(Problem("pairs_malformed", where, f"expected 'person.jpg cloth.jpg', got {line!r}"))
             continue
-        pairs += 1
         person, cloth = fields
+        pairs.append((number, person, cloth))
         if persons is not None and person not in persons:
             problems.append(Problem("pairs_missing_file", where, f"person {person!r} is not in image/"))
         if cloths is not None and cloth not in cloths:
@@ -547,15 +547,12 @@ def check_pairs(
     return problems, pairs
 
 
-def check_paired_cloth(path: str, text: str, layout: SplitLayout) -> list[Problem]:
-    """HR-VITON's paired cloth: `cloth/<person>` and `cloth-mask/<person>` for every person of the pairs file."""
+def check_paired_cloth(path: str, pairs: list[tuple[int, str, str]], layout: SplitLayout) -> list[Problem]:
+    """HR-VITON's paired cloth: `cloth/<person>` and `cloth-mask/<person>` for every person of the pairs
+    file (`pairs`: what `check_pairs` read)."""
     problems = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.strip().split()
-        if len(fields) != 2:
-            continue  # check_pairs reports it
-        person = fields[0]
-        cloths = layout.files.get(contract.DIR_CLOTH, set())
+    cloths = layout.files.get(contract.DIR_CLOTH, set())
+    for number, person, _ in pairs:
         for folder in (contract.DIR_CLOTH, contract.DIR_CLOTH_MASK):
             # A cloth of that name without its mask is reported with the cloth (missing_file).
             if folder in layout.files and person not in layout.files[folder] and person not in cloths:
@@ -879,9 +876,9 @@ def validate_dataset(
             except UnicodeDecodeError as error:
                 problems.append(Problem("pairs_malformed", pairs_file, f"not UTF-8 text: {error}"))
             else:
-                found_pairs, pair_count = check_pairs(pairs_file, text, persons, cloths)
-                problems += found_pairs + check_paired_cloth(pairs_file, text, layout)
-                counts["pairs"] += pair_count
+                found_pairs, pairs = check_pairs(pairs_file, text, persons, cloths)
+                problems += found_pairs + check_paired_cloth(pairs_file, pairs, layout)
+                counts["pairs"] += len(pairs)
             counts["files"] += 1
     items: list[tuple[Callable[[str], tuple[list[Problem], int]], str, str]] = []
     for layout in layouts:

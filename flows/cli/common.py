@@ -73,6 +73,28 @@ class CountBar:
             self.bar.close()
 
 
+def add_storage_arguments(parser: argparse.ArgumentParser, secret_block: bool = True) -> None:
+    """`--storage-option KEY=VALUE` (repeatable) and, where the flow loads one, `--storage-secret-block`."""
+    parser.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string), "
+        "e.g. endpoint_url=http://minio:9000; never a credential",
+    )
+    if secret_block:
+        parser.add_argument(
+            "--storage-secret-block", default=None, metavar="NAME",
+            help="a Prefect Secret block holding the storage credentials as a JSON object (key, secret, ...); "
+            "credentials are never storage options",
+        )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, what: str = "the run summary", progress: bool = True) -> None:
+    """`--json` (what the command prints, as JSON alone on stdout) and `--no-progress`."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def parse_storage_option(text: str) -> tuple[str, Any]:
     """`KEY=VALUE` -> (key, value); VALUE is read as JSON where it parses (true, 3, {...}), else a string."""
     key, sep, value = text.partition("=")

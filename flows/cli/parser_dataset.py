@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Any
 
+from flows.cli.common import add_output_arguments, add_storage_arguments
+
 EXIT_OK = 0
 EXIT_NOTHING_CONVERTED = 1
 
@@ -91,12 +93,8 @@ def add_parser_dataset_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"polygon simplification tolerance in pixels (default {DEFAULT_EPSILON})",
     )  # fmt: skip
     parser.add_argument("--workers", type=_at_least(1), default=2, help="items converted at once (default 2)")
-    parser.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string)",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_storage_arguments(parser, secret_block=False)
+    add_output_arguments(parser, "the summary")
 
 
 def print_parser_dataset_summary(summary: dict[str, Any], as_json: bool) -> None:

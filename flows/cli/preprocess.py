@@ -9,7 +9,13 @@ import sys
 from datetime import UTC
 from typing import Any
 
-from flows.cli.common import progress_bar, stdout_for_json, storage_options_from
+from flows.cli.common import (
+    add_output_arguments,
+    add_storage_arguments,
+    progress_bar,
+    stdout_for_json,
+    storage_options_from,
+)
 from tasks.config import DEFAULT_MAX_SOURCE_BYTES, DEFAULT_PARSE_BATCH_SIZE
 
 
@@ -48,22 +54,12 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--full-refresh", action="store_true", help="ignore what the dataset holds: rerun every stage of the selection"
     )
-    parser.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string), "
-        "e.g. endpoint_url=http://minio:9000; never a credential",
-    )
-    parser.add_argument(
-        "--storage-secret-block", default=None, metavar="NAME",
-        help="a Prefect Secret block holding the storage credentials as a JSON object (key, secret, ...); "
-        "credentials are never storage options",
-    )
+    add_storage_arguments(parser)
     parser.add_argument(
         "--max-failed-fraction", type=float, default=0.1,
         help="exit 1 (and the flow run ends Failed) when more than this share of processed items failed (default 0.1)",
     )
-    parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_arguments(parser)
 
 
 def moment(text: str):
@@ -217,6 +213,5 @@ def add_preprocess_commands(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="demo-output", help="output folder (default ./demo-output)")
     demo.add_argument("--workers", type=int, default=None,
                       help="worker processes for the CPU stages (default: one per core)")
-    demo.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_arguments(demo, "the result")
     demo.set_defaults(func=cmd_demo)

@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any, Literal
 
+from flows.cli.common import add_output_arguments, add_storage_arguments
+
 DESCRIPTION = (
     "Train one VITON-HD stage (seg, gmm or alias) on a dataset made by `vitonprep preprocess`. "
     "Checkpoints go to <out>/<stage>/checkpoints/ every --checkpoint-every steps and a rerun resumes from the "
@@ -53,12 +55,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", default=field.default, help=help_text)
         else:
             parser.add_argument(flag, type=kind, choices=choices, default=field.default, help=help_text)
-    parser.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string)",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_storage_arguments(parser, secret_block=False)
+    add_output_arguments(parser)
 
 
 def print_train_summary(summary: dict[str, Any], as_json: bool) -> None:

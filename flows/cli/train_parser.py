@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from flows.cli.common import add_output_arguments, add_storage_arguments
+
 
 def add_train_parser_command(commands: Any) -> None:
     parser = commands.add_parser(
@@ -29,13 +31,10 @@ def add_train_parser_command(commands: Any) -> None:
     parser.add_argument("--patience", type=int, default=50, help="epochs without improvement before stopping")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--no-geometric", action="store_true", help="skip evaluating the geometric parser")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="an fsspec storage option for every URL (repeatable); never a credential")
     parser.add_argument("--trust-weights", action="store_true",
                         help="load .pt checkpoints as Ultralytics does, code in them included (trusted files only)")
-    parser.add_argument("--storage-secret-block", default=None, metavar="NAME",
-                        help="a Prefect Secret block holding the storage credentials (a JSON object)")
-    parser.add_argument("--json", action="store_true", help="print the model card as JSON on stdout")
+    add_storage_arguments(parser)
+    add_output_arguments(parser, "the model card", progress=False)
     parser.set_defaults(func=cmd_train_parser)
 
 

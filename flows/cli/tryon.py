@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from flows.cli.common import names_list, progress_bar, storage_options_from
+from flows.cli.common import add_output_arguments, add_storage_arguments, names_list, progress_bar, storage_options_from
 
 
 def add_tryon_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,17 +43,8 @@ def add_tryon_arguments(parser: argparse.ArgumentParser) -> None:
         help="clothing-agnostic image: VITON-HD's recipe online (default), HR-VITON's, or agnostic-v3.2/ on disk",
     )
     parser.add_argument("--workers", type=int, default=2, help="task runs in flight at once (default 2)")
-    parser.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string); never a credential",
-    )
-    parser.add_argument(
-        "--storage-secret-block", default=None, metavar="NAME",
-        help="a Prefect Secret block holding the storage credentials as a JSON object (key, secret, ...); "
-        "credentials are never storage options",
-    )
-    parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_storage_arguments(parser)
+    add_output_arguments(parser)
 
 
 def tryon_config_from_args(args: argparse.Namespace):
