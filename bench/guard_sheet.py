@@ -40,10 +40,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("guard-sheet.png"))
     args = parser.parse_args()
 
-    from tasks.cloth_mask import cloth_mask_classical
-    from tasks.contact_sheet import contact_sheet, encode_png
-    from tasks.parse_geometric import GeometricParser
-    from tasks.pose import PoseEstimator, as_stored
+    from tasks.stages.cloth_mask import cloth_mask_classical
+    from tasks.stages.contact_sheet import contact_sheet, encode_png
+    from tasks.stages.parse_geometric import GeometricParser
+    from tasks.stages.pose import PoseEstimator, as_stored
     from tests.conftest import SAMPLES_DIR
     from tests.stage_photos import guard_photos
     from vitonhd_models.contract import colourise_parse

@@ -46,7 +46,7 @@ def main() -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.cli.preprocess import run_flow
-    from tasks.config import PreprocessConfig
+    from tasks.records.config import PreprocessConfig
 
     work = Path(tempfile.mkdtemp(prefix="vitonprep-incremental-"))
     results = []

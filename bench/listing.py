@@ -12,7 +12,7 @@ ru_maxrss delta is its own:
 
 - `fs.find`: s3fs's `find(detail=True)`, the whole listing in one dict, then items and `plan_shards`;
 - `list -> plan_shards`: the project's `list_items` (streamed, paginated `Store.list_files`) collected
-  into a list and cut by `tasks.catalog.plan_shards` (a planner that needs the whole list);
+  into a list and cut by `tasks.records.catalog.plan_shards` (a planner that needs the whole list);
 - `streamed shards`: the same `list_items` generator cut into shards of `--shard-size` as it streams,
   each shard handed on and dropped: memory bounded by one listing page plus one shard.
 
@@ -152,8 +152,8 @@ def stream_shards(items: Iterable, shard_size: int) -> Iterator[list]:
 
 def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tuple[int, int]:
     """(items, shards) of one way to list and plan the catalog's persons."""
-    from tasks import catalog as cat
-    from tasks.storage import Store
+    from tasks.infra.storage import Store
+    from tasks.records import catalog as cat
 
     options = {"endpoint_url": endpoint}
     if name == "find":
@@ -180,8 +180,8 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
     original = store.list_files
     store.list_files = lambda folder="", page_size_=page_size: original(folder, page_size=page_size_)  # type: ignore[method-assign]
     if name == "plan":
-        from tasks.config import PreprocessConfig
-        from tasks.plan import Selection, plan_catalog, stage_fingerprints
+        from tasks.engine.plan import Selection, plan_catalog, stage_fingerprints
+        from tasks.records.config import PreprocessConfig
 
         fingerprints = stage_fingerprints(PreprocessConfig(catalog=CATALOG, out=f"s3://{BUCKET}/dataset"))
         listed, works = plan_catalog(
@@ -202,8 +202,7 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
 def measure(name: str, endpoint: str, shard_size: int, page_size: int, trace: bool) -> None:
     import s3fs  # noqa: F401 - imports are not what we measure
 
-    import tasks.catalog
-    import tasks.storage  # noqa: F401
+    import tasks.infra.storage  # noqa: F401
 
     rss_before, cpu_before = maxrss_mib(), cpu_seconds()
     if trace:

@@ -6,7 +6,7 @@ Starts its own Prefect API server (`prefect server start` on a free loopback por
 PREFECT_HOME in a temporary folder, analytics and UI off), points this process at it, and then:
 
 1. per shard: runs a flow with exactly the task graph of `flows/preprocess.py:process` -- one task run
-   per shard (`tasks.shards.shard_task`'s signature and options: `tasks.runtime.TASK_OPTIONS`, retries,
+   per shard (`tasks.engine.shard_task.shard_task`'s signature and options: `tasks.infra.runtime.TASK_OPTIONS`, retries,
    NO_CACHE, persist_result=False, the run named after the shard), mapped with `.map` under
    `ThreadPoolTaskRunner(max_workers=2)`, collected with `flows.preprocess.collect_shards` (as_completed
    plus a progress artifact updated per shard) and the two summary artifacts at the end -- for each shard
@@ -21,7 +21,7 @@ PREFECT_HOME in a temporary folder, analytics and UI off), points this process a
    run as Completed. A least-squares line of wall over S gives the fixed cost per flow run
    (intercept) and the marginal cost per shard (slope), a line over task runs the cost per task run.
 2. per image: the marginal cost of a person, a garment and an average shard divided by
-   --shard-size (default `tasks.config.DEFAULT_SHARD_SIZE`), as a fraction of --cpu-s-per-image
+   --shard-size (default `tasks.records.config.DEFAULT_SHARD_SIZE`), as a fraction of --cpu-s-per-image
    (default 1 s, a typical CPU preprocess of one image).
 3. per child flow run (--worker, on by default; --no-worker skips it): creates a process work pool,
    deploys the no-op flow `noop_child` of this file (`flow.from_source(<bench dir>,
@@ -95,9 +95,8 @@ def noop_child() -> dict[str, bool]:
 
 def placeholder_works(kind: str, shard: int, size: int) -> list:
     """`size` real WorkItems of one kind (what a real shard passes its tasks), pointing nowhere."""
-    from tasks.catalog import CatalogItem
-    from tasks.plan import WorkItem
-    from tasks.registry import stages_for
+    from tasks.records.catalog import CatalogItem, WorkItem
+    from tasks.stages.registry import stages_for
 
     folder = "persons" if kind == "person" else "garments"
     stages = frozenset(stages_for(kind))
@@ -121,11 +120,11 @@ def bench_flow():
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.preprocess import collect_shards
-    from tasks.config import PreprocessConfig
-    from tasks.engine import ShardRun
-    from tasks.model_cache import Weights
-    from tasks.registry import stages_for
-    from tasks.runtime import TASK_OPTIONS
+    from tasks.engine.shard import ShardRun
+    from tasks.infra.runtime import TASK_OPTIONS
+    from tasks.records.config import PreprocessConfig
+    from tasks.stages.model_cache import Weights
+    from tasks.stages.registry import stages_for
 
     @task(name="shard", task_run_name="{shard}", **TASK_OPTIONS)
     def shard_task(config, run, shard, works):
@@ -323,7 +322,7 @@ def shard_split(shards: int, kinds: str) -> tuple[int, int]:
 def run_graph(server: dict[str, Any], shards: int, kinds: str, shard_size: int, workers: int) -> dict[str, Any]:
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from tasks.registry import stages_for
+    from tasks.stages.registry import stages_for
 
     persons, garments = shard_split(shards, kinds)
     expected = PERSON_TASKS * persons + GARMENT_TASKS * garments
@@ -579,7 +578,7 @@ def print_tables(report: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from tasks.config import DEFAULT_SHARD_SIZE
+    from tasks.records.config import DEFAULT_SHARD_SIZE
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, nargs="+", default=list(DEFAULT_SHARDS),
@@ -588,7 +587,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="mixed: ceil(S/2) person and floor(S/2) garment shards (default); person: all person")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                         help=f"placeholder items per shard, and images per shard for the per-image table "
-                             f"(default {DEFAULT_SHARD_SIZE}, tasks.config.DEFAULT_SHARD_SIZE)")
+                             f"(default {DEFAULT_SHARD_SIZE}, tasks.records.config.DEFAULT_SHARD_SIZE)")
     parser.add_argument("--workers", type=int, default=2, help="ThreadPoolTaskRunner max_workers (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="flow runs per S; the median wall is kept (default 1)")
     parser.add_argument("--cpu-s-per-image", type=float, default=1.0,

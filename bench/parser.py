@@ -3,7 +3,7 @@
     .venv/bin/python bench/parser.py [--sizes n s m x] [--device cpu|cuda] [--batch 1 8] [--repeats 3]
 
 No weights can be downloaded, so each size is built from its Ultralytics architecture file
-(`yolov8{size}-seg.yaml`) with the parser's 8 classes (`YOLO_CLASS_NAMES` of tasks/parse_yolo.py) and
+(`yolov8{size}-seg.yaml`) with the parser's 8 classes (`YOLO_CLASS_NAMES` of tasks/stages/parse_yolo.py) and
 random weights (seeded). Speed does not depend on the weights, but what the postprocessing does does:
 random weights give scores near 1e-4 and boxes that overlap, so at the parser's conf 0.25 nothing is
 detected, and at conf 0 (the default here) the NMS sees every anchor (21,504 at 1024x768: an upper
@@ -19,7 +19,7 @@ bound on NMS work, a trained model at conf 0.25 sends it far fewer) and keeps on
 3. masks x max-det: `ops.process_mask_native` (the retina-mask step of the postprocessing) for
    `--max-det` synthetic instances per image on the real mask prototypes, i.e. the mask work a trained
    model finding that many instances would add;
-4. parse_batch: for one size (`--parser-size`), our `tasks.parse_yolo.YoloParser.parse_batch` (RGB in,
+4. parse_batch: for one size (`--parser-size`), our `tasks.stages.parse_yolo.YoloParser.parse_batch` (RGB in,
    predict, masks to the CPU, composite into a CIHP map) on a random-init checkpoint saved with
    `YOLO.save` under a temporary folder and loaded back by path, at the same conf and max_det.
 
@@ -31,7 +31,7 @@ is reported per batch size and precision too.
 Input: the person photos of ../shared/samples/vitonhd/image (768x1024 JPEGs), cycled (mirrored on the
 second pass) to fill a batch; synthetic 768x1024 images when there are none. CPU: fp32 and batch 1 by
 default; CUDA: batch sizes 1 and 8 and fp32 and fp16 by default. Only ultralytics, torch, numpy and cv2 are
-needed (tasks.parse_yolo only for the parse_batch row, skipped when it cannot be imported), so the file
+needed (tasks.stages.parse_yolo only for the parse_batch row, skipped when it cannot be imported), so the file
 runs on a GPU machine without the rest of the project. Progress goes to stderr, the tables (markdown) or
 the JSON to stdout. Nothing is asserted about time. On a 2-core CPU the default run (n s m x, batch 1,
 3 repeats) takes about 4 minutes, half of it yolov8x-seg (about 12 s per image); the default CUDA run
@@ -82,10 +82,10 @@ PRECISIONS = ("fp32", "fp16")
 DEVICES = ("cpu", "cuda")
 SEED = 0
 SYNTHETIC_HW = (1024, 768)  # the VITON-HD photo size, height x width
-# The parser's classes, as tasks/parse_yolo.py's YOLO_CLASS_NAMES; a copy so this file runs without the project.
+# The parser's classes, as tasks/stages/parse_yolo.py's YOLO_CLASS_NAMES; a copy so this file runs without the project.
 CLASS_NAMES = ("hair", "face", "neck", "upper_body", "lower_body", "left_hand", "right_hand", "skirt")
 with contextlib.suppress(ImportError):
-    from tasks.parse_yolo import YOLO_CLASS_NAMES as CLASS_NAMES  # the project's own, when present
+    from tasks.stages.parse_yolo import YOLO_CLASS_NAMES as CLASS_NAMES  # the project's own, when present
 
 
 
@@ -221,7 +221,7 @@ def batch_of(images: list[np.ndarray], size: int) -> list[np.ndarray]:
 
 def fp16_predict_args(precision: str) -> dict:
     """FP16 inference: `half=True` up to Ultralytics 8.3, `quantize=16` where `half` is deprecated (as
-    tasks/parse_yolo.py's `_fp16_predict_args`)."""
+    tasks/stages/parse_yolo.py's `_fp16_predict_args`)."""
     if precision != "fp16":
         return {}
     from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -348,9 +348,9 @@ def bench_setting(config: BenchConfig, size: str, images: list[np.ndarray], batc
 def bench_parser(config: BenchConfig, size: str, images: list[np.ndarray], batch: int, precision: str) -> dict:
     """YoloParser.parse_batch on a random-init checkpoint of `size`, saved and loaded back by path."""
     try:
-        from tasks.parse_yolo import YoloParser
+        from tasks.stages.parse_yolo import YoloParser
     except ImportError as exc:
-        return {"size": size, "batch": batch, "precision": precision, "skipped": f"tasks.parse_yolo: {exc}"}
+        return {"size": size, "batch": batch, "precision": precision, "skipped": f"tasks.stages.parse_yolo: {exc}"}
     sync = synchronizer(config.device)
     if config.device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -60,9 +60,9 @@ def build_catalog(samples: Path, root: Path, repeat: int) -> tuple[list[Path], l
 
 def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: str) -> dict:
     from flows.cli.preprocess import run_flow as run_like_the_cli
-    from tasks.config import PreprocessConfig
-    from tasks.manifest import item_view, read_run
-    from tasks.storage import Store
+    from tasks.infra.storage import Store
+    from tasks.records.config import PreprocessConfig
+    from tasks.records.manifest import item_view, read_run
 
     started = time.perf_counter()
     if runner == "no-prefect":
@@ -95,15 +95,15 @@ def run_engine_alone(catalog: Path, out: Path, workers: int, shard_size: int) ->
     as the flow runs shard tasks (the worker processes warmed first, as the CLI does)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.catalog import GARMENT, PERSON, detect_catalog_layout, list_items, plan_shards
-    from tasks.config import PreprocessConfig
-    from tasks.engine import ShardRun, process_shard
-    from tasks.model_cache import resolve_weights
-    from tasks.plan import Selection, plan_catalog
-    from tasks.registry import stage_fingerprints
-    from tasks.runtime import SHARDS_IN_FLIGHT
-    from tasks.storage import Store
-    from tasks.workers import prepare_models, worker_pool
+    from tasks.engine.plan import Selection, plan_catalog
+    from tasks.engine.shard import ShardRun, process_shard
+    from tasks.engine.workers import prepare_models, worker_pool
+    from tasks.infra.runtime import SHARDS_IN_FLIGHT
+    from tasks.infra.storage import Store
+    from tasks.records.catalog import GARMENT, PERSON, detect_catalog_layout, list_items, plan_shards
+    from tasks.records.config import PreprocessConfig
+    from tasks.stages.model_cache import resolve_weights
+    from tasks.stages.registry import stage_fingerprints
 
     config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size, workers=workers)
     for future in [worker_pool(workers).submit(prepare_models, config)[0] for _ in range(workers)]:
@@ -139,13 +139,12 @@ def _floor_worker(paths: list[tuple[str, str]], barrier, results) -> None:
     """
     import numpy as np
 
-    from tasks.catalog import CatalogItem
-    from tasks.config import PreprocessConfig
-    from tasks.model_cache import Weights
-    from tasks.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
-    from tasks.plan import WorkItem
-    from tasks.registry import StageEnv, StageInput, active_stages
-    from tasks.workers import prepare_models
+    from tasks.engine.workers import prepare_models
+    from tasks.records.catalog import CatalogItem, WorkItem
+    from tasks.records.config import PreprocessConfig
+    from tasks.stages.model_cache import Weights
+    from tasks.stages.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
+    from tasks.stages.registry import StageEnv, StageInput, active_stages
 
     config = PreprocessConfig(catalog="-", out="-")
     env = StageEnv(config, Weights())
@@ -215,13 +214,12 @@ def run_floor(persons: list[Path], garments: list[Path], processes: int) -> dict
 
 def run_loop(persons: list[Path], garments: list[Path], out: Path) -> float:
     """Every photo through every stage and its writes, one after another, in one process."""
-    from tasks.catalog import CatalogItem
-    from tasks.config import PreprocessConfig
-    from tasks.model_cache import Weights
-    from tasks.plan import WorkItem
-    from tasks.registry import stages_for
-    from tasks.storage import Store
-    from tasks.workers import SOURCE, Job, prepare_models, run_job
+    from tasks.engine.workers import SOURCE, Job, prepare_models, run_job
+    from tasks.infra.storage import Store
+    from tasks.records.catalog import CatalogItem, WorkItem
+    from tasks.records.config import PreprocessConfig
+    from tasks.stages.model_cache import Weights
+    from tasks.stages.registry import stages_for
 
     config = PreprocessConfig(catalog="-", out=str(out), workers=0)
     store = Store(str(out))
@@ -243,7 +241,7 @@ def fmt(value: float | None, spec: str = "8.1f") -> str:
 
 
 def main() -> int:
-    from tasks.workers import default_workers
+    from tasks.engine.workers import default_workers
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES, help="folder with image/ and cloth/")

@@ -37,7 +37,7 @@ def load_canvases(samples: Path) -> dict[str, list]:
     """kind -> [(name, Ingested)]: the sample photos and their mirror images, fitted as ingest fits them."""
     import numpy as np
 
-    from tasks.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
+    from tasks.stages.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
 
     found: dict[str, list] = {"person": [], "garment": []}
     for folder, kind in (("image", "person"), ("cloth", "garment")):
@@ -54,12 +54,11 @@ def measure(samples: Path, repeat: int) -> dict:
     import cv2
     import mediapipe as mp
 
-    from tasks.catalog import CatalogItem
-    from tasks.config import PreprocessConfig
-    from tasks.model_cache import Weights
-    from tasks.plan import WorkItem
-    from tasks.registry import StageEnv, StageInput, active_stages
-    from tasks.workers import prepare_models
+    from tasks.engine.workers import prepare_models
+    from tasks.records.catalog import CatalogItem, WorkItem
+    from tasks.records.config import PreprocessConfig
+    from tasks.stages.model_cache import Weights
+    from tasks.stages.registry import StageEnv, StageInput, active_stages
 
     cv2.setNumThreads(1)
     canvases = load_canvases(samples)

@@ -114,7 +114,7 @@ class Stack:
                      "--overwrite")
 
     def create_gpu_limits(self, names: list[str], slots: int) -> None:
-        """One global concurrency limit per GPU machine (tasks/runtime.py holds it around model stages)."""
+        """One global concurrency limit per GPU machine (tasks/infra/runtime.py holds it around model stages)."""
         existing = self.prefect("gcl", "ls")
         for name in names:
             if name in existing:

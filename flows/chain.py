@@ -18,8 +18,8 @@ from typing import Any
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from tasks.config import PreprocessConfig, RunPolicy
-from tasks.storage import Store, redact
+from tasks.infra.storage import Store, redact
+from tasks.records.config import PreprocessConfig, RunPolicy
 from vitonhd_models import contract
 
 TRAIN_MARKER = "train-started.json"  # under _work/<split>/: the pair count when training last started

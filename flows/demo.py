@@ -16,8 +16,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from tasks.contact_sheet import dataset_contact_sheet
-from tasks.storage import Store
+from tasks.infra.storage import Store
+from tasks.stages.contact_sheet import dataset_contact_sheet
 from vitonhd_models import contract
 
 # Garments to render: (name, body colour, background colour, sleeve length as a fraction).
@@ -75,8 +75,8 @@ def build_demo_catalog(catalog: Store) -> None:
 
 def run_demo(out_dir: str = "demo-output", workers: int | None = None, show_progress: bool = True) -> dict[str, Any]:
     from flows.cli.preprocess import run_flow
-    from tasks.config import PreprocessConfig
-    from tasks.manifest import item_view, read_run
+    from tasks.records.config import PreprocessConfig
+    from tasks.records.manifest import item_view, read_run
 
     out_dir = os.path.abspath(out_dir)
     catalog = Store(os.path.join(out_dir, "catalog"))

@@ -2,7 +2,7 @@
 
 Plan: list the catalog, diff each item against the manifest's current view (only new or changed
 items and stages run), cut the work into shards, map one task run per shard, which runs every
-planned stage of its items in one pass (`tasks.engine`) and writes the shard's manifest part last,
+planned stage of its items in one pass (`tasks.engine.shard`) and writes the shard's manifest part last,
 then the pairs file, the run summary and the UI artifacts.
 """
 
@@ -24,16 +24,34 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
 from flows.report import RunProgress, announce_run, log_failed_items, publish
-from tasks.catalog import (
+from tasks.engine.paired_cloth import PairingWork, apply_pairings, plan_pairings
+from tasks.engine.plan import (
+    OutputListing,
+    Selection,
+    apply_refusals,
+    index_current,
+    plan_catalog,
+    read_work_list,
+    refuse_collisions,
+    split_work,
+)
+from tasks.engine.shard import ShardRun
+from tasks.engine.shard_task import shard_task
+from tasks.engine.workers import warm_up, workers_of
+from tasks.infra.lease import DatasetLease
+from tasks.infra.runtime import SHARDS_IN_FLIGHT, use_storage_secret
+from tasks.infra.storage import Store, redact
+from tasks.records.catalog import (
     GARMENT,
     PERSON,
+    WorkItem,
     detect_catalog_layout,
     list_items,
     plan_shards,
     read_worn_pairs,
     unworn_pairs,
 )
-from tasks.config import (
+from tasks.records.config import (
     DEFAULT_ITEMS_PER_CHILD_RUN,
     DEFAULT_MAX_FAILED_FRACTION,
     DEFAULT_MAX_PIXELS,
@@ -44,27 +62,9 @@ from tasks.config import (
     RunPolicy,
     StorageOptions,
 )
-from tasks.engine import ShardRun
-from tasks.lease import DatasetLease
-from tasks.manifest import ok_items, read_current, write_summary
-from tasks.model_cache import resolve_weights
-from tasks.paired_cloth import PairingWork, apply_pairings, plan_pairings
-from tasks.plan import (
-    OutputListing,
-    Selection,
-    WorkItem,
-    apply_refusals,
-    index_current,
-    plan_catalog,
-    read_work_list,
-    refuse_collisions,
-    split_work,
-)
-from tasks.registry import ALL_STAGES, stage_fingerprints, stages_for
-from tasks.runtime import SHARDS_IN_FLIGHT, use_storage_secret
-from tasks.shards import shard_task
-from tasks.storage import Store, redact
-from tasks.workers import warm_up, workers_of
+from tasks.records.manifest import ok_items, read_current, write_summary
+from tasks.stages.model_cache import resolve_weights
+from tasks.stages.registry import ALL_STAGES, stage_fingerprints, stages_for
 from vitonhd_models import contract
 
 
@@ -272,7 +272,7 @@ class Plan:
 def check_parser_weights(config: PreprocessConfig, weights: Any) -> None:
     """A YOLO checkpoint that would run code when loaded stops the run before anything is processed."""
     if weights.parser is not None:
-        from tasks.parse_yolo import check_weights
+        from tasks.stages.parse_yolo import check_weights
 
         check_weights(weights.parser.path, config.trust_weights)
 
@@ -295,7 +295,7 @@ def run_preprocess(
     """The flow's body: list, diff against the manifest, process (here or in child runs), summarise, chain.
 
     A run with work holds the dataset's lease from before its first write to after its last
-    (`tasks.lease`); a run with nothing to do writes nothing, the lease included.
+    (`tasks.infra.lease`); a run with nothing to do writes nothing, the lease included.
     """
     logger = get_run_logger()
     announce_run()
@@ -521,7 +521,7 @@ def write_pairs(out: Store, split: str, pairs: list[tuple[str, str]]) -> None:
 
 
 def pairing_work(run: Run, current, listed: dict[str, dict[str, str]]) -> tuple[PairingWork, dict, list]:
-    """The paired cloth each usable person should have (`tasks.paired_cloth`), against what the dataset holds."""
+    """The paired cloth each usable person should have (`tasks.engine.paired_cloth`), against what the dataset holds."""
     ok = ok_listed(current, listed)
     worn, pairs = pairs_of(run.config, run.layout, run.worn_pairs, ok)
     return plan_pairings(run.out, run.config.split, current, ok, worn, pairs), ok, pairs

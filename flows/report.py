@@ -17,10 +17,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.catalog import GARMENT, PERSON
-from tasks.contact_sheet import dataset_contact_sheet, encode_png, thumbnail_data_uri
-from tasks.manifest import item_view, run_folder
-from tasks.storage import Store, redact
+from tasks.infra.storage import Store, redact
+from tasks.records.catalog import GARMENT, PERSON
+from tasks.records.manifest import item_view, run_folder
+from tasks.stages.contact_sheet import dataset_contact_sheet, encode_png, thumbnail_data_uri
 
 # The CLI listens here to draw its progress bar; records carry `done` and `total`.
 progress_logger = logging.getLogger("vitonprep.progress")

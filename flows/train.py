@@ -16,11 +16,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from tasks.config import StorageOptions, TrainConfig
-from tasks.contact_sheet import thumbnail_data_uri
-from tasks.runtime import use_storage_secret
-from tasks.storage import redact
-from tasks.training import evaluate_stage, export_final, pair_split, stage_store, train_until
+from tasks.engine.training import evaluate_stage, export_final, pair_split, stage_store, train_until
+from tasks.infra.runtime import use_storage_secret
+from tasks.infra.storage import redact
+from tasks.records.config import StorageOptions, TrainConfig
+from tasks.stages.contact_sheet import thumbnail_data_uri
 from vitonhd_models.train import latest_step, read_metrics
 
 THUMBNAIL_HEIGHT = 384  # sample grids embedded in the UI's markdown artifact

@@ -19,11 +19,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from tasks import parser_training
-from tasks.config import ParserTrainConfig, StorageOptions
-from tasks.contact_sheet import thumbnail_data_uri
-from tasks.runtime import TASK_OPTIONS, gpu_slot, use_storage_secret
-from tasks.storage import Store, redact
+from tasks.infra.runtime import TASK_OPTIONS, gpu_slot, use_storage_secret
+from tasks.infra.storage import Store, redact
+from tasks.records.config import ParserTrainConfig, StorageOptions
+from tasks.stages.contact_sheet import thumbnail_data_uri
+from tasks.tools import parser_training
 
 CLASS_TABLE = "eval/per_class.parquet"
 PIXEL_TABLE = "eval/pixel_iou.parquet"

@@ -25,11 +25,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preprocess import collect, new_run_id
-from tasks.config import StorageOptions
-from tasks.contact_sheet import contact_sheet, thumbnail_data_uri
-from tasks.runtime import use_storage_secret
-from tasks.storage import Store, redact
-from tasks.tryon import (
+from tasks.engine.tryon import (
     CONTACT_SHEET_NAME,
     OK,
     RESULTS_DIR,
@@ -54,6 +50,10 @@ from tasks.tryon import (
     shard_name,
     write_summary,
 )
+from tasks.infra.runtime import use_storage_secret
+from tasks.infra.storage import Store, redact
+from tasks.records.config import StorageOptions
+from tasks.stages.contact_sheet import contact_sheet, thumbnail_data_uri
 from vitonhd_models import contract
 from vitonhd_models.data import detect_split_layout
 from vitonhd_models.pipeline import resolve_device

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
+from tasks.stages.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
 
 
 def _ingested(data: bytes) -> Ingested:

@@ -1,4 +1,4 @@
-"""tasks/agnostic.py against hand-checked synthetic fixtures (contract §1.6, §1.7, §2.3, §2.4).
+"""tasks/stages/agnostic.py against hand-checked synthetic fixtures (contract §1.6, §1.7, §2.3, §2.4).
 
 The standard fixture is a front-facing person on the 768x1024 canvas. Keypoints (x, y):
 

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from tasks.catalog import (
+from tasks.infra.storage import Store
+from tasks.records.catalog import (
     GARMENT,
     PERSON,
     CatalogError,
@@ -18,7 +19,6 @@ from tasks.catalog import (
     stem_for_key,
     unworn_pairs,
 )
-from tasks.storage import Store
 
 SAFE_STEM = re.compile(r"^[a-z0-9_-]+$")
 

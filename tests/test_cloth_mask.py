@@ -1,4 +1,4 @@
-"""tasks/cloth_mask.py: classical garment masks, the 1-channel JPEG encoding, the U-Net option.
+"""tasks/stages/cloth_mask.py: classical garment masks, the 1-channel JPEG encoding, the U-Net option.
 
 Synthetic garments are painted here (small images, JPEG round trip for realistic edges); the real
 product photos come from the `samples_dir` fixture.
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.cloth_mask import (
+from tasks.stages.cloth_mask import (
     CheckpointError,
     UNetClothMasker,
     cloth_mask_classical,

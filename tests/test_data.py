@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.storage import Store
+from tasks.infra.storage import Store
 from vitonhd_models import contract
 from vitonhd_models.checkpoints import Architecture, load_networks
 from vitonhd_models.data import (

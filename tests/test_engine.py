@@ -1,5 +1,5 @@
-"""The stage registry (tasks/registry.py), the shard engine (tasks/engine.py) and its worker processes
-(tasks/workers.py), without Prefect.
+"""The stage registry (tasks/stages/registry.py), the shard engine (tasks/engine/shard.py) and its worker processes
+(tasks/engine/workers.py), without Prefect.
 
 The passes here run the real stages on real photos in real worker processes; hostile sources are
 real files (FIFOs, devices, broken symlinks) or a real fsspec filesystem that refuses a read.
@@ -24,15 +24,15 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
-from tasks.catalog import GARMENT, PERSON, detect_catalog_layout, list_items
-from tasks.config import PreprocessConfig
-from tasks.engine import ShardRun, process_shard, read_source, schedule_of, segments_of
-from tasks.manifest import manifest_part_path, read_run
-from tasks.model_cache import Weights, resolve_weights
-from tasks.plan import Selection, WorkItem, plan_catalog
-from tasks.registry import STAGES, active_stages, output_paths, stage_fingerprints, stages_for
-from tasks.storage import Store
-from tasks.workers import SOURCE, Job, prepare_models, run_job, worker_pool
+from tasks.engine.plan import Selection, plan_catalog
+from tasks.engine.shard import ShardRun, process_shard, read_source, schedule_of, segments_of
+from tasks.engine.workers import SOURCE, Job, prepare_models, run_job, worker_pool
+from tasks.infra.storage import Store
+from tasks.records.catalog import GARMENT, PERSON, WorkItem, detect_catalog_layout, list_items
+from tasks.records.config import PreprocessConfig
+from tasks.records.manifest import manifest_part_path, read_run
+from tasks.stages.model_cache import Weights, resolve_weights
+from tasks.stages.registry import STAGES, active_stages, output_paths, stage_fingerprints, stages_for
 from vitonhd_models import contract, errors
 from vitonhd_models.errors import ItemError
 
@@ -125,7 +125,7 @@ def test_a_stage_runs_when_planned_or_when_a_stage_it_reads_runs(planned, source
 
 
 def work_for(store: Store, rel: str, kind: str = PERSON) -> WorkItem:
-    from tasks.catalog import CatalogItem, stem_for_key
+    from tasks.records.catalog import CatalogItem, stem_for_key
 
     size = os.path.getsize(store.path(rel)) if store.is_local and os.path.isfile(store.path(rel)) else 0
     key = rel.split("/", 1)[1]
@@ -253,7 +253,7 @@ def sample_results(samples_dir):
     config = PreprocessConfig(catalog="-", out="-", workers=0)
     results = {}
     for kind, path in ((PERSON, samples_dir / "image" / "00034_00.jpg"), (GARMENT, samples_dir / "cloth" / "04469_00.jpg")):
-        from tasks.catalog import CatalogItem
+        from tasks.records.catalog import CatalogItem
 
         work = WorkItem(CatalogItem(kind, path.name, path.name, str(path), path.stat().st_size, path.stem),
                         frozenset(stages_for(kind)))
@@ -568,7 +568,7 @@ def test_the_gate_thresholds_are_the_configurations(gate_catalog, tmp_path):
 
 
 def test_a_sidecar_of_several_people_without_their_sizes_is_not_loaded():
-    from tasks.pose import PoseResult, pose_from_npz_bytes, pose_to_npz_bytes
+    from tasks.stages.pose import PoseResult, pose_from_npz_bytes, pose_to_npz_bytes
 
     keypoints = np.zeros((25, 3), np.float32)
     data = pose_to_npz_bytes(PoseResult(keypoints, np.zeros((33, 4), np.float32), None, 3, 0.8))

@@ -7,18 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from tasks.catalog import GARMENT, PERSON, CatalogItem
-from tasks.plan import (
-    Refusal,
-    WorkItem,
-    child_run_id,
-    read_work_list,
-    refused,
-    split_work,
-    work_list_path,
-    write_work_list,
-)
-from tasks.storage import Store
+from tasks.engine.plan import child_run_id, read_work_list, refused, split_work, work_list_path, write_work_list
+from tasks.infra.storage import Store
+from tasks.records.catalog import GARMENT, PERSON, CatalogItem, Refusal, WorkItem
 
 
 def works(persons: int, garments: int) -> dict[str, list[WorkItem]]:
@@ -82,7 +73,7 @@ def test_a_retried_preprocess_run_starts_the_same_tryon_only_once(registered, tm
     from prefect.logging import get_logger
 
     from flows.chain import start_tryon
-    from tasks.config import PreprocessConfig, RunPolicy
+    from tasks.records.config import PreprocessConfig, RunPolicy
 
     config = PreprocessConfig(catalog=str(tmp_path / "catalog"), out=str(tmp_path / "dataset"))
     policy = RunPolicy(tryon_deployment=registered["tryon"])
@@ -111,7 +102,7 @@ def test_no_new_garments_start_no_tryon(tmp_path):
     from prefect.logging import get_logger
 
     from flows.chain import start_tryon
-    from tasks.config import PreprocessConfig, RunPolicy
+    from tasks.records.config import PreprocessConfig, RunPolicy
 
     config = PreprocessConfig(catalog=str(tmp_path), out=str(tmp_path))
     assert start_tryon(RunPolicy(tryon_deployment="tryon/bulk"), config, [], ["p1"], get_logger("test")) is None
@@ -123,7 +114,7 @@ def test_training_starts_when_enough_new_pairs_arrived_and_counts_from_there(reg
     from prefect.logging import get_logger
 
     from flows.chain import start_train
-    from tasks.config import PreprocessConfig, RunPolicy
+    from tasks.records.config import PreprocessConfig, RunPolicy
 
     config = PreprocessConfig(catalog=str(tmp_path / "catalog"), out=str(tmp_path / "dataset"), split="train")
     policy = RunPolicy(train_deployment=registered["train"], train_min_new_pairs=10)
@@ -143,7 +134,7 @@ def test_training_starts_when_enough_new_pairs_arrived_and_counts_from_there(reg
 def test_a_deployment_name_must_be_flow_slash_deployment():
     from pydantic import ValidationError
 
-    from tasks.config import RunPolicy
+    from tasks.records.config import RunPolicy
 
     with pytest.raises(ValidationError, match="<flow>/<deployment>"):
         RunPolicy(tryon_deployment="bulk")

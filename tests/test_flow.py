@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.manifest import item_view, read_run
-from tasks.storage import Store
+from tasks.infra.storage import Store
+from tasks.records.manifest import item_view, read_run
 from vitonhd_models import contract
 
 pytestmark = pytest.mark.slow
@@ -365,7 +365,7 @@ def test_the_next_run_finishes_the_failed_shard_and_only_it(broken_store_run):
 @pytest.fixture(scope="module")
 def collision_catalog(samples_dir, tmp_path_factory):
     """Two persons, one of whom has a name (`Model.jpg`) whose stem another file may be named after."""
-    from tasks.catalog import stem_for_key
+    from tasks.records.catalog import stem_for_key
 
     catalog = Store(str(tmp_path_factory.mktemp("collision-catalog")))
     photos = sorted((samples_dir / "image").glob("*.jpg"))

@@ -43,7 +43,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
 def hostile_files(samples: Path) -> dict[str, bytes]:
     """Catalog key -> bytes: every kind of file a catalog may hold (local-only kinds are added apart)."""
-    from tasks.catalog import stem_for_key
+    from tasks.records.catalog import stem_for_key
 
     person = Image.open(samples / "image" / "00034_00.jpg").convert("RGB")
     other = Image.open(samples / "image" / "01992_00.jpg").convert("RGB")
@@ -139,7 +139,7 @@ def s3_only_kinds() -> dict[str, bytes]:
 
 def independent_listing(files: dict[str, tuple[int, bool]]) -> dict[tuple[str, str], str]:
     """(kind, key) -> stem for every key the catalog offers, by the listing rules spelled out here."""
-    from tasks.catalog import stem_for_key
+    from tasks.records.catalog import stem_for_key
 
     listed = {}
     for rel in files:

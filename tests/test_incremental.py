@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from tasks.manifest import read_all, read_current, read_run
-from tasks.storage import Store
+from tasks.infra.storage import Store
+from tasks.records.manifest import read_all, read_current, read_run
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,7 @@ def test_a_new_parser_reruns_parse_and_agnostic_for_every_person_only(copy, yolo
 
 
 def test_a_new_version_of_the_geometric_parser_reruns_parse_and_agnostic_only(copy, monkeypatch):
-    from tasks.parse_geometric import GeometricParser
+    from tasks.stages.parse_geometric import GeometricParser
 
     catalog, out, _ = copy
     monkeypatch.setattr(GeometricParser, "parser_id", "geometric-v99")  # what a release bumping it does

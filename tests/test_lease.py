@@ -1,4 +1,4 @@
-"""One run at a time per dataset: the lease (tasks/lease.py), on local files and on the S3 server."""
+"""One run at a time per dataset: the lease (tasks/infra/lease.py), on local files and on the S3 server."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tasks.lease import LEASE_PATH, DatasetBusyError, DatasetLease, read_lease
-from tasks.storage import Store
+from tasks.infra.lease import LEASE_PATH, DatasetBusyError, DatasetLease, read_lease
+from tasks.infra.storage import Store
 
 
 @pytest.fixture(params=["local", "s3"])

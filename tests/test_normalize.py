@@ -1,4 +1,4 @@
-"""tasks/normalize.py: decoding (modes, EXIF, errors), fitting onto 768x1024, deterministic encoding.
+"""tasks/stages/normalize.py: decoding (modes, EXIF, errors), fitting onto 768x1024, deterministic encoding.
 
 Every input is generated here with PIL/numpy; images stay small so the file runs in seconds.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from tasks.normalize import (
+from tasks.stages.normalize import (
     FIT_METHODS,
     FitRecord,
     decode_image,

@@ -1,4 +1,4 @@
-"""Every person gets the paired cloth HR-VITON reads under the person's own name (`tasks.paired_cloth`)."""
+"""Every person gets the paired cloth HR-VITON reads under the person's own name (`tasks.engine.paired_cloth`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.manifest import read_current, read_run
-from tasks.storage import Store
+from tasks.infra.storage import Store
+from tasks.records.manifest import read_current, read_run
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_in_test_a_person_gets_the_garment_of_their_test_pair(samples_dir, tmp_p
         assert rows[person]["details"]["paired"] == "test_pair" and rows[person]["details"]["garment_stem"] == garment_stem
         assert same_file(out, "test", "cloth", stem, garment_stem) and same_file(out, "test", "cloth-mask", stem, garment_stem)
     # What HR-VITON's loaders open is there, but for the DensePose renderings only a user can add.
-    from tasks.validate import validate_dataset
+    from tasks.tools.validate import validate_dataset
 
     report = validate_dataset(Store(str(out)), workers=2)
     assert report.verdicts()["vitonhd"]["ok"], report.format_text()

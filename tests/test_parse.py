@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.parse import (
+from tasks.stages.parse import (
     DEFAULT_YOLO_CLASS_TO_CIHP,
     YOLO_CLASS_NAMES,
     GeometricParser,
@@ -23,7 +23,7 @@ from tasks.parse import (
     encode_parse_png,
     parser_from_spec,
 )
-from tasks.parse_yolo import composite_instances_on_device
+from tasks.stages.parse_yolo import composite_instances_on_device
 from tests.yolo_weights import TINY_IMGSZ as _TINY
 from vitonhd_models.contract import CIHP_NUM_LABELS, Body25, Cihp, cihp_palette_flat
 
@@ -230,9 +230,9 @@ def geometric():
 
 @pytest.fixture(scope="module")
 def sample_parses(samples_dir, geometric, no_network):
-    """{stem: (image, pose, labels)} for the 4 sample photos, poses from tasks.pose.PoseEstimator
+    """{stem: (image, pose, labels)} for the 4 sample photos, poses from tasks.stages.pose.PoseEstimator
     (MediaPipe's bundled models: nothing may be fetched)."""
-    from tasks.pose import PoseEstimator
+    from tasks.stages.pose import PoseEstimator
 
     out = {}
     with PoseEstimator() as estimator:
@@ -310,7 +310,7 @@ def _denim_mini_skirt(image: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("mirrored", [False, True], ids=["as-shot", "mirrored"])
 def test_geometric_labels_a_skirt_as_skirt(sample_parses, geometric, mirrored):
-    from tasks.pose import PoseEstimator
+    from tasks.stages.pose import PoseEstimator
 
     image = _denim_mini_skirt(sample_parses["00121_00"][0])
     if mirrored:
@@ -350,7 +350,7 @@ def test_geometric_parse_skips_an_arm_whose_joints_are_missing(sample_parses, ge
 
 def test_geometric_parse_of_an_empty_pose_is_background(geometric):
     image = np.full((1024, 768, 3), 180, dtype=np.uint8)
-    from tasks.pose import PoseResult
+    from tasks.stages.pose import PoseResult
 
     pose = PoseResult(
         keypoints_body25=np.zeros((25, 3), np.float32),

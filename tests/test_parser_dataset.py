@@ -16,9 +16,10 @@ import yaml
 from PIL import Image
 
 from flows.cli import main
-from tasks.parse import encode_parse_png
-from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
-from tasks.parser_dataset import (
+from tasks.infra.storage import Store
+from tasks.stages.parse import encode_parse_png
+from tasks.stages.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
+from tasks.tools.parser_dataset import (
     CIHP20_TABLE,
     CIHP_TO_SEED8,
     NO_CLASS,
@@ -36,7 +37,6 @@ from tasks.parser_dataset import (
     rle_string_to_counts,
     split_of,
 )
-from tasks.storage import Store
 from tests.yolo_weights import network_refused
 from vitonhd_models.contract import CIHP_LABEL_NAMES, DIR_IMAGE, DIR_PARSE, Cihp, person_image_name
 

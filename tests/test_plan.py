@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.catalog import PERSON, CatalogItem
-from tasks.plan import ItemState, StageState, plan_item, same_listing
-from tasks.registry import stages_for
+from tasks.engine.plan import ItemState, StageState, plan_item, same_listing
+from tasks.records.catalog import PERSON, CatalogItem
+from tasks.stages.registry import stages_for
 
 STAGES = stages_for(PERSON)  # ingest, pose, pose_gate, parse, agnostic
 FINGERPRINTS = {PERSON: {stage: f"fp-{stage}" for stage in STAGES}}

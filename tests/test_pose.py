@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.pose import (
+from tasks.stages.pose import (
     PoseEstimator,
     PoseResult,
     choose_person,

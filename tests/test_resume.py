@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import PreprocessConfig
-from tasks.manifest import read_all, read_current
-from tasks.registry import output_paths, stages_for
-from tasks.storage import Store
+from tasks.infra.storage import Store
+from tasks.records.config import PreprocessConfig
+from tasks.records.manifest import read_all, read_current
+from tasks.stages.registry import output_paths, stages_for
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""tasks/runtime.py: which failures a shard task retries, and the GPU slot."""
+"""tasks/infra/runtime.py: which failures a shard task retries, and the GPU slot."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tasks.runtime import GPU_LIMIT_ENV, TASK_OPTIONS, gpu_slot, is_infrastructure_error
-from tasks.storage import StorageError, StorageNotFoundError, StoragePermissionError, StorageUnavailableError
+from tasks.infra.runtime import GPU_LIMIT_ENV, TASK_OPTIONS, gpu_slot, is_infrastructure_error
+from tasks.infra.storage import StorageError, StorageNotFoundError, StoragePermissionError, StorageUnavailableError
 from vitonhd_models.errors import ItemError
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import storage
-from tasks.storage import (
+from tasks.infra import storage
+from tasks.infra.storage import (
     RetryPolicy,
     StorageError,
     StorageNotFoundError,
@@ -132,9 +132,9 @@ def test_model_weights_come_from_s3_as_a_cached_local_copy(s3, tmp_path):
 
 
 def test_new_weights_at_the_same_url_are_downloaded_again_and_change_the_fingerprint(s3, tmp_path, monkeypatch):
-    from tasks.config import PreprocessConfig
-    from tasks.model_cache import resolve_weights
-    from tasks.registry import stage_fingerprints
+    from tasks.records.config import PreprocessConfig
+    from tasks.stages.model_cache import resolve_weights
+    from tasks.stages.registry import stage_fingerprints
 
     monkeypatch.setenv("HOME", str(tmp_path))  # the weight cache lives under ~/.cache
     config = PreprocessConfig(catalog="c", out="o", cloth_mask_model=s3.url("models/cloth.pt"),
@@ -330,7 +330,7 @@ def secret_block(prefect_server, monkeypatch):
     environment's are removed): a run can reach the bucket only through the block."""
     from prefect.blocks.system import Secret
 
-    from tasks.storage import use_credentials
+    from tasks.infra.storage import use_credentials
 
     Secret(value={"key": FAKE_KEY_ID, "secret": FAKE_SECRET}).save("s3-credentials", overwrite=True)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -344,8 +344,8 @@ def secret_block(prefect_server, monkeypatch):
 @pytest.mark.slow
 def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, samples_dir, secret_block):
     from flows.preprocess import preprocess
-    from tasks.manifest import read_run
-    from tasks.storage import use_credentials
+    from tasks.infra.storage import use_credentials
+    from tasks.records.manifest import read_run
     from vitonhd_models import contract
 
     options = s3.storage_options
@@ -437,7 +437,7 @@ def _prefect_logs_and_artifacts(flow_run_id: str) -> list[str]:
 def test_a_key_with_an_empty_segment_is_refused_and_the_bucket_it_names_is_never_read(s3, samples_dir, prefect_server):
     """S3 lists `persons//<other bucket>/key.jpg`; joined naively it names the other bucket's object."""
     from flows.preprocess import preprocess
-    from tasks.manifest import read_run
+    from tasks.records.manifest import read_run
 
     options = s3.storage_options
     photo = (samples_dir / "image" / "00034_00.jpg").read_bytes()
@@ -473,7 +473,7 @@ def test_a_key_with_an_empty_segment_is_refused_and_the_bucket_it_names_is_never
 def test_a_credential_in_storage_options_is_refused_with_where_to_put_it(options):
     from pydantic import ValidationError
 
-    from tasks.config import PreprocessConfig, TrainConfig
+    from tasks.records.config import PreprocessConfig, TrainConfig
 
     for make in (lambda: PreprocessConfig(catalog="c", out="o", storage_options=options),
                  lambda: TrainConfig(dataset="d", stage="gmm", out="o", storage_options=options)):
@@ -483,7 +483,7 @@ def test_a_credential_in_storage_options_is_refused_with_where_to_put_it(options
 
 
 def test_ordinary_storage_options_are_kept():
-    from tasks.config import PreprocessConfig
+    from tasks.records.config import PreprocessConfig
 
     options = {"endpoint_url": "http://minio:9000", "profile": "catalog", "anon": False,
                "client_kwargs": {"region_name": "eu-west-1"}, "config_kwargs": {"retries": {"max_attempts": 3}}}
@@ -534,7 +534,7 @@ def test_a_prefect_server_refuses_a_deployment_run_whose_parameters_carry_a_cred
 @pytest.mark.slow
 def test_outputs_deleted_from_the_bucket_behind_the_manifests_back_are_made_again(s3, samples_dir, prefect_server):
     from flows.preprocess import preprocess
-    from tasks.manifest import read_run
+    from tasks.records.manifest import read_run
 
     s3.put("catalog/persons/00034_00.jpg", (samples_dir / "image" / "00034_00.jpg").read_bytes())
     s3.put("catalog/garments/04469_00.jpg", (samples_dir / "cloth" / "04469_00.jpg").read_bytes())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.storage import Store
+from tasks.infra.storage import Store
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ def test_the_catalog_run_completes_and_writes_the_dataset_and_manifest(stack, ni
     # 4 garments' masks and, under each person's name, the mask of their paired cloth
     assert len(dataset.listdir("test/image")) == 4 and len(dataset.listdir("test/cloth-mask")) == 8
     assert len(dataset.read_text("test_pairs.txt").splitlines()) == 4
-    from tasks.manifest import ok_items, read_current
+    from tasks.records.manifest import ok_items, read_current
 
     current = read_current(dataset, "test")
     assert len(ok_items(current, "person", ("ingest", "pose", "parse", "agnostic"))) == 4

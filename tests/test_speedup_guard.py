@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.cloth_mask import cloth_mask_classical
-from tasks.parse_geometric import GeometricParser
-from tasks.pose import PoseEstimator, as_stored
+from tasks.stages.cloth_mask import cloth_mask_classical
+from tasks.stages.parse_geometric import GeometricParser
+from tasks.stages.pose import PoseEstimator, as_stored
 from tests.stage_photos import guard_photos
 from vitonhd_models.contract import Cihp
 

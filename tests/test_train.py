@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.config import TrainConfig
-from tasks.storage import Store
+from tasks.infra.storage import Store
+from tasks.records.config import TrainConfig
 from tests.test_metrics_features import (  # noqa: F401  (weight-file fixtures)
     alexnet_path,
     inception_path,
@@ -262,7 +262,7 @@ def test_without_vgg_weights_the_alias_stage_has_no_perceptual_term():
 def test_evaluation_adds_lpips_and_fid_when_their_weights_are_configured(
     trained, tryon_dataset, four_pairs, alexnet_path, lin_path, inception_path  # noqa: F811  (fixtures)
 ):
-    from tasks.training import evaluate_stage
+    from tasks.engine.training import evaluate_stage
 
     out, _ = trained
     config = TrainConfig(

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES, class_table_for_names
-from tasks.parser_training import IouAccumulator, best_epoch, expressible, label_tables
+from tasks.stages.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES, class_table_for_names
+from tasks.tools.parser_training import IouAccumulator, best_epoch, expressible, label_tables
 from vitonhd_models.contract import Cihp
 
 
@@ -63,7 +63,7 @@ def test_the_best_epoch_is_the_highest_box_plus_mask_fitness():
 def test_the_amp_check_never_claims_amp_off_a_gpu():
     from ultralytics.nn.tasks import SegmentationModel
 
-    from tasks.parser_training import amp_is_safe
+    from tasks.tools.parser_training import amp_is_safe
 
     assert amp_is_safe(SegmentationModel("yolov8n-seg.yaml", nc=8, verbose=False)) is False
 
@@ -74,8 +74,8 @@ def test_the_amp_check_never_claims_amp_off_a_gpu():
 
 @pytest.fixture(scope="module")
 def parser_dataset(tmp_path_factory):
-    from tasks.parser_dataset import ParserDatasetConfig, convert_dataset
-    from tasks.storage import Store
+    from tasks.infra.storage import Store
+    from tasks.tools.parser_dataset import ParserDatasetConfig, convert_dataset
     from tests.test_parser_dataset import person_map, write_item
 
     root = tmp_path_factory.mktemp("parser")
@@ -136,7 +136,7 @@ def test_the_pixel_iou_report_covers_both_parsers_with_values_in_range(parser_da
 
 @pytest.mark.slow
 def test_the_parse_stage_loads_the_trained_weights_and_writes_cihp_ids(parser_dataset, trained):
-    from tasks.parse import parser_from_spec
+    from tasks.stages.parse import parser_from_spec
     from tests.test_parser_dataset import HEIGHT, WIDTH
 
     weights = parser_dataset / "out" / "run" / "weights" / "best.pt"
@@ -152,8 +152,8 @@ def test_the_parse_stage_loads_the_trained_weights_and_writes_cihp_ids(parser_da
 def test_an_interrupted_training_resumes_from_its_last_epoch(parser_dataset, monkeypatch):
     from ultralytics.engine.trainer import BaseTrainer
 
-    from tasks.config import ParserTrainConfig
-    from tasks.parser_training import checkpoint_epoch, read_results, train, working_dir
+    from tasks.records.config import ParserTrainConfig
+    from tasks.tools.parser_training import checkpoint_epoch, read_results, train, working_dir
 
     config = ParserTrainConfig(data=str(parser_dataset / "data"), out=str(parser_dataset / "interrupted"),
                                model="yolov8n-seg.yaml", epochs=2, imgsz=128, batch=4, device="cpu", workers=0)

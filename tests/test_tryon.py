@@ -19,8 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.storage import Store
-from tasks.tryon import (
+from tasks.engine.tryon import (
     OK,
     PairWork,
     TryOnConfig,
@@ -30,6 +29,7 @@ from tasks.tryon import (
     result_key,
     select_pending,
 )
+from tasks.infra.storage import Store
 from vitonhd_models import contract
 from vitonhd_models.checkpoints import (
     RANDOM_INIT,
@@ -298,7 +298,7 @@ def test_ui_thumbnails_are_jpeg_data_uris_scaled_to_the_asked_height():
     import numpy as np
     from PIL import Image
 
-    from tasks.contact_sheet import thumbnail_data_uri
+    from tasks.stages.contact_sheet import thumbnail_data_uri
 
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((1024, 600, 3), np.uint8)).save(buffer, format="PNG")

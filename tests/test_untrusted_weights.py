@@ -32,7 +32,7 @@ def crafted(weights: Path, folder: Path, name: str = "crafted.pt") -> tuple[Path
 
 
 def test_the_parser_refuses_weights_that_would_run_code(yolo_weights, tmp_path):
-    from tasks.parse_yolo import UntrustedWeightsError, YoloParser
+    from tasks.stages.parse_yolo import UntrustedWeightsError, YoloParser
 
     path, marker = crafted(yolo_weights, tmp_path)
     with pytest.raises(UntrustedWeightsError, match="--trust-weights"):
@@ -41,7 +41,7 @@ def test_the_parser_refuses_weights_that_would_run_code(yolo_weights, tmp_path):
 
 
 def test_a_user_who_trusts_the_file_can_load_it(yolo_weights, tmp_path):
-    from tasks.parse_yolo import YoloParser
+    from tasks.stages.parse_yolo import YoloParser
 
     path, marker = crafted(yolo_weights, tmp_path)
     YoloParser(str(path), trust=True)
@@ -49,7 +49,7 @@ def test_a_user_who_trusts_the_file_can_load_it(yolo_weights, tmp_path):
 
 
 def test_ordinary_trained_weights_load_without_trust(yolo_weights):
-    from tasks.parse_yolo import YoloParser
+    from tasks.stages.parse_yolo import YoloParser
 
     assert YoloParser(str(yolo_weights)).class_to_cihp
 
@@ -58,7 +58,7 @@ def test_ordinary_trained_weights_load_without_trust(yolo_weights):
 def test_a_preprocess_run_with_such_weights_stops_before_processing_anything(yolo_weights, samples_dir, tmp_path,
                                                                              prefect_server):
     from flows.preprocess import preprocess
-    from tasks.storage import Store
+    from tasks.infra.storage import Store
 
     path, marker = crafted(yolo_weights, tmp_path)
     catalog = Store(str(tmp_path / "catalog"))
@@ -69,9 +69,9 @@ def test_a_preprocess_run_with_such_weights_stops_before_processing_anything(yol
 
 
 def test_train_parser_refuses_to_fine_tune_weights_that_would_run_code(yolo_weights, tmp_path):
-    from tasks.config import ParserTrainConfig
-    from tasks.parse_yolo import UntrustedWeightsError
-    from tasks.parser_training import train
+    from tasks.records.config import ParserTrainConfig
+    from tasks.stages.parse_yolo import UntrustedWeightsError
+    from tasks.tools.parser_training import train
 
     path, marker = crafted(yolo_weights, tmp_path)
     (tmp_path / "data").mkdir()
@@ -84,8 +84,8 @@ def test_train_parser_refuses_to_fine_tune_weights_that_would_run_code(yolo_weig
 
 
 def test_train_parser_refuses_to_resume_from_a_last_pt_that_would_run_code(yolo_weights, tmp_path):
-    from tasks.parse_yolo import UntrustedWeightsError
-    from tasks.parser_training import checkpoint_epoch
+    from tasks.stages.parse_yolo import UntrustedWeightsError
+    from tasks.tools.parser_training import checkpoint_epoch
 
     path, marker = crafted(yolo_weights, tmp_path, "last.pt")
     with pytest.raises(UntrustedWeightsError):
@@ -94,8 +94,8 @@ def test_train_parser_refuses_to_resume_from_a_last_pt_that_would_run_code(yolo_
 
 
 def test_a_bare_official_name_is_refused_instead_of_downloaded():
-    from tasks.config import ParserTrainConfig
-    from tasks.parser_training import resolve_model
+    from tasks.records.config import ParserTrainConfig
+    from tasks.tools.parser_training import resolve_model
 
     with pytest.raises(ValueError, match="bare name, which Ultralytics would download"):
         resolve_model(ParserTrainConfig(data="d", out="o", model="yolov8n-seg.pt"))
@@ -105,10 +105,10 @@ def test_a_bare_official_name_is_refused_instead_of_downloaded():
 def test_train_parser_looks_up_no_host_and_connects_nowhere(tmp_path):
     """The production training path, with no test stub of Ultralytics' font check: every DNS lookup and
     connection attempt is recorded, and there must be none."""
-    from tasks.config import ParserTrainConfig
-    from tasks.parser_dataset import ParserDatasetConfig, convert_dataset
-    from tasks.parser_training import train
-    from tasks.storage import Store
+    from tasks.infra.storage import Store
+    from tasks.records.config import ParserTrainConfig
+    from tasks.tools.parser_dataset import ParserDatasetConfig, convert_dataset
+    from tasks.tools.parser_training import train
     from tests.test_parser_dataset import person_map, write_item
     from tests.yolo_weights import network_refused
 

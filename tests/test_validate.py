@@ -18,8 +18,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from flows.cli.validate import main as validate_main
-from tasks.storage import Store
-from tasks.validate import (
+from tasks.infra.storage import Store
+from tasks.tools.validate import (
     CODES,
     LIP10_MAX_PERSON_FRACTION,
     MASK_MIN_BINARY_FRACTION,
@@ -619,7 +619,7 @@ def test_the_command_help_lists_every_problem_code(capsys):
 
 def test_every_emitted_code_is_documented():
     # The codes tests assert on above are in CODES (assert_only checks); here: none is undocumented in source.
-    source = Path(__file__).resolve().parent.parent.joinpath("tasks", "validate.py").read_text()
+    source = Path(__file__).resolve().parent.parent.joinpath("tasks", "tools", "validate.py").read_text()
     import re
 
     emitted = set(re.findall(r'Problem\(\s*"([a-z0-9_]+)"', source))

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.parse import YOLO_CLASS_NAMES
+from tasks.stages.parse import YOLO_CLASS_NAMES
 
 TINY_IMGSZ = 96
 

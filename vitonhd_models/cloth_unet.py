@@ -1,4 +1,4 @@
-"""ClothUNet: the small U-Net behind the cloth mask stage's model option (`tasks.cloth_mask.UNetClothMasker`)."""
+"""ClothUNet: the small U-Net behind the cloth mask stage's model option (`tasks.stages.cloth_mask.UNetClothMasker`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`vitonprep parser-dataset`: person images + CIHP label maps (or COCO JSON) -> an Ultralytics
-segmentation dataset for training the YOLO parser (`tasks.parser_dataset`).
+segmentation dataset for training the YOLO parser (`tasks.tools.parser_dataset`).
 
 No flow: one listing, then threaded reads, conversions and writes. `flows.cli` registers the
 subcommand with `add_parser_dataset_command`.
@@ -59,7 +59,7 @@ def _at_least(minimum: float, kind: type = int):
 
 
 def add_parser_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    from tasks.parser_dataset import CLASS_SETS, DEFAULT_EPSILON, DEFAULT_MIN_AREA, SEED8
+    from tasks.tools.parser_dataset import CLASS_SETS, DEFAULT_EPSILON, DEFAULT_MIN_AREA, SEED8
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -129,7 +129,7 @@ def print_parser_dataset_summary(summary: dict[str, Any], as_json: bool) -> None
 
 def cmd_parser_dataset(args: argparse.Namespace) -> int:
     from flows.cli.common import CountBar, storage_options_from
-    from tasks.parser_dataset import ParserDatasetConfig, convert_dataset
+    from tasks.tools.parser_dataset import ParserDatasetConfig, convert_dataset
 
     if args.from_coco is not None and not args.images:
         args._parser.error("--from-coco needs --images URL (the folder its file_names are relative to)")

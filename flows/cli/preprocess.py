@@ -16,7 +16,7 @@ from flows.cli.common import (
     stdout_for_json,
     storage_options_from,
 )
-from tasks.config import DEFAULT_MAX_SOURCE_BYTES, DEFAULT_PARSE_BATCH_SIZE
+from tasks.records.config import DEFAULT_MAX_SOURCE_BYTES, DEFAULT_PARSE_BATCH_SIZE
 
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def moment(text: str):
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any):
-    from tasks.config import PreprocessConfig
+    from tasks.records.config import PreprocessConfig
 
     values = dict(
         catalog=args.catalog,
@@ -122,7 +122,7 @@ def configured_ui_url() -> str | None:
 def run_flow(config, show_progress: bool = True, **selection: Any) -> dict[str, Any]:
     from flows.preprocess import preprocess
     from flows.report import progress_logger, run_logger
-    from tasks.workers import warm_up
+    from tasks.engine.workers import warm_up
 
     warm_up(config)  # the worker processes start while Prefect starts its temporary API server
     ui_url = configured_ui_url()

@@ -39,7 +39,7 @@ def _option_type(annotation: Any) -> tuple[Any, tuple | None, bool]:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from tasks.config import TrainConfig
+    from tasks.records.config import TrainConfig
 
     fields = TrainConfig.model_fields
     parser.add_argument("--dataset", required=True, help=fields["dataset"].description)
@@ -77,12 +77,12 @@ def print_train_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from flows.cli.common import progress_bar, storage_options_from
-    from tasks.config import TrainConfig
+    from tasks.records.config import TrainConfig
 
     values = {name: getattr(args, name) for name in TrainConfig.model_fields if name != "storage_options"}
     config = TrainConfig(**values, storage_options=storage_options_from(args.storage_option))
     from flows.train import train
-    from tasks.training import progress_logger
+    from tasks.engine.training import progress_logger
 
     with progress_bar(progress_logger, not args.no_progress and not args.json, "train", unit="step"):
         summary = train(**config.model_dump())

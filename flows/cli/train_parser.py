@@ -41,7 +41,7 @@ def add_train_parser_command(commands: Any) -> None:
 def cmd_train_parser(args: argparse.Namespace) -> int:
     from flows.cli.common import storage_options_from
     from flows.train_parser import card_markdown, train_parser
-    from tasks.config import ParserTrainConfig
+    from tasks.records.config import ParserTrainConfig
 
     config = ParserTrainConfig(
         data=args.data, out=args.out, model=args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,

@@ -48,7 +48,7 @@ def add_tryon_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tryon_config_from_args(args: argparse.Namespace):
-    from tasks.tryon import TryOnConfig
+    from tasks.engine.tryon import TryOnConfig
 
     return TryOnConfig(
         dataset=args.dataset,

@@ -1,6 +1,6 @@
 """`vitonprep validate URL`: check a dataset root against the VITON-HD / HR-VITON contract.
 
-No flow: validation is a read-only listing plus threaded reads (`tasks.validate`). `flows.cli`
+No flow: validation is a read-only listing plus threaded reads (`tasks.tools.validate`). `flows.cli`
 registers the subcommand with `add_validate_command`; `python -m flows.cli.validate URL` runs it alone.
 
 Exit codes: 0 no problem found, 1 problems found, 2 the dataset could not be validated (a bad option,
@@ -40,7 +40,7 @@ Prints a report grouped by problem (--json: machine-readable) and exits 0 when n
 
 
 def _codes_epilog() -> str:
-    from tasks.validate import CODES
+    from tasks.tools.validate import CODES
 
     width = max(len(code) for code in CODES)
     codes = "\n".join(f"  {code:{width}s}  {text}" for code, text in CODES.items())
@@ -96,8 +96,8 @@ def add_validate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate `args.url`; print the report; 0 when clean, 1 with problems, 2 when it could not run."""
-    from tasks.storage import Store
-    from tasks.validate import validate_dataset
+    from tasks.infra.storage import Store
+    from tasks.tools.validate import validate_dataset
 
     if args.workers < 1:
         print("vitonprep validate: --workers must be at least 1", file=sys.stderr)

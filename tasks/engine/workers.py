@@ -22,10 +22,10 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.config import PreprocessConfig
-from tasks.model_cache import Weights
-from tasks.plan import WorkItem
-from tasks.registry import KINDS, Stage, StageEnv, StageInput, active_stages
+from tasks.records.catalog import WorkItem
+from tasks.records.config import PreprocessConfig
+from tasks.stages.model_cache import Weights
+from tasks.stages.registry import KINDS, Stage, StageEnv, StageInput, active_stages
 from vitonhd_models import errors
 from vitonhd_models.errors import ItemError
 
@@ -251,7 +251,7 @@ def run_batch(env: StageEnv, stage: Stage, items: Sequence[StageInput]) -> tuple
     An infrastructure error (GPU memory, I/O) fails the shard; anything else is narrowed down to the
     item that caused it by running the items one at a time.
     """
-    from tasks.runtime import gpu_slot, is_infrastructure_error  # Prefect: never imported by worker processes
+    from tasks.infra.runtime import gpu_slot, is_infrastructure_error  # Prefect: never imported by worker processes
 
     started = time.perf_counter()
     with gpu_slot(_uses_gpu()):

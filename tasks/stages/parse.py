@@ -2,9 +2,9 @@
 
 Two backends, both returning an (H, W) uint8 map of CIHP ids 0..19:
 
-- `GeometricParser` (`tasks.parse_geometric`, the default, ``parser_id = "geometric-v2"``):
+- `GeometricParser` (`tasks.stages.parse_geometric`, the default, ``parser_id = "geometric-v2"``):
   approximate, built from MediaPipe's own outputs; needs no weights.
-- `YoloParser` (`tasks.parse_yolo`): a YOLOv8-seg model whose classes map to CIHP ids.
+- `YoloParser` (`tasks.stages.parse_yolo`): a YOLOv8-seg model whose classes map to CIHP ids.
 
 `encode_parse_png` / `decode_parse_png` read and write the `image-parse-v3/<stem>.png` format:
 P mode, raw indices 0..19, the CIHP palette (contract §0 item 4, §1.3).
@@ -17,8 +17,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from tasks.parse_geometric import GeometricParser
-from tasks.parse_yolo import (  # noqa: F401  (the stage's public names)
+from tasks.stages.parse_geometric import GeometricParser
+from tasks.stages.parse_yolo import (  # noqa: F401  (the stage's public names)
     DEFAULT_YOLO_CLASS_TO_CIHP,
     YOLO_CLASS_NAMES,
     YoloParser,
@@ -72,7 +72,7 @@ def parser_from_spec(spec: str, **kwargs) -> GeometricParser | YoloParser:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The parse stage (declared in tasks/registry.py): geometric per item, YOLO over batches
+# The parse stage (declared in tasks/stages/registry.py): geometric per item, YOLO over batches
 # ---------------------------------------------------------------------------------------------------
 
 

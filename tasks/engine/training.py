@@ -18,9 +18,9 @@ from PIL import Image
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
-from tasks.config import TrainConfig
-from tasks.runtime import TASK_OPTIONS, gpu_slot
-from tasks.storage import Store, local_file
+from tasks.infra.runtime import TASK_OPTIONS, gpu_slot
+from tasks.infra.storage import Store, local_file
+from tasks.records.config import TrainConfig
 from vitonhd_models import checkpoints as ckpt
 from vitonhd_models import metrics
 from vitonhd_models import train as training

@@ -23,7 +23,7 @@ GPU_LIMIT_ENV = "VITONPREP_GPU_LIMIT"  # the limit's name; default gpu:<host nam
 INFRASTRUCTURE_RETRIES = 3
 BACKOFF_FACTOR_S = 2.0  # retry delays 2, 4, 8 s, each +-50 %
 GPU_SLOT_LEASE_S = 600.0  # renewed while held; a crashed holder frees the slot after this
-# Shard task runs in flight per flow run. They only feed the worker processes (tasks.engine) and wait
+# Shard task runs in flight per flow run. They only feed the worker processes (tasks.engine.shard) and wait
 # on storage, so a few keep the processes busy while one shard starts and another writes its part.
 SHARDS_IN_FLIGHT = 4
 
@@ -37,7 +37,7 @@ def is_infrastructure_error(error: BaseException) -> bool:
     classified as the Store classifies storage errors (timeouts, dropped connections, throttling,
     5xx and their errnos are transient; refused access, missing buckets and keys are not).
     """
-    from tasks.storage import TRANSIENT, StorageError, classify
+    from tasks.infra.storage import TRANSIENT, StorageError, classify
 
     if isinstance(error, StorageError):
         return error.transient
@@ -91,7 +91,7 @@ def use_storage_secret(block_name: str | None) -> None:
     options. Only the block's name is a flow parameter; its value never is."""
     from prefect.blocks.system import Secret
 
-    from tasks.storage import use_credentials
+    from tasks.infra.storage import use_credentials
 
     if not block_name:
         use_credentials({})  # none of an earlier run's in this process

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from tasks.normalize import border_pixels, border_strip_width, encode_jpeg
+from tasks.stages.normalize import border_pixels, border_strip_width, encode_jpeg
 from vitonhd_models.errors import NO_GARMENT, ItemError
 
 # ---------------------------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ class UNetClothMasker:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The cloth mask stage (declared in tasks/registry.py)
+# The cloth mask stage (declared in tasks/stages/registry.py)
 # ---------------------------------------------------------------------------------------------------
 
 CLASSICAL_MODEL_ID = "classical-v1"

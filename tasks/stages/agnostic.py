@@ -1,4 +1,4 @@
-"""The agnostic stage (declared in tasks/registry.py): the algorithms of `vitonhd_models.agnostic` on one
+"""The agnostic stage (declared in tasks/stages/registry.py): the algorithms of `vitonhd_models.agnostic` on one
 person's parse map, keypoints and image, encoded as the dataset's files."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ def make_agnostic(env, item) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_agnostic(value: tuple[np.ndarray, np.ndarray]) -> tuple[bytes, ...]:
-    from tasks.normalize import encode_jpeg
-    from tasks.parse import encode_parse_png
+    from tasks.stages.normalize import encode_jpeg
+    from tasks.stages.parse import encode_parse_png
 
     parse_free, image_free = value
     return encode_parse_png(parse_free), encode_jpeg(image_free, quality=JPEG_QUALITY)

@@ -677,7 +677,7 @@ def pose_from_npz_bytes(data: bytes) -> PoseResult:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The pose stage (declared in tasks/registry.py)
+# The pose stage (declared in tasks/stages/registry.py)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -731,7 +731,7 @@ def estimate_pose(env, item) -> PoseResult:
 
 
 def encode_pose(result: PoseResult) -> tuple[bytes, ...]:
-    from tasks.normalize import encode_png
+    from tasks.stages.normalize import encode_png
 
     keypoints = result.keypoints_body25
     return (json.dumps(openpose_json(keypoints)).encode("utf-8"), encode_png(render_body25(keypoints)),
@@ -751,7 +751,7 @@ def load_pose(work, files: tuple[bytes, ...]) -> PoseResult:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The pose gate (declared in tasks/registry.py): photos that are no VITON-HD material
+# The pose gate (declared in tasks/stages/registry.py): photos that are no VITON-HD material
 # ---------------------------------------------------------------------------------------------------
 
 

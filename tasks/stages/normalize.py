@@ -458,7 +458,7 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The ingest stage (declared in tasks/registry.py): source bytes -> the 768x1024 image as written
+# The ingest stage (declared in tasks/stages/registry.py): source bytes -> the 768x1024 image as written
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -479,7 +479,7 @@ def ingest(env, item, *, person: bool) -> Ingested:
     method = env.config.fit if person else "pad"
     box = None
     if method == "crop":
-        from tasks.pose import _locator
+        from tasks.stages.pose import _locator
 
         box = _locator(env).person_box(array)
     canvas, fit = fit_to_canvas(array, method=method, person_box=box)

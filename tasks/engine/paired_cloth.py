@@ -27,10 +27,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.catalog import GARMENT, PERSON
-from tasks.manifest import manifest_part_path, write_part
-from tasks.registry import PAIRED_CLOTH, PAIRED_CLOTH_STAGE
-from tasks.storage import Store
+from tasks.infra.storage import Store
+from tasks.records.catalog import GARMENT, PERSON
+from tasks.records.manifest import manifest_part_path, write_part
+from tasks.stages.registry import PAIRED_CLOTH, PAIRED_CLOTH_STAGE
 from vitonhd_models import contract
 
 WORN, TEST_PAIR, OWN_NAME, NONE, NAME_TAKEN = "worn", "test_pair", "own_name", "none", "name_taken"

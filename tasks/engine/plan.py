@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 
-from tasks.catalog import GARMENT, PERSON, CatalogItem, stem_collisions
-from tasks.registry import stages_for
-from tasks.storage import Store, unsafe_relative_reason
+from tasks.infra.storage import Store, unsafe_relative_reason
+from tasks.records.catalog import GARMENT, PERSON, CatalogItem, Refusal, WorkItem, stem_collisions
+from tasks.stages.registry import stages_for
 from vitonhd_models import contract, errors
 
 
@@ -43,37 +43,6 @@ class Selection:
         if item.modified is None:
             return False
         return (self.since is None or item.modified >= self.since) and (self.until is None or item.modified < self.until)
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why an item gets an error row without being read. Its outputs are removed, unless they are
-    another item's (a key whose stem another key already holds)."""
-
-    code: str
-    message: str
-    remove_outputs: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    """An item a run processes: the stages it runs whatever happens upstream, and what it was before."""
-
-    item: CatalogItem
-    stages: frozenset[str]
-    verify_content: bool = False  # the listing changed but the fingerprint did not: ingest checks the hash
-    previous_sha256: str | None = None
-    previous_fit: str | None = None  # how ingest placed the photo last time (JSON), for the pose stage
-    refusal: Refusal | None = None
-    missing: frozenset[str] = frozenset()  # planned because their outputs are gone from the dataset
-
-    @property
-    def stem(self) -> str:
-        return self.item.stem
-
-    @property
-    def kind(self) -> str:
-        return self.item.kind
 
 
 @dataclass
@@ -131,7 +100,7 @@ def plan_item(
 
     Stages of a healthy item that must run are planned here, those whose outputs are `missing` from
     the dataset (deleted behind the manifest's back) included; the stages after them rerun when they
-    actually change their output, which only running them can tell (`tasks.engine`).
+    actually change their output, which only running them can tell (`tasks.engine.shard`).
     """
     stages = stages_for(item.kind)
     if state is None or full_refresh:
@@ -152,7 +121,7 @@ def plan_item(
         if stage not in state.stages or state.stages[stage].fingerprint != fingerprints[item.kind][stage]
     } | set(missing)
     # The listing changed but no fingerprint did: ingest hashes the source, and when the hash changed
-    # too, every later stage reruns (see `tasks.engine`).
+    # too, every later stage reruns (see `tasks.engine.shard`).
     verify = listing_changed and "ingest" not in planned
     if not planned and not verify:
         return None
@@ -167,11 +136,11 @@ class OutputListing:
     """The files the dataset holds in the stages' output folders, from one listing per folder.
 
     Internal caches (the pose sidecars under `_work/`) are not looked at: a missing one costs the one
-    item that needs it a run from its source (`tasks.engine`), not a rerun of every item.
+    item that needs it a run from its source (`tasks.engine.shard`), not a rerun of every item.
     """
 
     def __init__(self, store: Store, split: str):
-        from tasks.registry import STAGES
+        from tasks.stages.registry import STAGES
 
         self.split = split
         self.outputs = {(stage.kind, stage.name): [o for o in stage.outputs if not o.internal] for stage in STAGES}

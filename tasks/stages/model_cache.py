@@ -16,8 +16,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tasks.config import PreprocessConfig
-from tasks.storage import file_sha256, local_file
+from tasks.infra.storage import file_sha256, local_file
+from tasks.records.config import PreprocessConfig
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.storage import Store
+from tasks.infra.storage import Store
 from vitonhd_models.contract import colourise_parse
 
 TILE_WH = (192, 256)  # a quarter of 768x1024
@@ -69,7 +69,7 @@ def read_array(store: Store, rel: str | None) -> np.ndarray | None:
 def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndarray:
     """Person rows: photo, skeleton, parse overlay, agnostic. Garment rows: garment, mask.
 
-    `rows` are items as `tasks.manifest.item_view` gives them.
+    `rows` are items as `tasks.records.manifest.item_view` gives them.
     """
     sheet_rows = []
     for row in sorted(rows, key=lambda r: (r["kind"], r["key"])):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from tasks.pose import (
+from tasks.stages.pose import (
     MP_LEFT_EAR,
     MP_LEFT_INDEX,
     MP_LEFT_PINKY,
@@ -36,7 +36,7 @@ from tasks.pose import (
 from vitonhd_models.contract import Body25, Cihp
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tasks.pose import PoseResult
+    from tasks.stages.pose import PoseResult
 
 # ---------------------------------------------------------------------------------------------
 # Geometric backend: MediaPipe silhouette + face mesh + skeleton, approximate

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from tasks.storage import Store
+from tasks.infra.storage import Store
 from vitonhd_models.pairs import parse_pairs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -207,7 +207,7 @@ def unworn_pairs(person_stems: Sequence[str], garment_stems: Sequence[str], worn
     Deterministic, and stable as the catalog grows: the garments sit on a ring in the order of their
     stems' hashes, and a person takes the first garment after their own stem's hash (the one after that
     when it is what they wear). A new garment changes the pair of about one person in n (n garments):
-    a nightly run rewrites few pairs and few paired cloths (`tasks.paired_cloth`), not all of them.
+    a nightly run rewrites few pairs and few paired cloths (`tasks.engine.paired_cloth`), not all of them.
     """
     garments = sorted(set(garment_stems), key=lambda stem: (_ring_position(stem), stem))
     if not garments:
@@ -222,3 +222,34 @@ def unworn_pairs(person_stems: Sequence[str], garment_stems: Sequence[str], worn
                 break
         result.append((person, garment))
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an item gets an error row without being read. Its outputs are removed, unless they are
+    another item's (a key whose stem another key already holds)."""
+
+    code: str
+    message: str
+    remove_outputs: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """An item a run processes: the stages it runs whatever happens upstream, and what it was before."""
+
+    item: CatalogItem
+    stages: frozenset[str]
+    verify_content: bool = False  # the listing changed but the fingerprint did not: ingest checks the hash
+    previous_sha256: str | None = None
+    previous_fit: str | None = None  # how ingest placed the photo last time (JSON), for the pose stage
+    refusal: Refusal | None = None
+    missing: frozenset[str] = frozenset()  # planned because their outputs are gone from the dataset
+
+    @property
+    def stem(self) -> str:
+        return self.item.stem
+
+    @property
+    def kind(self) -> str:
+        return self.item.kind

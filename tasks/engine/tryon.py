@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.config import StorageOptions
-from tasks.normalize import encode_jpeg
-from tasks.runtime import TASK_OPTIONS, gpu_slot
-from tasks.storage import StorageError, Store
+from tasks.infra.runtime import TASK_OPTIONS, gpu_slot
+from tasks.infra.storage import StorageError, Store
+from tasks.records.config import StorageOptions
+from tasks.stages.normalize import encode_jpeg
 from vitonhd_models import contract, errors
 from vitonhd_models.checkpoints import (
     RANDOM_INIT,

@@ -34,23 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tasks.config import PreprocessConfig
-from tasks.manifest import manifest_part_path, write_part
-from tasks.model_cache import Weights
-from tasks.plan import WorkItem
-from tasks.registry import Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
-from tasks.storage import (
-    NotARegularFileError,
-    OutsideRootError,
-    StorageError,
-    StorageNotFoundError,
-    StoragePermissionError,
-    StorageUnavailableError,
-    Store,
-    UnsafePathError,
-    sha256_hex,
-)
-from tasks.workers import (
+from tasks.engine.workers import (
     SOURCE,
     Job,
     JobResult,
@@ -61,6 +45,22 @@ from tasks.workers import (
     worker_pool,
     workers_of,
 )
+from tasks.infra.storage import (
+    NotARegularFileError,
+    OutsideRootError,
+    StorageError,
+    StorageNotFoundError,
+    StoragePermissionError,
+    StorageUnavailableError,
+    Store,
+    UnsafePathError,
+    sha256_hex,
+)
+from tasks.records.catalog import WorkItem
+from tasks.records.config import PreprocessConfig
+from tasks.records.manifest import manifest_part_path, write_part
+from tasks.stages.model_cache import Weights
+from tasks.stages.registry import Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
 from vitonhd_models import errors
 from vitonhd_models.errors import ItemError
 

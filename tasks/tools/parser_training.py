@@ -7,7 +7,7 @@ model is built from an architecture file shipped inside Ultralytics or loaded fr
 (a bare official name such as `yolov8n-seg.pt`, which Ultralytics would download, is refused), plots
 are off and we draw the curves ourselves, Ultralytics' font check (which fetches Arial) is given
 matplotlib's bundled font, and the AMP check (which fetches a nano model) is replaced by a check on
-the model being trained. Every `.pt` is loaded without running code (`tasks.parse_yolo.weights_loading`)
+the model being trained. Every `.pt` is loaded without running code (`tasks.stages.parse_yolo.weights_loading`)
 unless the user trusts it.
 
 Evaluation has two halves: Ultralytics' per-class box and mask precision, recall, mAP50 and
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tasks.config import ParserTrainConfig
-from tasks.parse_yolo import weights_loading
-from tasks.storage import Store, local_file
+from tasks.infra.storage import Store, local_file
+from tasks.records.config import ParserTrainConfig
+from tasks.stages.parse_yolo import weights_loading
 
 RUN_DIR = "run"  # Ultralytics' save dir inside the working folder
 CACHE_DIR = Path(os.environ.get("VITONPREP_CACHE", Path.home() / ".cache" / "vitonprep"))
@@ -355,7 +355,7 @@ def val_items(data_yaml: Path) -> list[tuple[str, Path]]:
 
 def label_tables(spec: Mapping[str, Any]) -> tuple[dict[int, int], dict[int, int]]:
     """(class -> CIHP id, CIHP id -> class) of a parser dataset's class set (seed8 or cihp20)."""
-    from tasks.parser_dataset import class_table
+    from tasks.tools.parser_dataset import class_table
 
     table = class_table(spec.get("classes", "seed8"))
     return dict(table.class_to_cihp), dict(table.cihp_to_class)
@@ -365,7 +365,7 @@ def ground_truth(spec: Mapping[str, Any], data_yaml: Path, stem: str, shape: tup
                  class_to_cihp: Mapping[int, int], storage_options: Mapping[str, Any]) -> np.ndarray:
     """The val image's ground-truth CIHP map: the source dataset's label map when readable, else the
     polygons of its label file painted back (holes are bridged, so they come back empty)."""
-    from tasks.parser_dataset import parse_label_lines, rasterise_polygons
+    from tasks.tools.parser_dataset import parse_label_lines, rasterise_polygons
     from vitonhd_models.contract import DIR_PARSE, DIR_PARSE_VITONHD, parse_name
     from vitonhd_models.parse_maps import decode_parse_png
 
@@ -390,7 +390,7 @@ def evaluate_pixels(config: ParserTrainConfig, weights: Path, data_yaml: Path, s
     trained weights (and with the geometric parser), both reduced to the labels the class set can express."""
     from PIL import Image
 
-    from tasks.parse_yolo import YoloParser
+    from tasks.stages.parse_yolo import YoloParser
     from vitonhd_models.contract import Cihp
 
     class_to_cihp, cihp_to_class = label_tables(spec)
@@ -427,8 +427,8 @@ def geometric_parser(enabled: bool) -> Iterator[Callable[[np.ndarray], np.ndarra
     if not enabled:
         yield None
         return
-    from tasks.parse_geometric import GeometricParser
-    from tasks.pose import PoseEstimator
+    from tasks.stages.parse_geometric import GeometricParser
+    from tasks.stages.pose import PoseEstimator
     from vitonhd_models.errors import ItemError
 
     with PoseEstimator() as estimator, GeometricParser() as parser:

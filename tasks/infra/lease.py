@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from tasks.storage import StorageNotFoundError, Store
+from tasks.infra.storage import StorageNotFoundError, Store
 from vitonhd_models import contract
 
 log = logging.getLogger("vitonprep.lease")

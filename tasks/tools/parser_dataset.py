@@ -1,6 +1,6 @@
 """A parser training set: person images + CIHP label maps (or COCO JSON) -> Ultralytics segmentation format.
 
-Behind `vitonprep parser-dataset` (`flows/cli/parser_dataset.py`). Two layers, as in `tasks.validate`:
+Behind `vitonprep parser-dataset` (`flows/cli/parser_dataset.py`). Two layers, as in `tasks.tools.validate`:
 
 - Pure functions on arrays and plain data, no storage: the class tables (`seed8`, the 8 classes of our
   YOLO parser, and `cihp20`), label maps -> one polygon per 8-connected region (`cihp_to_polygons`, holes
@@ -38,8 +38,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from tasks.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
-from tasks.storage import StorageError, StorageNotFoundError, Store, sha256_hex
+from tasks.infra.storage import StorageError, StorageNotFoundError, Store, sha256_hex
+from tasks.stages.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
 from vitonhd_models.contract import (
     CIHP_LABEL_NAMES,
     CIHP_NUM_LABELS,
@@ -60,7 +60,7 @@ CLASS_SETS = (SEED8, CIHP20)
 
 NO_CLASS = 255  # background in a class map (`ClassTable.map`, `rasterise_polygons`): no class has this id
 
-# seed8: DEFAULT_YOLO_CLASS_TO_CIHP (tasks.parse_yolo, what the parser writes back) is the class -> CIHP
+# seed8: DEFAULT_YOLO_CLASS_TO_CIHP (tasks.stages.parse_yolo, what the parser writes back) is the class -> CIHP
 # table; CIHP -> class is its inverse plus the CIHP labels merged into a class on the way in.
 SEED8_MERGED_CIHP = {
     int(Cihp.DRESS): YOLO_CLASS_NAMES.index("upper_body"),  # a dress is upper-body clothing for the agnostic

@@ -1,4 +1,4 @@
-"""The Prefect task: one task run = one shard through every planned stage (`tasks.engine`).
+"""The Prefect task: one task run = one shard through every planned stage (`tasks.engine.shard`).
 
 A bad item becomes its manifest row and the shard goes on; a storage failure raises and Prefect
 retries the task (every write is atomic and every name deterministic, so a retry writes again).
@@ -10,10 +10,10 @@ from typing import Any
 
 from prefect import task
 
-from tasks.config import PreprocessConfig
-from tasks.engine import ShardRun, process_shard
-from tasks.plan import WorkItem
-from tasks.runtime import TASK_OPTIONS
+from tasks.engine.shard import ShardRun, process_shard
+from tasks.infra.runtime import TASK_OPTIONS
+from tasks.records.catalog import WorkItem
+from tasks.records.config import PreprocessConfig
 
 
 @task(name="shard", task_run_name="{shard}", **TASK_OPTIONS)

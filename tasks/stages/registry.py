@@ -9,7 +9,7 @@ full run saw.
 
 Everything else derives from `STAGES`: the manifest's stage lists, the planner's dependency rules
 and fingerprints, the output paths, the removal of a failed item's outputs, and the shard engine's
-order of work (`tasks.engine`). Adding a stage means writing its functions in its own module and
+order of work (`tasks.engine.shard`). Adding a stage means writing its functions in its own module and
 adding one entry here.
 """
 
@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from tasks import agnostic, cloth_mask, normalize, parse, pose
-from tasks.catalog import GARMENT, PERSON
-from tasks.config import PreprocessConfig
-from tasks.model_cache import Weights, cached
+from tasks.records.catalog import GARMENT, PERSON
+from tasks.records.config import PreprocessConfig
+from tasks.stages import agnostic, cloth_mask, normalize, parse, pose
+from tasks.stages.model_cache import Weights, cached
 from vitonhd_models import contract, errors
 from vitonhd_models.errors import ItemError
 
 if TYPE_CHECKING:
-    from tasks.plan import WorkItem
+    from tasks.records.catalog import WorkItem
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _yolo(config: PreprocessConfig) -> bool:
     return config.parser_backend == "yolo"
 
 
-# Files a person gets from another item once every item's stages have run (`tasks.paired_cloth`): HR-VITON
+# Files a person gets from another item once every item's stages have run (`tasks.engine.paired_cloth`): HR-VITON
 # reads a person's paired cloth and its mask under the person's own name (contract §0 item 8, §2.1).
 PAIRED_CLOTH_STAGE = "paired_cloth"
 PAIRED_CLOTH = (Output(contract.DIR_CLOTH, contract.cloth_image_name),

@@ -1,0 +1,1 @@
+"""The separate tools: dataset validation, the parser dataset converter, parser training."""
