@@ -77,7 +77,7 @@ def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: st
 
         config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size, workers=0)
         flow = preprocess.with_options(task_runner=ProcessPoolTaskRunner(max_workers=workers))
-        summary = flow(**config.model_dump())
+        summary = flow(config)
     command_s = time.perf_counter() - started
     rows = item_view(read_run(Store(str(out)), "test", summary["run_id"]))
     stage_ms = {}
@@ -95,13 +95,13 @@ def run_engine_alone(catalog: Path, out: Path, workers: int, shard_size: int) ->
     as the flow runs shard tasks (the worker processes warmed first, as the CLI does)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.engine.plan import Selection, plan_catalog
+    from tasks.engine.plan import plan_catalog
     from tasks.engine.shard import ShardRun, process_shard
     from tasks.engine.workers import prepare_models, worker_pool
     from tasks.infra.runtime import SHARDS_IN_FLIGHT
     from tasks.infra.storage import Store
     from tasks.records.catalog import GARMENT, PERSON, detect_catalog_layout, list_items, plan_shards
-    from tasks.records.config import PreprocessConfig
+    from tasks.records.config import PreprocessConfig, Selection
     from tasks.stages.model_cache import resolve_weights
     from tasks.stages.registry import stage_fingerprints
 

@@ -176,6 +176,7 @@ def dataset_root(config: BenchConfig) -> Iterator[Store]:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.preprocess import preprocess
+    from tasks.records.config import PreprocessConfig
     from tests.tryon_dataset import build_catalog
 
     work = Path(tempfile.mkdtemp(prefix="vitonprep-bench-tryon-"))
@@ -185,8 +186,8 @@ def dataset_root(config: BenchConfig) -> Iterator[Store]:
         log(f"building a dataset of {len(pairs)} pairs with the preprocess flow in {work}")
         started = time.perf_counter()
         with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_TIMEOUT_S):
-            summary = preprocess(catalog=catalog.url, out=out.url, split=config.split,
-                                 shard_size=PREPROCESS_SHARD_SIZE)
+            summary = preprocess(PreprocessConfig(catalog=catalog.url, out=out.url, split=config.split,
+                                                  shard_size=PREPROCESS_SHARD_SIZE))
         if summary["persons"]["error"] or summary["garments"]["error"]:
             raise SystemExit(f"preprocess failed on some images: {summary['failed']}")
         log(f"dataset ready in {time.perf_counter() - started:.0f} s")

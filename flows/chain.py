@@ -6,6 +6,9 @@
 Both are started with `run_deployment(timeout=0, as_subflow=False)`: they outlive the preprocess
 run and queue on the pool like any other run. Their idempotency keys are derived from this flow
 run's id and what they cover, so a retried preprocess run never starts the same try-on or training twice.
+What they are given goes over the deployment's own `config` (its output, checkpoints, stage, ...):
+Prefect lays a run's parameters over its deployment's one name deep, so a group passed alone would
+drop the deployment's values.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import posixpath
 from typing import Any
 
+from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
@@ -27,6 +31,13 @@ TRAIN_MARKER = "train-started.json"  # under _work/<split>/: the pair count when
 
 def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def deployment_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The `config` parameter of a run of deployment `name`: the deployment's own, `overrides` on top."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+    return {**(deployment.parameters or {}).get("config", {}), **overrides}
 
 
 def start_tryon(
@@ -42,14 +53,11 @@ def start_tryon(
     key = "tryon:" + digest(flow_run.get_id(), sorted(garments), sorted(roster))
     run = run_deployment(
         policy.tryon_deployment,
-        parameters={
-            "dataset": config.out,
-            "split": config.split,
-            "persons": sorted(roster),
-            "garments": sorted(garments),
-            "storage_options": config.storage_options,
-            "storage_secret_block": config.storage_secret_block,
-        },
+        parameters={"config": deployment_config(
+            policy.tryon_deployment, dataset=config.out, split=config.split, pairs=None, persons=sorted(roster),
+            garments=sorted(garments), storage_options=config.storage_options,
+            storage_secret_block=config.storage_secret_block,
+        )},
         timeout=0,
         as_subflow=False,
         idempotency_key=key,
@@ -78,8 +86,10 @@ def start_train(policy: RunPolicy, config: PreprocessConfig, pairs: int, logger:
         return None
     run = run_deployment(
         policy.train_deployment,
-        parameters={"dataset": config.out, "split": config.split, "storage_options": config.storage_options,
-                    "storage_secret_block": config.storage_secret_block},
+        parameters={"config": deployment_config(
+            policy.train_deployment, dataset=config.out, split=config.split, storage_options=config.storage_options,
+            storage_secret_block=config.storage_secret_block,
+        )},
         timeout=0,
         as_subflow=False,
         idempotency_key="train:" + digest(redact(config.out), config.split, pairs),

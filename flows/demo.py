@@ -75,7 +75,7 @@ def build_demo_catalog(catalog: Store) -> None:
 
 def run_demo(out_dir: str = "demo-output", workers: int | None = None, show_progress: bool = True) -> dict[str, Any]:
     from flows.cli.preprocess import run_flow
-    from tasks.records.config import PreprocessConfig
+    from tasks.records.config import PreprocessConfig, RunPolicy
     from tasks.records.manifest import item_view, read_run
 
     out_dir = os.path.abspath(out_dir)
@@ -84,7 +84,7 @@ def run_demo(out_dir: str = "demo-output", workers: int | None = None, show_prog
     dataset = Store(os.path.join(out_dir, "dataset"))
     config = PreprocessConfig(catalog=catalog.url, out=dataset.url, shard_size=4, workers=workers)
     # The cat is there to show how a photo without a person is reported, not to fail the demo.
-    summary = run_flow(config, show_progress=show_progress, max_failed_fraction=1.0)
+    summary = run_flow(config, policy=RunPolicy(max_failed_fraction=1.0), show_progress=show_progress)
     rows = item_view(read_run(dataset, config.split, summary["run_id"]))
     sheet = dataset_contact_sheet(dataset, rows)
     buffer = io.BytesIO()

@@ -18,10 +18,10 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
 from flows.report import RunProgress
-from tasks.engine.plan import Selection, child_run_id, work_list_path, write_work_list
+from tasks.engine.plan import child_run_id, work_list_path, write_work_list
 from tasks.infra.storage import Store
 from tasks.records.catalog import WorkItem
-from tasks.records.config import PreprocessConfig
+from tasks.records.config import PreprocessConfig, Selection
 from tasks.records.manifest import read_run
 
 CHILD_DEPLOYMENT = "preprocess/shard-range"

@@ -14,7 +14,7 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.futures import as_completed
@@ -23,11 +23,10 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
-from flows.report import RunProgress, announce_run, log_failed_items, publish
+from flows.report import RunProgress, announce_run, log_failed_items, publish, run_parameter
 from tasks.engine.paired_cloth import PairingWork, apply_pairings, plan_pairings
 from tasks.engine.plan import (
     OutputListing,
-    Selection,
     apply_refusals,
     index_current,
     plan_catalog,
@@ -52,15 +51,9 @@ from tasks.records.catalog import (
     unworn_pairs,
 )
 from tasks.records.config import (
-    DEFAULT_ITEMS_PER_CHILD_RUN,
-    DEFAULT_MAX_FAILED_FRACTION,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MAX_SOURCE_BYTES,
-    DEFAULT_PARSE_BATCH_SIZE,
-    DEFAULT_SHARD_SIZE,
     PreprocessConfig,
     RunPolicy,
-    StorageOptions,
+    Selection,
 )
 from tasks.records.manifest import ok_items, read_current, write_summary
 from tasks.stages.model_cache import resolve_weights
@@ -87,15 +80,16 @@ class RunFailed(RuntimeError):
 def run_name() -> str:
     """The flow run's name in the UI: what it covers (split, catalog, selection). A child run is named
     by its parent when it starts it (`flows.fanout`): the parent's name and the part."""
-    params = flow_run.get_parameters()
-    split = params.get("split", "test")
-    words = [split, "<-", redact(str(params.get("catalog", "")))]
-    if params.get("prefix"):
-        words.append(f"prefix {params['prefix']}")
+    config, selection = run_parameter("config", PreprocessConfig), run_parameter("selection", Selection)
+    if config is None or selection is None:
+        return "preprocess"
+    words = [config.split, "<-", redact(config.catalog)]
+    if selection.prefix:
+        words.append(f"prefix {selection.prefix}")
     for bound in ("since", "until"):
-        if params.get(bound):
-            words.append(f"{bound} {str(params[bound])[:19]}")
-    if params.get("full_refresh"):
+        if getattr(selection, bound):
+            words.append(f"{bound} {getattr(selection, bound).isoformat()[:19]}")
+    if selection.full_refresh:
         words.append("full refresh")
     return " ".join(words)
 
@@ -103,111 +97,17 @@ def run_name() -> str:
 @flow(name="preprocess", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT),
       log_prints=False)
 def preprocess(
-    catalog: str,
-    out: str,
-    split: Literal["test", "train"] = "test",
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    parser: str = "geometric",
-    fit: Literal["pad", "crop"] = "pad",
-    agnostic_recipe: Literal["hrviton", "vitonhd"] = "hrviton",
-    pose_model: str | None = None,
-    cloth_mask_model: str | None = None,
-    visibility_threshold: float = 0.5,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_torso_tilt_deg: float = 45.0,
-    max_other_person_scale: float = 0.5,
-    max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES,
-    workers: int | None = None,
-    parse_batch_size: int = DEFAULT_PARSE_BATCH_SIZE,
-    lease_wait_s: float = 0.0,
-    trust_weights: bool = False,
-    storage_options: StorageOptions | None = None,
-    storage_secret_block: str | None = None,
-    prefix: str = "",
-    since: datetime | None = None,
-    until: datetime | None = None,
-    full_refresh: bool = False,
-    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
-    items_per_child_run: int = DEFAULT_ITEMS_PER_CHILD_RUN,
-    tryon_deployment: str | None = None,
-    tryon_persons: list[str] | None = None,
-    train_deployment: str | None = None,
-    train_min_new_pairs: int = 1000,
+    config: PreprocessConfig, selection: Selection = Selection(), policy: RunPolicy = RunPolicy()  # noqa: B008
 ) -> dict[str, Any]:
-    """Turn the catalog at `catalog` into a VITON-HD dataset at `out`; return the run summary.
+    """Turn the catalog at config.catalog into a VITON-HD dataset at config.out; return the run summary.
 
     Args:
-        catalog: catalog root URL: persons/ + garments/ (+ pairs.csv), or image/ + cloth/.
-        out: dataset root URL; outputs go under {out}/{split}/.
-        split: the dataset split to write.
-        shard_size: images per task run.
-        parser: 'geometric' (bundled, approximate) or 'yolo:' followed by the weights URL (yolo:s3://bucket/best.pt).
-        fit: how other aspect ratios reach 768x1024: pad with the background, or crop around the person.
-        agnostic_recipe: the clothing-agnostic image recipe, HR-VITON's or VITON-HD's.
-        pose_model: URL of a MediaPipe Tasks .task pose model; empty for the bundled model.
-        cloth_mask_model: URL of a ClothUNet checkpoint; empty for classical background removal.
-        visibility_threshold: joints MediaPipe sees less well than this are written as 0,0,0.
-        max_pixels: larger images are rejected as decompression bombs.
-        max_torso_tilt_deg: persons whose torso leans further from upright are refused (not_upright).
-        max_other_person_scale: photos with another person at least this size (box area) of the chosen one
-            are refused (several_persons).
-        max_source_bytes: larger source files are rejected without being read.
-        workers: worker processes for the CPU stages on the machine running this flow; empty = one per core.
-        parse_batch_size: images per call of the YOLO parser (on the GPU).
-        lease_wait_s: seconds to wait for another run on the same dataset to finish; 0 stops at once.
-        trust_weights: load the YOLO parser's weights as Ultralytics does, code in them included (trusted files only).
-        storage_options: fsspec options for every URL, never credentials (endpoint_url, profile, ...).
-        storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
-            such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
-        prefix: backfill only catalog keys under this prefix (relative to the catalog root, e.g. garments/2026-11/).
-        since: backfill only sources modified at or after this time.
-        until: backfill only sources modified before this time.
-        full_refresh: ignore what the dataset already holds and rerun every stage of the selected items.
-        max_failed_fraction: the run ends Failed when more than this share of the items it processed failed.
-        items_per_child_run: a deployment run planning more items than this splits them into child runs of
-            preprocess/shard-range that any worker picks up (0: never split).
-        tryon_deployment: deployment to start for the garments this run added or changed (e.g. tryon/bulk).
-        tryon_persons: the person roster for those garments; empty = every person in the dataset.
-        train_deployment: deployment to start once train_min_new_pairs new pairs arrived (e.g. train/train).
-        train_min_new_pairs: new pairs since training last started that start it again.
+        config: what to make: the catalog, the dataset, the models and the limits on what is read.
+        selection: which catalog items to look at (a backfill: a key prefix, a modification-time range)
+            and whether to ignore what the dataset already holds.
+        policy: how the run behaves in the service: its failure threshold, child runs, the deployments it starts.
     """
-    config = PreprocessConfig(
-        catalog=catalog,
-        out=out,
-        split=split,
-        shard_size=shard_size,
-        parser=parser,
-        fit=fit,
-        agnostic_recipe=agnostic_recipe,
-        pose_model=pose_model,
-        cloth_mask_model=cloth_mask_model,
-        visibility_threshold=visibility_threshold,
-        max_pixels=max_pixels,
-        max_source_bytes=max_source_bytes,
-        max_torso_tilt_deg=max_torso_tilt_deg,
-        max_other_person_scale=max_other_person_scale,
-        workers=workers,
-        parse_batch_size=parse_batch_size,
-        lease_wait_s=lease_wait_s,
-        trust_weights=trust_weights,
-        storage_options=storage_options or {},
-        storage_secret_block=storage_secret_block,
-    )
     use_storage_secret(config.storage_secret_block)
-    selection = Selection(
-        prefix=prefix,
-        since=epoch_seconds(since),
-        until=epoch_seconds(until),
-        full_refresh=full_refresh,
-    )
-    policy = RunPolicy(
-        max_failed_fraction=max_failed_fraction,
-        items_per_child_run=items_per_child_run,
-        tryon_deployment=tryon_deployment,
-        tryon_persons=tryon_persons or None,
-        train_deployment=train_deployment,
-        train_min_new_pairs=train_min_new_pairs,
-    )
     try:
         return run_preprocess(config, selection, policy)
     except RunFailed as failure:  # an outcome, not a crash: the run ends Failed with its reason and no traceback
@@ -229,13 +129,6 @@ def preprocess_part(config: PreprocessConfig, work_list: str, full_refresh: bool
         return run_part(config, Selection(full_refresh=full_refresh), work_list)
     except RunFailed as failure:
         return Failed(message=f"Failed: {failure}", data=failure)
-
-
-def epoch_seconds(moment: datetime | None) -> float | None:
-    """A timezone-aware moment (naive ones are taken as UTC) as seconds since the epoch."""
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 @dataclass
@@ -570,8 +463,7 @@ def summarise(
         "split": config.split,
         "parser": config.parser,
         "agnostic_recipe": config.agnostic_recipe,
-        "selection": {"prefix": selection.prefix, "since": selection.since, "until": selection.until,
-                      "full_refresh": selection.full_refresh},
+        "selection": selection.model_dump(mode="json"),
         "listed": {"persons": len(listed[PERSON]), "garments": len(listed[GARMENT])},
         "planned": {"persons": len(works[PERSON]), "garments": len(works[GARMENT])},
         "persons": counts(PERSON),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,6 +16,8 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ValidationError
 
 from tasks.infra.storage import Store, redact
 from tasks.records.catalog import GARMENT, PERSON
@@ -30,6 +32,21 @@ progress_logger.propagate = False  # for progress bars, not for the console log
 # The CLI listens here to print the run's UI link as soon as the run starts (a server is configured).
 run_logger = logging.getLogger("vitonprep.run")
 run_logger.propagate = False
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def run_parameter(name: str, model: type[M]) -> M | None:
+    """A parameter group of the current flow run as its model, for the run's name: a direct call holds the
+    model, a deployment run its JSON (a missing group is the model's defaults; None if it has none)."""
+    value = flow_run.get_parameters().get(name, {})
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
 
 
 def announce_run() -> None:

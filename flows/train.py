@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from flows.report import run_parameter
 from tasks.engine.training import evaluate_stage, export_final, pair_split, stage_store, train_until
 from tasks.infra.runtime import use_storage_secret
 from tasks.infra.storage import redact
-from tasks.records.config import StorageOptions, TrainConfig
+from tasks.records.config import TrainConfig
 from tasks.stages.contact_sheet import thumbnail_data_uri
 from vitonhd_models.train import latest_step, read_metrics
 
@@ -28,102 +29,20 @@ THUMBNAIL_HEIGHT = 384  # sample grids embedded in the UI's markdown artifact
 
 def run_name() -> str:
     """The flow run's name in the UI: stage, steps and dataset."""
-    params = flow_run.get_parameters()
-    return (f"{params.get('stage', '?')} to step {params.get('steps', 1000)} on "
-            f"{redact(str(params.get('dataset', '')))} {params.get('split', 'train')}")
+    config = run_parameter("config", TrainConfig)
+    if config is None:
+        return "train"
+    return f"{config.stage} to step {config.steps} on {redact(config.dataset)} {config.split}"
 
 
 @flow(name="train", flow_run_name=run_name, log_prints=False)
-def train(
-    dataset: str,
-    stage: Literal["seg", "gmm", "alias"],
-    out: str,
-    split: str = "train",
-    steps: int = 1000,
-    batch_size: int = 4,
-    lr_g: float | None = None,
-    lr_d: float | None = None,
-    checkpoint_every: int = 500,
-    log_every: int = 1,
-    seed: int = 0,
-    load_height: int = 1024,
-    load_width: int = 768,
-    seg_ngf: int = 64,
-    gmm_ngf: int = 64,
-    alias_ngf: int = 64,
-    alias_norm_hidden: int = 128,
-    num_upsampling_layers: Literal["normal", "more", "most"] = "most",
-    ndf: int = 64,
-    lambda_ce: float = 10.0,
-    lambda_const: float = 0.04,
-    lambda_fm: float = 10.0,
-    lambda_vgg: float = 10.0,
-    vgg_weights: str | None = None,
-    gmm_checkpoints: str | None = None,
-    lpips_alexnet_weights: str | None = None,
-    lpips_lin_weights: str | None = None,
-    fid_inception_weights: str | None = None,
-    holdout_fraction: float = 0.1,
-    eval_split: str | None = None,
-    agnostic: Literal["vitonhd", "hrviton", "disk"] = "vitonhd",
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    num_workers: int = 0,
-    cache_samples: bool = False,
-    storage_options: StorageOptions | None = None,
-    storage_secret_block: str | None = None,
-) -> dict[str, Any]:
-    """Train one stage of VITON-HD on `dataset` into `out`; return the run summary.
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train one stage of VITON-HD on config.dataset into config.out; return the run summary.
 
     Args:
-        dataset: dataset root URL (holds {split}/ and {split}_pairs.txt, as preprocess writes them).
-        stage: seg (segmentation generator), gmm (geometric matching) or alias (ALIAS generator).
-        out: output URL for checkpoints, metrics, samples and {stage}_final.pth (what tryon loads).
-        split: the split to train on; its pairs must pair each person with the garment they wear.
-        steps: total optimiser steps; a rerun resumes from the last checkpoint up to this.
-        batch_size: pairs per step.
-        lr_g: generator learning rate (empty: the stage default).
-        lr_d: discriminator learning rate (empty: the stage default).
-        checkpoint_every: steps between checkpoints, metrics files and sample grids.
-        log_every: steps between loss lines in the run log (the metrics files get every step).
-        seed: seeds initialisation, data order and the noise of every step.
-        load_height: training resolution, height (the files stay 1024x768).
-        load_width: training resolution, width.
-        seg_ngf: seg U-Net width (64 = official).
-        gmm_ngf: GMM feature width (64 = official).
-        alias_ngf: ALIAS generator width (64 = official).
-        alias_norm_hidden: ALIASNorm hidden width (128 = official).
-        num_upsampling_layers: ALIAS depth: normal, more or most (official).
-        ndf: discriminator width.
-        lambda_ce: seg: weight of the cross-entropy term.
-        lambda_const: gmm: weight of the TPS second-order constraint.
-        lambda_fm: alias: weight of the feature-matching term.
-        lambda_vgg: alias: weight of the perceptual term.
-        vgg_weights: URL of torchvision VGG19 weights for the perceptual loss (empty: that loss is off).
-        gmm_checkpoints: alias: folder holding gmm_final.pth (empty: out).
-        lpips_alexnet_weights: URL of torchvision AlexNet weights; with lpips_lin_weights, LPIPS is evaluated.
-        lpips_lin_weights: URL of the LPIPS v0.1 alex linear-layer weights.
-        fid_inception_weights: URL of torchvision Inception v3 weights; alias: FID is evaluated.
-        holdout_fraction: share of pairs held out for evaluation.
-        eval_split: evaluate on this split's pairs instead of held-out ones.
-        agnostic: clothing-agnostic image: vitonhd or hrviton recipe online, or disk (agnostic-v3.2/).
-        device: auto (CUDA when there is one), cpu or cuda.
-        num_workers: DataLoader worker processes.
-        cache_samples: keep decoded samples in memory (small datasets).
-        storage_options: fsspec options for every URL, never credentials.
-        storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
-            such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
+        config: the dataset and split, the stage (seg, gmm or alias), the output, the schedule (steps,
+            checkpoints), the architecture, the loss weights and the evaluation weights.
     """
-    config = TrainConfig(
-        dataset=dataset, stage=stage, out=out, split=split, steps=steps, batch_size=batch_size, lr_g=lr_g,
-        lr_d=lr_d, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, load_height=load_height, load_width=load_width,
-        seg_ngf=seg_ngf, gmm_ngf=gmm_ngf, alias_ngf=alias_ngf, alias_norm_hidden=alias_norm_hidden,
-        num_upsampling_layers=num_upsampling_layers, ndf=ndf, lambda_ce=lambda_ce, lambda_const=lambda_const,
-        lambda_fm=lambda_fm, lambda_vgg=lambda_vgg, vgg_weights=vgg_weights, gmm_checkpoints=gmm_checkpoints,
-        lpips_alexnet_weights=lpips_alexnet_weights, lpips_lin_weights=lpips_lin_weights,
-        fid_inception_weights=fid_inception_weights, holdout_fraction=holdout_fraction, eval_split=eval_split, agnostic=agnostic, device=device,
-        num_workers=num_workers, cache_samples=cache_samples, storage_options=storage_options or {},
-        storage_secret_block=storage_secret_block,
-    )  # fmt: skip
     use_storage_secret(config.storage_secret_block)
     return run_train(config)
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.runtime import flow_run
 
+from flows.report import run_parameter
 from tasks.infra.runtime import TASK_OPTIONS, gpu_slot, use_storage_secret
 from tasks.infra.storage import Store, redact
-from tasks.records.config import ParserTrainConfig, StorageOptions
+from tasks.records.config import ParserTrainConfig
 from tasks.stages.contact_sheet import thumbnail_data_uri
 from tasks.tools import parser_training
 
@@ -30,8 +30,10 @@ PIXEL_TABLE = "eval/pixel_iou.parquet"
 
 
 def run_name() -> str:
-    params = flow_run.get_parameters()
-    return f"{params.get('model', 'yolov8x-seg.yaml')} for {params.get('epochs', 100)} epochs on {redact(str(params.get('data', '')))}"
+    config = run_parameter("config", ParserTrainConfig)
+    if config is None:
+        return "train-parser"
+    return f"{config.model} for {config.epochs} epochs on {redact(config.data)}"
 
 
 def on_gpu(config: ParserTrainConfig) -> bool:
@@ -74,47 +76,12 @@ def write_parquet(out: Store, rel: str, rows: list[dict[str, Any]]) -> str:
 
 
 @flow(name="train-parser", flow_run_name=run_name, log_prints=False)
-def train_parser(
-    data: str,
-    out: str,
-    model: str = "yolov8x-seg.yaml",
-    epochs: int = 100,
-    imgsz: int = 1024,
-    batch: int = 8,
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    workers: int = 2,
-    patience: int = 50,
-    seed: int = 0,
-    compare_geometric: bool = True,
-    trust_weights: bool = False,
-    storage_options: StorageOptions | None = None,
-    storage_secret_block: str | None = None,
-) -> dict[str, Any]:
+def train_parser(config: ParserTrainConfig) -> dict[str, Any]:
     """Train the YOLOv8-seg human parser offline, evaluate it, write the weights and a model card.
 
     Args:
-        data: folder URL of a parser dataset written by `vitonprep parser-dataset` (data.yaml, images/, labels/).
-        out: output URL: run/weights/best.pt, results.csv, curves.png, model_card.json/.md, eval/*.parquet.
-        model: an Ultralytics architecture file (from scratch, e.g. yolov8n-seg.yaml) or the URL of .pt weights.
-        epochs: training epochs; a rerun of an interrupted training resumes from its last epoch.
-        imgsz: training and evaluation image size in pixels.
-        batch: images per batch.
-        device: 'auto' (CUDA when there is one), 'cpu' or 'cuda'.
-        workers: DataLoader worker processes.
-        patience: epochs without improvement before stopping early.
-        seed: training seed.
-        compare_geometric: also evaluate the bundled geometric parser on the val split (pixel IoU).
-        trust_weights: load .pt checkpoints (the fine-tuned --model, last.pt) as Ultralytics does, code in them
-            included (trusted files only; refused otherwise when they hold more than model classes).
-        storage_options: fsspec options for every URL, never credentials.
-        storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
-            such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
+        config: the parser dataset, the output, the model to train or fine-tune, the schedule and the device.
     """
-    config = ParserTrainConfig(
-        data=data, out=out, model=model, epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers,
-        patience=patience, seed=seed, compare_geometric=compare_geometric, trust_weights=trust_weights,
-        storage_options=storage_options or {}, storage_secret_block=storage_secret_block,
-    )  # fmt: skip
     use_storage_secret(config.storage_secret_block)
     logger = get_run_logger()
     trained = train_model(config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import time
 from collections import Counter
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,13 +25,13 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preprocess import collect, new_run_id
+from flows.report import run_parameter
 from tasks.engine.tryon import (
     CONTACT_SHEET_NAME,
     OK,
     RESULTS_DIR,
     LoadedNetworks,
     RenderSettings,
-    TryOnConfig,
     cached_networks,
     effective_precision,
     existing_results,
@@ -52,7 +52,7 @@ from tasks.engine.tryon import (
 )
 from tasks.infra.runtime import use_storage_secret
 from tasks.infra.storage import Store, redact
-from tasks.records.config import StorageOptions
+from tasks.records.config import TryOnConfig
 from tasks.stages.contact_sheet import contact_sheet, thumbnail_data_uri
 from vitonhd_models import contract
 from vitonhd_models.data import detect_split_layout
@@ -60,78 +60,32 @@ from vitonhd_models.pipeline import resolve_device
 
 CONTACT_SHEET_PAIRS = 8
 CONTACT_SHEET_THUMBNAIL = 512  # pixels high, embedded in the UI artifact
+SHARDS_IN_FLIGHT = 2  # render_shard task runs at once: one on the GPU while the next loads its inputs
 STALE_TEMPORARY_S = 3600.0  # younger partial files may belong to a run writing to the same output now
 
 
 def run_name() -> str:
     """The flow run's name in the UI: which pairs of which dataset."""
-    params = flow_run.get_parameters()
-    split = params.get("split", "test")
-    if params.get("persons") and params.get("garments"):
-        what = f"{len(params['garments'])} garments x {len(params['persons'])} persons"
-    elif params.get("pairs"):
-        what = f"pairs of {redact(str(params['pairs']))}"
+    config = run_parameter("config", TryOnConfig)
+    if config is None:
+        return "tryon"
+    if config.persons and config.garments:
+        what = f"{len(config.garments)} garments x {len(config.persons)} persons"
+    elif config.pairs:
+        what = f"pairs of {redact(config.pairs)}"
     else:
-        what = f"{split}_pairs.txt"
-    return f"{split}: {what} of {redact(str(params.get('dataset', '')))}"
+        what = f"{config.split}_pairs.txt"
+    return f"{config.split}: {what} of {redact(config.dataset)}"
 
 
-@flow(name="tryon", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
-def tryon(
-    dataset: str,
-    out: str,
-    split: str = "test",
-    pairs: str | None = None,
-    persons: list[str] | None = None,
-    garments: list[str] | None = None,
-    checkpoints: str | None = None,
-    batch_size: int = 4,
-    shard_size: int = 32,
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    precision: Literal["fp32", "fp16"] = "fp32",
-    seed: int = 0,
-    agnostic: Literal["vitonhd", "hrviton", "disk"] = "vitonhd",
-    storage_options: StorageOptions | None = None,
-    storage_secret_block: str | None = None,
-) -> dict[str, Any]:
+@flow(name="tryon", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT), log_prints=False)
+def tryon(config: TryOnConfig) -> dict[str, Any]:
     """Render every pair through VITON-HD's seg, GMM and ALIAS networks; return the run summary.
 
     Args:
-        dataset: dataset root URL, holding {split}/ and {split}_pairs.txt (ours or VITON-HD's layout).
-        out: output root URL: results/{person}_{garment}.jpg, manifests/tryon/, tryon_contact_sheet.png.
-        split: the dataset split to read.
-        pairs: URL of a pairs file ('person.jpg cloth.jpg' per line); default {dataset}/{split}_pairs.txt.
-        persons: person stems or names (x or x.jpg); with garments, their cross product is rendered.
-        garments: garment stems or names; with persons.
-        checkpoints: folder URL with seg_final.pth, gmm_final.pth, alias_final.pth (and our .json sidecars);
-            a missing file leaves its network randomly initialised (results are then not meaningful).
-        batch_size: pairs per forward pass.
-        shard_size: pairs per task run.
-        device: 'auto' (CUDA when there is one), 'cpu' or 'cuda'.
-        precision: 'fp32', or 'fp16' (seg and ALIAS under autocast; honoured on CUDA only).
-        seed: seeds random initialisation and, with each pair's names, that pair's noise (independent of its batch).
-        agnostic: the clothing-agnostic image: VITON-HD's online recipe, HR-VITON's, or agnostic-v3.2/ on disk.
-        storage_options: fsspec options for every URL, never credentials (endpoint_url, profile, ...).
-        storage_secret_block: name of a Prefect Secret block holding the storage credentials (a JSON object
-            such as {"key": ..., "secret": ...}); loaded where the run runs, never a parameter itself.
+        config: the dataset and its pairs (a pairs file, or persons x garments), the checkpoints, the output
+            and how to render (batch, device, precision, seed, agnostic image).
     """
-    config = TryOnConfig(
-        dataset=dataset,
-        out=out,
-        split=split,
-        pairs=pairs,
-        persons=persons,
-        garments=garments,
-        checkpoints=checkpoints,
-        batch_size=batch_size,
-        shard_size=shard_size,
-        device=device,
-        precision=precision,
-        seed=seed,
-        agnostic=agnostic,
-        storage_options=storage_options or {},
-        storage_secret_block=storage_secret_block,
-    )
     use_storage_secret(config.storage_secret_block)
     return run_tryon(config)
 

@@ -24,12 +24,12 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
-from tasks.engine.plan import Selection, plan_catalog
+from tasks.engine.plan import plan_catalog
 from tasks.engine.shard import ShardRun, process_shard, read_source, schedule_of, segments_of
 from tasks.engine.workers import SOURCE, Job, prepare_models, run_job, worker_pool
 from tasks.infra.storage import Store
 from tasks.records.catalog import GARMENT, PERSON, WorkItem, detect_catalog_layout, list_items
-from tasks.records.config import PreprocessConfig
+from tasks.records.config import PreprocessConfig, Selection
 from tasks.records.manifest import manifest_part_path, read_run
 from tasks.stages.model_cache import Weights, resolve_weights
 from tasks.stages.registry import STAGES, active_stages, output_paths, stage_fingerprints, stages_for

@@ -63,8 +63,10 @@ def registered(prefect_server):
     from flows.tryon import tryon
 
     # As in prefect.yaml, the deployments carry what the chaining does not pass (outputs, the stage).
-    tryon.to_deployment(name="chained-test", parameters={"dataset": "/d", "out": "/tryon"}).apply()
-    train.to_deployment(name="chained-test", parameters={"dataset": "/d", "out": "/ckpt", "stage": "gmm"}).apply()
+    tryon.to_deployment(name="chained-test", parameters={"config": {
+        "dataset": "/d", "out": "/tryon", "checkpoints": "/ckpt", "batch_size": 2}}).apply()
+    train.to_deployment(name="chained-test", parameters={"config": {
+        "dataset": "/d", "out": "/ckpt", "stage": "gmm", "steps": 50}}).apply()
     return {"tryon": "tryon/chained-test", "train": "train/chained-test"}
 
 
@@ -94,8 +96,11 @@ def test_a_retried_preprocess_run_starts_the_same_tryon_only_once(registered, tm
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(first["flow_run_id"])
-    assert run.parameters["garments"] == ["g1", "g2"] and run.parameters["persons"] == ["p1", "p2"]
-    assert run.parameters["dataset"] == config.out
+    given = run.parameters["config"]
+    assert given["garments"] == ["g1", "g2"] and given["persons"] == ["p1", "p2"]
+    assert given["dataset"] == config.out
+    assert (given["out"], given["checkpoints"], given["batch_size"]) == ("/tryon", "/ckpt", 2), \
+        "the deployment's own configuration must survive what the chaining passes"
 
 
 def test_no_new_garments_start_no_tryon(tmp_path):
@@ -129,6 +134,14 @@ def test_training_starts_when_enough_new_pairs_arrived_and_counts_from_there(reg
     assert started[1]["new_pairs"] == 12 and started[3]["new_pairs"] == 10
     marker = json.loads((tmp_path / "dataset" / "_work" / "train" / "train-started.json").read_text())
     assert marker["pairs"] == 22
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        given = client.read_flow_run(started[1]["flow_run_id"]).parameters["config"]
+    assert (given["dataset"], given["split"]) == (config.out, "train")
+    assert (given["out"], given["stage"], given["steps"]) == ("/ckpt", "gmm", 50), \
+        "the deployment's stage, output and steps must survive what the chaining passes"
 
 
 def test_a_deployment_name_must_be_flow_slash_deployment():

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tasks.infra.storage import Store
+from tasks.records.config import PreprocessConfig, RunPolicy
 from tasks.records.manifest import item_view, read_run
 from vitonhd_models import contract
 
@@ -100,7 +101,7 @@ def failed_run(catalog, tmp_path_factory, prefect_server):
     from flows.preprocess import preprocess
 
     out = Store(str(tmp_path_factory.mktemp("dataset")))
-    state = preprocess(catalog=catalog.url, out=out.url, split="train", shard_size=3, return_state=True)
+    state = preprocess(PreprocessConfig(catalog=catalog.url, out=out.url, split="train", shard_size=3), return_state=True)
     return out, state
 
 
@@ -271,7 +272,7 @@ def yolo_run(samples_dir, tmp_path_factory, prefect_server, yolo_weights):
     for path in sorted((samples_dir / "image").glob("*.jpg"))[:2]:
         catalog.write_bytes(f"image/{path.name}", path.read_bytes())
     out = Store(str(tmp_path_factory.mktemp("yolo-dataset")))
-    summary = preprocess(catalog=catalog.url, out=out.url, parser=f"yolo:file://{yolo_weights}")
+    summary = preprocess(PreprocessConfig(catalog=catalog.url, out=out.url, parser=f"yolo:file://{yolo_weights}"))
     return out, summary, item_view(read_run(out, "test", summary["run_id"]))
 
 
@@ -297,7 +298,7 @@ def crop_run(samples_dir, tmp_path_factory, prefect_server):
         wide.paste(person.resize((576, 768)), (1100, 200))
     catalog.write_bytes("persons/wide.jpg", saved(wide, "JPEG", quality=95))
     out = Store(str(tmp_path_factory.mktemp("crop-dataset")))
-    summary = preprocess(catalog=catalog.url, out=out.url, fit="crop")
+    summary = preprocess(PreprocessConfig(catalog=catalog.url, out=out.url, fit="crop"))
     return out, item_view(read_run(out, "test", summary["run_id"]))[0]
 
 
@@ -327,7 +328,7 @@ def broken_store_run(samples_dir, tmp_path_factory, prefect_server):
         catalog.write_bytes(f"garments/{path.name}", path.read_bytes())
     out = Store(str(tmp_path_factory.mktemp("broken-store-dataset")))
     out.write_text(f"test/{contract.DIR_CLOTH}", "not a folder")
-    state = preprocess(catalog=catalog.url, out=out.url, shard_size=2, return_state=True)
+    state = preprocess(PreprocessConfig(catalog=catalog.url, out=out.url, shard_size=2), return_state=True)
     return catalog, out, state
 
 
@@ -357,7 +358,7 @@ def test_the_next_run_finishes_the_failed_shard_and_only_it(broken_store_run):
 
     catalog, out, _ = broken_store_run
     out.remove(f"test/{contract.DIR_CLOTH}")
-    summary = preprocess(catalog=catalog.url, out=out.url, shard_size=2)
+    summary = preprocess(PreprocessConfig(catalog=catalog.url, out=out.url, shard_size=2))
     assert summary["planned"] == {"persons": 0, "garments": 2}
     assert summary["garments"] == {"total": 2, "ok": 2, "error": 0}, summary["failed"]
 
@@ -380,7 +381,7 @@ def test_keys_that_share_a_stem_get_error_rows_and_the_rest_run(collision_catalo
     catalog, impostor = collision_catalog
     catalog.write_bytes(f"persons/{impostor}", sorted((samples_dir / "image").glob("*.jpg"))[2].read_bytes())
     try:
-        summary = preprocess(catalog=catalog.url, out=str(tmp_path), max_failed_fraction=1.0)
+        summary = preprocess(PreprocessConfig(catalog=catalog.url, out=str(tmp_path)), policy=RunPolicy(max_failed_fraction=1.0))
     finally:
         catalog.remove(f"persons/{impostor}")
     codes = {failure["key"]: failure["error_code"] for failure in summary["failed"]}
@@ -394,13 +395,13 @@ def test_a_new_key_with_a_stem_already_held_is_refused_and_the_holder_keeps_its_
     from flows.preprocess import preprocess
 
     catalog, impostor = collision_catalog
-    first = preprocess(catalog=catalog.url, out=str(tmp_path))
+    first = preprocess(PreprocessConfig(catalog=catalog.url, out=str(tmp_path)))
     assert first["persons"]["ok"] == 2
     out = Store(str(tmp_path))
     held = {info.key: out.read_bytes(info.key) for info in out.list_files() if "model" in info.key}
     catalog.write_bytes(f"persons/{impostor}", sorted((samples_dir / "image").glob("*.jpg"))[2].read_bytes())
     try:
-        again = preprocess(catalog=catalog.url, out=str(tmp_path), max_failed_fraction=1.0)
+        again = preprocess(PreprocessConfig(catalog=catalog.url, out=str(tmp_path)), policy=RunPolicy(max_failed_fraction=1.0))
     finally:
         catalog.remove(f"persons/{impostor}")
     assert [(f["key"], f["error_code"]) for f in again["failed"]] == [(impostor, "stem_collision")]
@@ -415,7 +416,7 @@ def test_a_broken_pairs_file_fails_the_run_before_any_image_is_processed(samples
     catalog.write_bytes("persons/00034_00.jpg", (samples_dir / "image" / "00034_00.jpg").read_bytes())
     catalog.write_bytes("garments/04469_00.jpg", (samples_dir / "cloth" / "04469_00.jpg").read_bytes())
     catalog.write_text("pairs.csv", "person,garment\n00034_00.jpg,04469_00.jpg\n00034_00.jpg\n")
-    state = preprocess(catalog=catalog.url, out=str(tmp_path / "dataset"), return_state=True)
+    state = preprocess(PreprocessConfig(catalog=catalog.url, out=str(tmp_path / "dataset")), return_state=True)
     assert state.is_failed()
     assert "pairs.csv:3" in state.message, state.message
     assert not (tmp_path / "dataset" / "test").exists(), "images were processed before the pairs file was read"

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tasks.records.config import PreprocessConfig, RunPolicy
+
 pytestmark = pytest.mark.slow
 
 PERSON_OUTPUTS = ("image/{}.jpg", "openpose_json/{}_keypoints.json", "openpose_img/{}_rendered.png",
@@ -197,8 +199,7 @@ def test_a_local_catalog_of_every_hostile_kind_runs_to_the_end(samples_dir, tmp_
     assert len(listed) >= 40, f"only {len(listed)} kinds"
 
     out = tmp_path / "dataset"
-    state = preprocess(catalog=str(root), out=str(out), max_failed_fraction=1.0, max_source_bytes=2_800_000,
-                       shard_size=8, return_state=True)
+    state = preprocess(PreprocessConfig(catalog=str(root), out=str(out), max_source_bytes=2_800_000, shard_size=8), policy=RunPolicy(max_failed_fraction=1.0), return_state=True)
     assert state.is_completed(), state.message
 
     tables = [pq.read_table(path) for path in (out / "manifests" / "test").rglob("*.parquet")]
@@ -230,8 +231,7 @@ def test_an_s3_catalog_of_every_hostile_kind_runs_to_the_end(samples_dir, s3, pr
         listed.pop(("garment", key), None)
     assert len(listed) >= 40, f"only {len(listed)} kinds"
 
-    state = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=s3.storage_options,
-                       max_failed_fraction=1.0, shard_size=8, return_state=True)
+    state = preprocess(PreprocessConfig(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=s3.storage_options, shard_size=8), policy=RunPolicy(max_failed_fraction=1.0), return_state=True)
     assert state.is_completed(), state.message
 
     keys = set(s3.keys("dataset/"))

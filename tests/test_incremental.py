@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from tasks.infra.storage import Store
+from tasks.records.config import PreprocessConfig, RunPolicy, Selection
 from tasks.records.manifest import read_all, read_current, read_run
 
 pytestmark = pytest.mark.slow
@@ -18,11 +19,12 @@ pytestmark = pytest.mark.slow
 OLD = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
 
 
-def run(catalog: Path, out: Path, **options) -> dict:
+def run(catalog: Path, out: Path, selection: Selection = Selection(), **options) -> dict:  # noqa: B008
     from flows.preprocess import preprocess
 
     # The catalog holds a broken photo on purpose; these tests are about what reruns, not the threshold.
-    return preprocess(catalog=str(catalog), out=str(out), max_failed_fraction=1.0, **options)
+    config = PreprocessConfig(catalog=str(catalog), out=str(out), **options)
+    return preprocess(config, selection, RunPolicy(max_failed_fraction=1.0))
 
 
 def stages_run(out: Path, summary: dict) -> dict[tuple[str, str], set[str]]:
@@ -161,7 +163,7 @@ def test_a_failed_item_is_retried_once_its_source_is_replaced(copy, samples_dir)
 
 def test_backfill_by_prefix_with_full_refresh_reruns_just_the_selection(copy):
     catalog, out, _ = copy
-    summary = run(catalog, out, prefix="garments/", full_refresh=True)
+    summary = run(catalog, out, Selection(prefix="garments/", full_refresh=True))
     assert stages_run(out, summary) == {
         ("garment", "04469_00.jpg"): {"ingest", "cloth_mask"},
         ("garment", "09163_00.jpg"): {"ingest", "cloth_mask"},
@@ -171,9 +173,9 @@ def test_backfill_by_prefix_with_full_refresh_reruns_just_the_selection(copy):
 def test_backfill_by_modification_time(copy, samples_dir):
     catalog, out, _ = copy
     shutil.copy(samples_dir / "cloth" / "04743_00.jpg", catalog / "garments" / "recent.jpg")  # modified now
-    summary = run(catalog, out, since=datetime(2024, 1, 1, tzinfo=timezone.utc), full_refresh=True)
+    summary = run(catalog, out, Selection(since=datetime(2024, 1, 1, tzinfo=timezone.utc), full_refresh=True))
     assert set(stages_run(out, summary)) == {("garment", "recent.jpg")}
-    summary = run(catalog, out, until=datetime(2021, 1, 1, tzinfo=timezone.utc), full_refresh=True)
+    summary = run(catalog, out, Selection(until=datetime(2021, 1, 1, tzinfo=timezone.utc), full_refresh=True))
     assert ("garment", "recent.jpg") not in stages_run(out, summary)
     assert ("garment", "04469_00.jpg") in stages_run(out, summary)
 
@@ -182,7 +184,7 @@ def test_the_current_view_has_one_row_per_item_and_stage(copy, samples_dir):
     catalog, out, _ = copy
     shutil.copy(samples_dir / "cloth" / "04743_00.jpg", catalog / "garments" / "another.jpg")
     run(catalog, out)
-    run(catalog, out, full_refresh=True, prefix="persons/00034")
+    run(catalog, out, Selection(full_refresh=True, prefix="persons/00034"))
     store = Store(str(out))
     current = read_current(store, "test")
     keys = list(zip(current["kind"].to_pylist(), current["key"].to_pylist(), current["stage"].to_pylist()))

@@ -11,6 +11,7 @@ import pytest
 
 from tasks.infra.lease import LEASE_PATH, DatasetBusyError, DatasetLease, read_lease
 from tasks.infra.storage import Store
+from tasks.records.config import PreprocessConfig
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -104,7 +105,7 @@ def test_a_run_with_work_does_not_touch_a_dataset_another_run_holds(samples_dir,
     with DatasetLease(out, "20261201T000000Z-other"):
         in_flight.parent.mkdir(parents=True)
         in_flight.write_bytes(b"the other run is writing this")
-        state = preprocess(catalog=catalog.url, out=out.url, return_state=True)
+        state = preprocess(PreprocessConfig(catalog=catalog.url, out=out.url), return_state=True)
     assert state.is_failed() and "in use by run 20261201T000000Z-other" in state.message, state.message
     assert in_flight.exists(), "the other run's file in flight was removed"
     assert not (tmp_path / "dataset" / "manifests").exists()
@@ -120,6 +121,6 @@ def test_start_up_removes_only_temporary_files_older_than_its_lease(samples_dir,
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"a killed run left this")
     os.utime(leftover, (time.time() - 3600, time.time() - 3600))
-    summary = preprocess(catalog=catalog.url, out=str(tmp_path / "dataset"))
+    summary = preprocess(PreprocessConfig(catalog=catalog.url, out=str(tmp_path / "dataset")))
     assert summary["persons"]["ok"] == 1 and not leftover.exists()
     assert read_lease(Store(str(tmp_path / "dataset"))) is None

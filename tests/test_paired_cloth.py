@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasks.infra.storage import Store
+from tasks.records.config import PreprocessConfig, RunPolicy
 from tasks.records.manifest import read_current, read_run
 
 pytestmark = pytest.mark.slow
@@ -17,10 +18,11 @@ PERSONS = ("00034_00.jpg", "00121_00.jpg")
 GARMENTS = ("04469_00.jpg", "09163_00.jpg")
 
 
-def run(catalog: Path, out: Path, **options) -> dict:
+def run(catalog: Path, out: Path, max_failed_fraction: float = 0.1, **options) -> dict:
     from flows.preprocess import preprocess
 
-    return preprocess(catalog=str(catalog), out=str(out), **options)
+    config = PreprocessConfig(catalog=str(catalog), out=str(out), **options)
+    return preprocess(config, policy=RunPolicy(max_failed_fraction=max_failed_fraction))
 
 
 def our_catalog(root: Path, samples: Path, pairs: str | None) -> Path:

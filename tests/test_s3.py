@@ -27,6 +27,7 @@ from tasks.infra.storage import (
     resolve_storage_options,
     safe_options,
 )
+from tasks.records.config import PreprocessConfig, RunPolicy
 from tests.s3 import Bucket, FaultProxy, clear_s3fs_caches
 
 FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)  # real backoff, short waits
@@ -356,8 +357,7 @@ def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, sample
     for path in garments:
         s3.put(f"catalog/garments/{path.name}", path.read_bytes())
 
-    summary = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options, shard_size=2,
-                         storage_secret_block=secret_block)
+    summary = preprocess(PreprocessConfig(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options, shard_size=2, storage_secret_block=secret_block))
     assert summary["persons"] == {"total": 4, "ok": 4, "error": 0}, summary["failed"]
     use_credentials({"key": FAKE_KEY_ID, "secret": FAKE_SECRET})  # to read the results back below
     assert summary["garments"] == {"total": 4, "ok": 4, "error": 0}, summary["failed"]
@@ -447,8 +447,7 @@ def test_a_key_with_an_empty_segment_is_refused_and_the_bucket_it_names_is_never
     s3.put("catalog/persons/00034_00.jpg", photo)
     s3.put(f"catalog/persons//{other}/key.jpg", b"this object is in the catalog")
 
-    summary = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options,
-                         max_failed_fraction=1.0)
+    summary = preprocess(PreprocessConfig(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options), policy=RunPolicy(max_failed_fraction=1.0))
 
     rows = read_run(Store(s3.url("dataset"), options), "test", summary["run_id"]).to_pylist()
     unsafe = [(row["key"], row["stage"], row["error_code"]) for row in rows if row["key"] != "00034_00.jpg"]
@@ -521,12 +520,13 @@ def test_a_prefect_server_refuses_a_deployment_run_whose_parameters_carry_a_cred
             parameter_openapi_schema=parameter_schema(preprocess.fn).model_dump(), enforce_parameter_schema=True,
         )
         ok = client.create_flow_run_from_deployment(
-            deployment, parameters={**base, "storage_options": {"endpoint_url": "http://minio:9000"}})
+            deployment, parameters={"config": {**base, "storage_options": {"endpoint_url": "http://minio:9000"}}})
         for options in ({"secret": FAKE_SECRET}, {"client_kwargs": {"aws_secret_access_key": FAKE_SECRET}}):
             with pytest.raises(PrefectHTTPStatusError, match="409"):
-                client.create_flow_run_from_deployment(deployment, parameters={**base, "storage_options": options})
+                client.create_flow_run_from_deployment(
+                    deployment, parameters={"config": {**base, "storage_options": options}})
         stored = [run.parameters for run in client.read_flow_runs()]
-    assert {"storage_options": {"endpoint_url": "http://minio:9000"}}.items() <= ok.parameters.items()
+    assert ok.parameters["config"]["storage_options"] == {"endpoint_url": "http://minio:9000"}
     assert FAKE_SECRET not in json.dumps(stored, default=str)
 
 
@@ -538,10 +538,10 @@ def test_outputs_deleted_from_the_bucket_behind_the_manifests_back_are_made_agai
 
     s3.put("catalog/persons/00034_00.jpg", (samples_dir / "image" / "00034_00.jpg").read_bytes())
     s3.put("catalog/garments/04469_00.jpg", (samples_dir / "cloth" / "04469_00.jpg").read_bytes())
-    first = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=s3.storage_options)
+    first = preprocess(PreprocessConfig(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=s3.storage_options))
     assert first["persons"]["ok"] == 1 and first["garments"]["ok"] == 1
     s3.client.delete_object(Bucket=s3.name, Key="dataset/test/agnostic-v3.2/00034_00.jpg")
-    again = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=s3.storage_options)
+    again = preprocess(PreprocessConfig(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=s3.storage_options))
     rows = read_run(Store(s3.url("dataset"), s3.storage_options), "test", again["run_id"]).to_pylist()
     assert [(row["key"], row["stage"]) for row in rows] == [("00034_00.jpg", "agnostic")]
     assert "dataset/test/agnostic-v3.2/00034_00.jpg" in set(s3.keys("dataset/"))
@@ -559,8 +559,7 @@ def test_a_bucket_that_refuses_writes_fails_the_shard_at_once_not_after_retries(
         proxy.fail(None, 403, "AccessDenied", "Access Denied",
                    when=lambda method, path: method == "PUT" and "/dataset/test/" in path)
         options = {**s3.storage_options, "endpoint_url": proxy.endpoint}
-        state = preprocess(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options,
-                           return_state=True)
+        state = preprocess(PreprocessConfig(catalog=s3.url("catalog"), out=s3.url("dataset"), storage_options=options), return_state=True)
     assert state.is_failed() and "AccessDenied" in state.message, state.message
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))

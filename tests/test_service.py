@@ -81,6 +81,10 @@ class Stack:
         out = self.prefect("deployment", "run", name, *args)
         return re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
 
+    def deployment_parameters(self, name: str) -> dict:
+        with self.client() as client:
+            return client.read_deployment_by_name(name).parameters
+
     def flow_run(self, run_id: str):
         with self.client() as client:
             return client.read_flow_run(run_id)
@@ -134,7 +138,10 @@ def stack(tmp_path_factory, samples_dir):
 def nightly(stack):
     """A catalog run split into child runs, a second run started while it runs, then a rerun."""
     roster = sorted(path.stem for path in (stack.root / "catalog" / "persons").iterdir())[:2]
-    first = stack.run_deployment("preprocess/catalog", items_per_child_run=3, shard_size=2, tryon_persons=roster)
+    # A run's parameter group replaces the deployment's whole: start from the deployment's, as the UI does.
+    deployed = stack.deployment_parameters("preprocess/catalog")
+    first = stack.run_deployment("preprocess/catalog", config={**deployed["config"], "shard_size": 2},
+                                 policy={**deployed["policy"], "items_per_child_run": 3, "tryon_persons": roster})
     wait_until(lambda: stack.flow_run(first).state.is_running(), "the first run to start")
     second = stack.run_deployment("preprocess/catalog")
     first_run, second_run = stack.wait_final(first), stack.wait_final(second)
@@ -180,8 +187,10 @@ def test_tryon_was_started_once_for_the_new_garments_on_the_roster(stack, nightl
     run = nightly["tryon"][0]
     assert run.state.is_completed(), run.state.message
     stems = sorted(Path(name).stem for name in (stack.root / "catalog" / "garments").iterdir())
-    assert run.parameters["garments"] == stems
-    assert run.parameters["persons"] == nightly["roster"]
+    given = run.parameters["config"]
+    assert given["garments"] == stems
+    assert given["persons"] == nightly["roster"]
+    assert given["out"] == str(stack.root / "tryon"), "the deployment's own output must survive the chaining"
     assert len(list((stack.root / "tryon" / "results").iterdir())) == 4 * 2
 
 
@@ -221,9 +230,10 @@ def test_the_run_publishes_progress_a_keyed_stage_table_and_a_contact_sheet(stac
 def test_deployment_parameters_render_with_descriptions(stack):
     with stack.client() as client:
         deployment = client.read_deployment_by_name("preprocess/catalog")
-    properties = deployment.parameter_openapi_schema["properties"]
-    assert properties["max_failed_fraction"]["description"]
-    assert properties["tryon_deployment"]["description"]
+    schema = deployment.parameter_openapi_schema
+    assert {"config", "selection", "policy"} <= set(schema["properties"])
+    policy = schema["definitions"]["RunPolicy"]["properties"]
+    assert policy["max_failed_fraction"]["description"] and policy["tryon_deployment"]["description"]
 
 
 def test_the_automations_are_installed(stack):

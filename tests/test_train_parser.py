@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from tasks.records.config import ParserTrainConfig
 from tasks.stages.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES, class_table_for_names
 from tasks.tools.parser_training import IouAccumulator, best_epoch, expressible, label_tables
 from vitonhd_models.contract import Cihp
@@ -91,8 +92,7 @@ def parser_dataset(tmp_path_factory):
 def trained(parser_dataset, prefect_server):
     from flows.train_parser import train_parser
 
-    return train_parser(data=str(parser_dataset / "data"), out=str(parser_dataset / "out"), model="yolov8n-seg.yaml",
-                        epochs=2, imgsz=128, batch=4, device="cpu", workers=0)
+    return train_parser(ParserTrainConfig(data=str(parser_dataset / "data"), out=str(parser_dataset / "out"), model="yolov8n-seg.yaml", epochs=2, imgsz=128, batch=4, device="cpu", workers=0))
 
 
 @pytest.mark.slow

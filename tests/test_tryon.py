@@ -22,14 +22,13 @@ from PIL import Image
 from tasks.engine.tryon import (
     OK,
     PairWork,
-    TryOnConfig,
     latest_rows,
-    pair_name,
     read_tryon_rows,
     result_key,
     select_pending,
 )
 from tasks.infra.storage import Store
+from tasks.records.config import TryOnConfig
 from vitonhd_models import contract
 from vitonhd_models.checkpoints import (
     RANDOM_INIT,
@@ -40,6 +39,7 @@ from vitonhd_models.checkpoints import (
     save_final,
     write_architecture,
 )
+from vitonhd_models.pairs import pair_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TINY = Architecture(load_height=512, load_width=384, seg_ngf=8, gmm_ngf=8, alias_ngf=8, alias_norm_hidden=16)
@@ -49,7 +49,8 @@ TRAIN_PAIRS = 8  # tests/tryon_dataset.py: eight persons, each with the garment 
 def run_tryon(dataset: Store, out: Path, checkpoints: str, **options):
     from flows.tryon import tryon
 
-    return tryon(dataset=dataset.url, out=str(out), split="train", checkpoints=checkpoints, device="cpu", **options)
+    return tryon(TryOnConfig(dataset=dataset.url, out=str(out), split="train", checkpoints=checkpoints, device="cpu",
+                             **options))
 
 
 def result_mtimes(out: Path) -> dict[str, int]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.records.config import PreprocessConfig
+
 
 class Payload:
     def __init__(self, marker: Path):
@@ -63,7 +65,7 @@ def test_a_preprocess_run_with_such_weights_stops_before_processing_anything(yol
     path, marker = crafted(yolo_weights, tmp_path)
     catalog = Store(str(tmp_path / "catalog"))
     catalog.write_bytes("persons/00034_00.jpg", (samples_dir / "image" / "00034_00.jpg").read_bytes())
-    state = preprocess(catalog=catalog.url, out=str(tmp_path / "dataset"), parser=f"yolo:{path}", return_state=True)
+    state = preprocess(PreprocessConfig(catalog=catalog.url, out=str(tmp_path / "dataset"), parser=f"yolo:{path}"), return_state=True)
     assert state.is_failed() and "--trust-weights" in state.message, state.message
     assert not marker.exists() and not (tmp_path / "dataset" / "test").exists()
 

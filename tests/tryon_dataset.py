@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tasks.infra.storage import Store
+from tasks.records.config import PreprocessConfig
 
 
 def mirrored(data: bytes) -> bytes:
@@ -46,6 +47,6 @@ def tryon_dataset(samples_dir, tmp_path_factory, prefect_server) -> Store:
     catalog = Store(str(root / "catalog"))
     build_catalog(catalog, samples_dir)
     out = Store(str(root / "dataset"))
-    summary = preprocess(catalog=catalog.url, out=out.url, split="train", shard_size=4)
+    summary = preprocess(PreprocessConfig(catalog=catalog.url, out=out.url, split="train", shard_size=4))
     assert summary["persons"]["error"] == 0 and summary["garments"]["error"] == 0, summary["failed"]
     return out

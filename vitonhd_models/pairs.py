@@ -16,3 +16,11 @@ def parse_pairs(text: str, source: str = "pairs file", extension: str | None = "
             raise ValueError(f"{source}:{number}: expected '{shown}', got {line.strip()!r}")
         pairs.append((fields[0], fields[1]))
     return pairs
+
+
+def pair_name(name: str) -> str:
+    """A person or garment as the pairs file names it: `x` or `x.jpg` -> `x.jpg`."""
+    name = name.strip()
+    if not name or "/" in name or any(char.isspace() for char in name):
+        raise ValueError(f"{name!r} is not a dataset file name (a stem such as 00001_00, or 00001_00.jpg)")
+    return name if name.endswith(".jpg") else f"{name}.jpg"

@@ -1,4 +1,5 @@
-"""What every `vitonprep` subcommand shares: progress bars, storage options, names lists, JSON on stdout."""
+"""What every `vitonprep` subcommand shares: options generated from the typed configuration, progress
+bars, storage options, names lists, JSON on stdout."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+import types
+import typing
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 
 class ProgressBar(logging.Handler):
@@ -73,19 +79,13 @@ class CountBar:
             self.bar.close()
 
 
-def add_storage_arguments(parser: argparse.ArgumentParser, secret_block: bool = True) -> None:
-    """`--storage-option KEY=VALUE` (repeatable) and, where the flow loads one, `--storage-secret-block`."""
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--storage-option KEY=VALUE` (repeatable), for a command whose options no model describes."""
     parser.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string), "
+        "--storage-option", dest="storage_options", action="append", default=[], type=parse_storage_option,
+        metavar="KEY=VALUE", help="an fsspec storage option for every URL (repeatable; VALUE is JSON or a string), "
         "e.g. endpoint_url=http://minio:9000; never a credential",
     )
-    if secret_block:
-        parser.add_argument(
-            "--storage-secret-block", default=None, metavar="NAME",
-            help="a Prefect Secret block holding the storage credentials as a JSON object (key, secret, ...); "
-            "credentials are never storage options",
-        )
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, what: str = "the run summary", progress: bool = True) -> None:
@@ -106,11 +106,6 @@ def parse_storage_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def storage_options_from(pairs: Sequence[str]) -> dict[str, Any]:
-    """Every `--storage-option KEY=VALUE` as one options dict."""
-    return dict(parse_storage_option(pair) for pair in pairs)
-
-
 @contextmanager
 def stdout_for_json(as_json: bool) -> Iterator[None]:
     """With `--json`, stdout carries the JSON alone: whatever libraries print goes to stderr."""
@@ -128,3 +123,68 @@ def names_list(values: Sequence[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
+
+
+def _plain(annotation: Any) -> Any:
+    """`X | None` -> X."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def moment(text: str) -> datetime:
+    """An ISO 8601 date or time (a date alone is midnight; no zone is UTC)."""
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser, model: type[BaseModel], title: str | None = None, skip: Collection[str] = ()
+) -> None:
+    """One option per field of `model`, `--field-name`, with the field's type, choices, default and
+    description: the model is the one source of every name, default and help text. Required fields are
+    required options; `storage_options` is the repeatable `--storage-option KEY=VALUE`; a list is given
+    comma-separated or repeated; a flag defaulting to on has its `--no-` form."""
+    group = parser.add_argument_group(title) if title else parser
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        if name == "storage_options":
+            add_storage_arguments(group)
+            continue
+        flag = "--" + name.replace("_", "-")
+        kind = _plain(field.annotation)
+        text = field.description or name
+        if field.is_required():
+            options: dict[str, Any] = {"required": True}
+        else:
+            options = {"default": field.get_default(call_default_factory=True)}
+            if options["default"] not in (None, False, "", [], {}):
+                text += f" (default {options['default']})"
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if options.get("default") else "store_true"
+            group.add_argument(flag, dest=name, action=action, help=text, **options)
+        elif typing.get_origin(kind) is Literal:
+            choices = typing.get_args(kind)
+            group.add_argument(flag, dest=name, type=type(choices[0]), choices=choices, help=text, **options)
+        elif typing.get_origin(kind) is list:
+            group.add_argument(flag, dest=name, action="append", metavar="NAMES",
+                               help=f"{text}; comma-separated or repeated", **options)
+        else:
+            group.add_argument(flag, dest=name, type=moment if kind is datetime else kind, help=text, **options)
+
+
+def model_from_args(model: type[BaseModel], args: argparse.Namespace, **overrides: Any) -> Any:
+    """The `model` the options of `add_model_arguments` describe, validated (an invalid value is a
+    pydantic ValidationError, which the command line reports and exits 2 on)."""
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if not hasattr(args, name):
+            continue
+        value = getattr(args, name)
+        if name == "storage_options":
+            value = dict(value)
+        elif typing.get_origin(_plain(field.annotation)) is list and value is not None:
+            value = names_list(value)
+        values[name] = value
+    return model(**{**values, **overrides})

@@ -93,7 +93,7 @@ def add_parser_dataset_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"polygon simplification tolerance in pixels (default {DEFAULT_EPSILON})",
     )  # fmt: skip
     parser.add_argument("--workers", type=_at_least(1), default=2, help="items converted at once (default 2)")
-    add_storage_arguments(parser, secret_block=False)
+    add_storage_arguments(parser)
     add_output_arguments(parser, "the summary")
 
 
@@ -128,7 +128,7 @@ def print_parser_dataset_summary(summary: dict[str, Any], as_json: bool) -> None
 
 
 def cmd_parser_dataset(args: argparse.Namespace) -> int:
-    from flows.cli.common import CountBar, storage_options_from
+    from flows.cli.common import CountBar
     from tasks.tools.parser_dataset import ParserDatasetConfig, convert_dataset
 
     if args.from_coco is not None and not args.images:
@@ -149,7 +149,7 @@ def cmd_parser_dataset(args: argparse.Namespace) -> int:
         min_area=args.min_area,
         epsilon=args.epsilon,
         workers=args.workers,
-        storage_options=storage_options_from(args.storage_option),
+        storage_options=dict(args.storage_options),
     )
     progress = CountBar(not args.no_progress and not args.json, "parser-dataset")
     try:

@@ -6,95 +6,18 @@ import argparse
 import json
 import logging
 import sys
-from datetime import UTC
 from typing import Any
 
-from flows.cli.common import (
-    add_output_arguments,
-    add_storage_arguments,
-    progress_bar,
-    stdout_for_json,
-    storage_options_from,
-)
-from tasks.records.config import DEFAULT_MAX_SOURCE_BYTES, DEFAULT_PARSE_BATCH_SIZE
+from flows.cli.common import add_model_arguments, add_output_arguments, model_from_args, progress_bar, stdout_for_json
 
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--catalog", required=True, help="catalog root URL (persons/ + garments/, or image/ + cloth/)")
-    parser.add_argument("--out", required=True, help="dataset root URL")
-    parser.add_argument("--parser", default="geometric", help="'geometric' (default) or 'yolo:<weights URL>'")
-    parser.add_argument("--shard-size", type=int, default=64, help="images per task run (default 64)")
-    parser.add_argument("--split", choices=("test", "train"), default="test", help="split to write (default test)")
-    parser.add_argument("--fit", choices=("pad", "crop"), default="pad", help="how other aspect ratios reach 768x1024")
-    parser.add_argument(
-        "--agnostic-recipe", choices=("hrviton", "vitonhd"), default="hrviton", help="clothing-agnostic image recipe"
-    )
-    parser.add_argument("--pose-model", default=None, help="URL of a MediaPipe Tasks .task pose model")
-    parser.add_argument("--cloth-mask-model", default=None, help="URL of a ClothUNet checkpoint")
-    parser.add_argument(
-        "--workers", type=int, default=None,
-        help="worker processes for the CPU stages (default: one per core; 0: in the flow's own process)",
-    )
-    parser.add_argument("--parse-batch-size", type=int, default=DEFAULT_PARSE_BATCH_SIZE,
-                        help=f"images per YOLO parser call (default {DEFAULT_PARSE_BATCH_SIZE})")
-    parser.add_argument("--max-source-bytes", type=int, default=DEFAULT_MAX_SOURCE_BYTES,
-                        help=f"larger source files are rejected without being read (default {DEFAULT_MAX_SOURCE_BYTES})")
-    parser.add_argument("--max-torso-tilt", type=float, default=45.0, metavar="DEGREES",
-                        help="refuse persons whose torso leans further from upright (default 45: not_upright)")
-    parser.add_argument("--max-other-person-scale", type=float, default=0.5, metavar="RATIO",
-                        help="refuse photos with another person at least this size of the chosen one "
-                        "(default 0.5: several_persons)")
-    parser.add_argument("--trust-weights", action="store_true",
-                        help="load the YOLO parser's .pt as Ultralytics does, code in it included (trusted files only)")
-    parser.add_argument("--lease-wait", type=float, default=0.0, metavar="SECONDS",
-                        help="wait this long for another run on the same dataset to finish (default 0: stop at once)")
-    parser.add_argument("--prefix", default="", help="backfill only keys under this prefix, e.g. garments/2026-11/")
-    parser.add_argument("--since", type=moment, default=None, help="backfill only sources modified at or after (ISO 8601)")
-    parser.add_argument("--until", type=moment, default=None, help="backfill only sources modified before (ISO 8601)")
-    parser.add_argument(
-        "--full-refresh", action="store_true", help="ignore what the dataset holds: rerun every stage of the selection"
-    )
-    add_storage_arguments(parser)
-    parser.add_argument(
-        "--max-failed-fraction", type=float, default=0.1,
-        help="exit 1 (and the flow run ends Failed) when more than this share of processed items failed (default 0.1)",
-    )
+    from tasks.records.config import PreprocessConfig, RunPolicy, Selection
+
+    add_model_arguments(parser, PreprocessConfig, "what to make")
+    add_model_arguments(parser, Selection, "which items (a backfill)")
+    add_model_arguments(parser, RunPolicy, "run policy (exit 1 and a Failed run above max-failed-fraction)")
     add_output_arguments(parser)
-
-
-def moment(text: str):
-    """An ISO 8601 date or time for --since/--until (a date alone is midnight UTC)."""
-    from datetime import datetime
-
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def config_from_args(args: argparse.Namespace, **overrides: Any):
-    from tasks.records.config import PreprocessConfig
-
-    values = dict(
-        catalog=args.catalog,
-        out=args.out,
-        parser=args.parser,
-        shard_size=args.shard_size,
-        split=args.split,
-        fit=args.fit,
-        agnostic_recipe=args.agnostic_recipe,
-        pose_model=args.pose_model,
-        cloth_mask_model=args.cloth_mask_model,
-        workers=args.workers,
-        parse_batch_size=args.parse_batch_size,
-        max_source_bytes=args.max_source_bytes,
-        lease_wait_s=args.lease_wait,
-        trust_weights=args.trust_weights,
-        max_torso_tilt_deg=args.max_torso_tilt,
-        max_other_person_scale=args.max_other_person_scale,
-        storage_options=storage_options_from(args.storage_option),
-        storage_secret_block=args.storage_secret_block,
-    )
-    values.update(overrides)
-    return PreprocessConfig(**values)
 
 
 class RunLink(logging.Handler):
@@ -119,10 +42,11 @@ def configured_ui_url() -> str | None:
     return settings.ui_url if settings.api.url else None
 
 
-def run_flow(config, show_progress: bool = True, **selection: Any) -> dict[str, Any]:
+def run_flow(config, selection=None, policy=None, show_progress: bool = True) -> dict[str, Any]:
     from flows.preprocess import preprocess
     from flows.report import progress_logger, run_logger
     from tasks.engine.workers import warm_up
+    from tasks.records.config import RunPolicy, Selection
 
     warm_up(config)  # the worker processes start while Prefect starts its temporary API server
     ui_url = configured_ui_url()
@@ -132,7 +56,7 @@ def run_flow(config, show_progress: bool = True, **selection: Any) -> dict[str, 
         run_logger.setLevel(logging.INFO)
     try:
         with progress_bar(progress_logger, show_progress, "preprocess"):
-            summary = preprocess(**config.model_dump(), **selection)
+            summary = preprocess(config, selection or Selection(), policy or RunPolicy())
     finally:
         if link is not None:
             run_logger.removeHandler(link)
@@ -165,19 +89,12 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from flows.preprocess import RunFailed
+    from tasks.records.config import PreprocessConfig, RunPolicy, Selection
 
-    config = config_from_args(args)
+    config, selection, policy = (model_from_args(model, args) for model in (PreprocessConfig, Selection, RunPolicy))
     try:
         with stdout_for_json(args.json):
-            summary = run_flow(
-                config,
-                show_progress=not args.no_progress and not args.json,
-                prefix=args.prefix,
-                since=args.since,
-                until=args.until,
-                full_refresh=args.full_refresh,
-                max_failed_fraction=args.max_failed_fraction,
-            )
+            summary = run_flow(config, selection, policy, show_progress=not args.no_progress and not args.json)
     except RunFailed as failure:
         print_summary(failure.summary, args.json)
         print(f"error: {failure}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`vitonprep train`: run the train flow locally for one stage, with a progress bar over steps.
 
-The options are the fields of `TrainConfig` (one source of truth for names, defaults and help), as
+The options are the fields of `TrainConfig` (one source of every name, default and help text), as
 `--field-name`; `--storage-option KEY=VALUE` repeats.
 """
 
@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
-import typing
-from typing import Any, Literal
+from typing import Any
 
-from flows.cli.common import add_output_arguments, add_storage_arguments
+from flows.cli.common import add_model_arguments, add_output_arguments, model_from_args
 
 DESCRIPTION = (
     "Train one VITON-HD stage (seg, gmm or alias) on a dataset made by `vitonprep preprocess`. "
@@ -22,40 +20,12 @@ DESCRIPTION = (
     "<out>/<stage>_final.pth, which `vitonprep tryon --checkpoints <out>` loads. Train gmm before alias: the "
     "alias stage warps the cloth with <out>/gmm_final.pth (or --gmm-checkpoints)."
 )
-SPECIAL = {"dataset", "stage", "out", "storage_options"}
-
-
-def _option_type(annotation: Any) -> tuple[Any, tuple | None, bool]:
-    """(argparse type, choices, is_flag) for a TrainConfig field annotation."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(arg for arg in args if arg is not type(None))
-        args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is Literal:
-        return str, args, False
-    if annotation is bool:
-        return None, None, True
-    return annotation, None, False
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from tasks.records.config import TrainConfig
 
-    fields = TrainConfig.model_fields
-    parser.add_argument("--dataset", required=True, help=fields["dataset"].description)
-    parser.add_argument("--stage", required=True, choices=("seg", "gmm", "alias"), help=fields["stage"].description)
-    parser.add_argument("--out", required=True, help=fields["out"].description)
-    for name, field in fields.items():
-        if name in SPECIAL:
-            continue
-        flag = "--" + name.replace("_", "-")
-        kind, choices, is_flag = _option_type(field.annotation)
-        help_text = f"{field.description or name} (default {field.default})"
-        if is_flag:
-            parser.add_argument(flag, action="store_true", default=field.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, choices=choices, default=field.default, help=help_text)
-    add_storage_arguments(parser, secret_block=False)
+    add_model_arguments(parser, TrainConfig)
     add_output_arguments(parser)
 
 
@@ -76,16 +46,15 @@ def print_train_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows.cli.common import progress_bar, storage_options_from
+    from flows.cli.common import progress_bar
     from tasks.records.config import TrainConfig
 
-    values = {name: getattr(args, name) for name in TrainConfig.model_fields if name != "storage_options"}
-    config = TrainConfig(**values, storage_options=storage_options_from(args.storage_option))
+    config = model_from_args(TrainConfig, args)
     from flows.train import train
     from tasks.engine.training import progress_logger
 
     with progress_bar(progress_logger, not args.no_progress and not args.json, "train", unit="step"):
-        summary = train(**config.model_dump())
+        summary = train(config)
     print_train_summary(summary, args.json)
     return 0
 

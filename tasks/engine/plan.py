@@ -22,27 +22,9 @@ import pyarrow as pa
 
 from tasks.infra.storage import Store, unsafe_relative_reason
 from tasks.records.catalog import GARMENT, PERSON, CatalogItem, Refusal, WorkItem, stem_collisions
+from tasks.records.config import Selection
 from tasks.stages.registry import stages_for
 from vitonhd_models import contract, errors
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which catalog items a run looks at (backfills): a key prefix and a modification-time range."""
-
-    prefix: str = ""  # relative to the catalog root, e.g. "garments/2026-11/"
-    since: float | None = None  # epoch seconds, inclusive
-    until: float | None = None  # epoch seconds, exclusive
-    full_refresh: bool = False  # ignore the current view: rerun every stage of every selected item
-
-    def selects(self, item: CatalogItem) -> bool:
-        if not item.rel.startswith(self.prefix):
-            return False
-        if self.since is None and self.until is None:
-            return True
-        if item.modified is None:
-            return False
-        return (self.since is None or item.modified >= self.since) and (self.until is None or item.modified < self.until)
 
 
 @dataclass

@@ -27,16 +27,15 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.infra.runtime import TASK_OPTIONS, gpu_slot
 from tasks.infra.storage import StorageError, Store
-from tasks.records.config import StorageOptions
+from tasks.records.config import TryOnConfig
 from tasks.stages.normalize import encode_jpeg
 from vitonhd_models import contract, errors
 from vitonhd_models.checkpoints import (
@@ -67,65 +66,6 @@ CONTACT_SHEET_NAME = "tryon_contact_sheet.png"
 TRYON_SCHEMA_VERSION = 1
 OK, ERROR = "ok", "error"
 NETWORK_CACHE_SIZE = 2  # loaded network sets kept per process (a long-lived worker may switch checkpoints)
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-
-
-def pair_name(name: str) -> str:
-    """A person or garment as the pairs file names it: `x` or `x.jpg` -> `x.jpg`."""
-    name = name.strip()
-    if not name or "/" in name or any(char.isspace() for char in name):
-        raise ValueError(f"{name!r} is not a dataset file name (a stem such as 00001_00, or 00001_00.jpg)")
-    return name if name.endswith(".jpg") else f"{name}.jpg"
-
-
-class TryOnConfig(BaseModel):
-    """Everything a try-on run needs, validated once at the edge (CLI, flow parameters)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-    dataset: str = Field(description="Dataset root URL: <split>/ and <split>_pairs.txt (ours or VITON-HD's layout)")
-    out: str = Field(description="Output root URL: results/, manifests/tryon/, the contact sheet")
-    split: str = Field("test", min_length=1, pattern=r"^[^/\s]+$", description="Dataset split to read")
-    pairs: str | None = Field(None, description="URL of a pairs file; default <dataset>/<split>_pairs.txt")
-    persons: list[str] | None = Field(None, description="Person stems or names; with garments: their cross product")
-    garments: list[str] | None = Field(None, description="Garment stems or names; with persons: their cross product")
-    checkpoints: str | None = Field(
-        None, description="Folder URL with seg/gmm/alias_final.pth; missing files leave networks randomly initialised"
-    )
-    batch_size: int = Field(4, ge=1, description="Pairs per forward pass")
-    shard_size: int = Field(32, ge=1, description="Pairs per task run")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when there is one")
-    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16 runs seg and ALIAS under autocast (CUDA only)")
-    seed: int = Field(0, ge=0, description="Seeds random init and the seg/ALIAS noise (per batch: seed + index)")
-    agnostic: Literal["vitonhd", "hrviton", "disk"] = Field(
-        "vitonhd", description="Clothing-agnostic image: VITON-HD's online recipe (what its checkpoints saw), "
-        "HR-VITON's, or agnostic-v3.2/ from disk"
-    )
-    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
-    storage_secret_block: str | None = Field(
-        None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
-    )
-
-    @field_validator("persons", "garments")
-    @classmethod
-    def _names(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        names = [pair_name(name) for name in value]
-        if not names:
-            raise ValueError("give at least one name")
-        return list(dict.fromkeys(names))
-
-    @model_validator(mode="after")
-    def _one_source(self) -> TryOnConfig:
-        if (self.persons is None) != (self.garments is None):
-            raise ValueError("persons and garments go together (their cross product is rendered)")
-        if self.persons is not None and self.pairs is not None:
-            raise ValueError("give either a pairs file or persons and garments, not both")
-        return self
 
 
 def effective_precision(precision: str, device: str) -> str:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from tasks.infra.storage import CREDENTIAL_NAME, credential_options
+from vitonhd_models.pairs import pair_name
+
+if TYPE_CHECKING:
+    from tasks.records.catalog import CatalogItem
 
 CREDENTIALS_HELP = (
     "storage_options must not carry credentials ({names}): Prefect keeps flow parameters in its database "
@@ -38,6 +43,12 @@ StorageOptions = Annotated[
     dict[str, Any],
     AfterValidator(_without_credentials),
     WithJsonSchema({**_no_credentials_schema(4), "description": "fsspec options for every URL; no credentials"}),
+    Field(description="fsspec options for every URL (endpoint_url, profile, client_kwargs, ...); no credentials"),
+]
+# Loaded where the run runs (`tasks.infra.runtime.use_storage_secret`), never a parameter itself.
+SecretBlockName = Annotated[
+    str | None,
+    Field(description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"),
 ]
 
 DEFAULT_SHARD_SIZE = 64
@@ -52,10 +63,10 @@ class PreprocessConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     catalog: str = Field(description="Catalog root URL: persons/ + garments/ (+ pairs.csv), or image/ + cloth/")
-    out: str = Field(description="Dataset root URL; outputs go under <out>/<split>/")
+    out: str = Field(description="Dataset root URL; outputs go under {out}/{split}/")
     split: Literal["test", "train"] = Field("test", description="Dataset split to write")
     shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1, description="Images per task run")
-    parser: str = Field("geometric", description="'geometric' (bundled, approximate) or 'yolo:<weights URL>'")
+    parser: str = Field("geometric", description="'geometric' (bundled, approximate) or 'yolo:{weights URL}'")
     fit: Literal["pad", "crop"] = Field(
         "pad", description="How other aspect ratios reach 768x1024: pad with the background, or crop around the person"
     )
@@ -86,10 +97,8 @@ class PreprocessConfig(BaseModel):
     trust_weights: bool = Field(
         False, description="Load the YOLO parser's .pt weights as Ultralytics does, code in them included (trusted files only)"
     )
-    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
-    storage_secret_block: str | None = Field(
-        None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
-    )
+    storage_options: StorageOptions = Field(default_factory=dict)
+    storage_secret_block: SecretBlockName = None
 
     @field_validator("parser")
     @classmethod
@@ -105,6 +114,35 @@ class PreprocessConfig(BaseModel):
     @property
     def parser_weights_url(self) -> str | None:
         return self.parser.split(":", 1)[1] if self.parser.startswith("yolo:") else None
+
+
+class Selection(BaseModel):
+    """Which catalog items a run looks at (a backfill): a key prefix and a modification-time range."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    prefix: str = Field("", description="Only catalog keys under this prefix, relative to the catalog root "
+                        "(e.g. garments/2026-11/)")
+    since: datetime | None = Field(None, description="Only sources modified at or after this time (no zone: UTC)")
+    until: datetime | None = Field(None, description="Only sources modified before this time (no zone: UTC)")
+    full_refresh: bool = Field(
+        False, description="Ignore what the dataset already holds: rerun every stage of the selected items"
+    )
+
+    @field_validator("since", "until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+    def selects(self, item: CatalogItem) -> bool:
+        if not item.rel.startswith(self.prefix):
+            return False
+        if self.since is None and self.until is None:
+            return True
+        if item.modified is None:
+            return False
+        return ((self.since is None or item.modified >= self.since.timestamp())
+                and (self.until is None or item.modified < self.until.timestamp()))
 
 
 # A child run of 2,000 items is ~160 task runs at 64 images per shard (Prefect is comfortable up to a
@@ -154,32 +192,34 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    dataset: str = Field(description="Dataset root URL (holds <split>/ and <split>_pairs.txt)")
+    dataset: str = Field(description="Dataset root URL (holds {split}/ and {split}_pairs.txt)")
     stage: Literal["seg", "gmm", "alias"] = Field(description="Which network to train")
-    out: str = Field(description="Output URL: checkpoints, metrics, samples and <stage>_final.pth")
+    out: str = Field(description="Output URL: checkpoints, metrics, samples and {stage}_final.pth")
     split: str = Field("train", description="Split to train on; its pairs file must pair persons with their own garment")
     steps: int = Field(1000, ge=1, description="Total optimiser steps (a rerun continues up to this)")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="Pairs per step")
     lr_g: float | None = Field(None, gt=0, description="Generator learning rate; None = the stage default")
     lr_d: float | None = Field(None, gt=0, description="Discriminator learning rate; None = the stage default")
     checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints (and sample grids)")
     log_every: int = Field(1, ge=1, description="Steps between loss lines in the run log (Parquet gets every step)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Seeds initialisation, data order and the noise of every step")
     load_height: int = Field(1024, ge=64, description="Training resolution (the dataset files stay 1024x768)")
-    load_width: int = Field(768, ge=48)
+    load_width: int = Field(768, ge=48, description="Training resolution, width")
     seg_ngf: int = Field(64, ge=1, description="Width of the seg U-Net (64 = official)")
     gmm_ngf: int = Field(64, ge=1, description="Width of the GMM feature extractors (64 = official)")
     alias_ngf: int = Field(64, ge=1, description="Width of the ALIAS generator (64 = official)")
     alias_norm_hidden: int = Field(128, ge=1, description="ALIASNorm hidden width (128 = official)")
-    num_upsampling_layers: Literal["normal", "more", "most"] = Field("most")
+    num_upsampling_layers: Literal["normal", "more", "most"] = Field(
+        "most", description="ALIAS depth: normal, more or most (official)"
+    )
     ndf: int = Field(64, ge=1, description="Discriminator width")
-    lambda_ce: float = Field(10.0, ge=0)
-    lambda_const: float = Field(0.04, ge=0)
-    lambda_fm: float = Field(10.0, ge=0)
-    lambda_vgg: float = Field(10.0, ge=0)
+    lambda_ce: float = Field(10.0, ge=0, description="seg: weight of the cross-entropy term")
+    lambda_const: float = Field(0.04, ge=0, description="gmm: weight of the TPS second-order constraint")
+    lambda_fm: float = Field(10.0, ge=0, description="alias: weight of the feature-matching term")
+    lambda_vgg: float = Field(10.0, ge=0, description="alias: weight of the perceptual term")
     vgg_weights: str | None = Field(None, description="URL of torchvision VGG19 weights; None = perceptual loss off")
     gmm_checkpoints: str | None = Field(
-        None, description="alias stage: folder with gmm_final.pth for the warped cloth; None = <out>"
+        None, description="alias stage: folder with gmm_final.pth for the warped cloth; None = {out}"
     )
     lpips_alexnet_weights: str | None = Field(None, description="URL of torchvision AlexNet weights (LPIPS)")
     lpips_lin_weights: str | None = Field(None, description="URL of the LPIPS v0.1 alex linear weights")
@@ -189,13 +229,11 @@ class TrainConfig(BaseModel):
     agnostic: Literal["vitonhd", "hrviton", "disk"] = Field(
         "vitonhd", description="Clothing-agnostic image: computed online (recipe) or read from agnostic-v3.2/"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when there is one")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     cache_samples: bool = Field(False, description="Keep decoded samples in memory (small datasets)")
-    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
-    storage_secret_block: str | None = Field(
-        None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
-    )
+    storage_options: StorageOptions = Field(default_factory=dict)
+    storage_secret_block: SecretBlockName = None
 
 
 class ParserTrainConfig(BaseModel):
@@ -215,15 +253,57 @@ class ParserTrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when there is one")
     workers: int = Field(2, ge=0, description="DataLoader worker processes")
     patience: int = Field(50, ge=1, description="Epochs without improvement before stopping early")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Training seed")
     compare_geometric: bool = Field(
         True, description="Also evaluate the bundled geometric parser on the val split (pixel IoU)"
     )
     trust_weights: bool = Field(
         False, description="Load .pt checkpoints (fine-tune weights, last.pt) as Ultralytics does, code in them included"
     )
-    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for every URL; no credentials")
-    storage_secret_block: str | None = Field(
-        None, description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"
-    )
+    storage_options: StorageOptions = Field(default_factory=dict)
+    storage_secret_block: SecretBlockName = None
 
+
+class TryOnConfig(BaseModel):
+    """Everything a try-on run needs, validated once at the edge (CLI, flow parameters)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    dataset: str = Field(description="Dataset root URL: {split}/ and {split}_pairs.txt (ours or VITON-HD's layout)")
+    out: str = Field(description="Output root URL: results/, manifests/tryon/, the contact sheet")
+    split: str = Field("test", min_length=1, pattern=r"^[^/\s]+$", description="Dataset split to read")
+    pairs: str | None = Field(None, description="URL of a pairs file; default {dataset}/{split}_pairs.txt")
+    persons: list[str] | None = Field(None, description="Person stems or names; with garments: their cross product")
+    garments: list[str] | None = Field(None, description="Garment stems or names; with persons: their cross product")
+    checkpoints: str | None = Field(
+        None, description="Folder URL with seg/gmm/alias_final.pth; missing files leave networks randomly initialised"
+    )
+    batch_size: int = Field(4, ge=1, description="Pairs per forward pass")
+    shard_size: int = Field(32, ge=1, description="Pairs per task run")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when there is one")
+    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16 runs seg and ALIAS under autocast (CUDA only)")
+    seed: int = Field(0, ge=0, description="Seeds random init and the seg/ALIAS noise (per batch: seed + index)")
+    agnostic: Literal["vitonhd", "hrviton", "disk"] = Field(
+        "vitonhd", description="Clothing-agnostic image: VITON-HD's online recipe (what its checkpoints saw), "
+        "HR-VITON's, or agnostic-v3.2/ from disk"
+    )
+    storage_options: StorageOptions = Field(default_factory=dict)
+    storage_secret_block: SecretBlockName = None
+
+    @field_validator("persons", "garments")
+    @classmethod
+    def _names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [pair_name(name) for name in value]
+        if not names:
+            raise ValueError("give at least one name")
+        return list(dict.fromkeys(names))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TryOnConfig:
+        if (self.persons is None) != (self.garments is None):
+            raise ValueError("persons and garments go together (their cross product is rendered)")
+        if self.persons is not None and self.pairs is not None:
+            raise ValueError("give either a pairs file or persons and garments, not both")
+        return self
