@@ -18,7 +18,8 @@ from typing import Any
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from tasks.infra.storage import Store, redact
+from tasks.infra.redaction import redact
+from tasks.infra.store import Store
 from tasks.records.config import PreprocessConfig, RunPolicy
 from vitonhd_models import contract
 

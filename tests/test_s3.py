@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tasks.infra import storage
-from tasks.infra.storage import (
+from tasks.infra import errors
+from tasks.infra.errors import (
     RetryPolicy,
     StorageError,
     StorageNotFoundError,
     StoragePermissionError,
     StorageUnavailableError,
-    Store,
-    local_file,
-    redact,
-    resolve_storage_options,
-    safe_options,
 )
+from tasks.infra.options import resolve_storage_options, safe_options
+from tasks.infra.redaction import redact
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import local_file
 from tests.s3 import Bucket, FaultProxy, clear_s3fs_caches
 
 FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)  # real backoff, short waits
@@ -209,7 +208,7 @@ def test_transient_errors_that_persist_fail_after_the_last_attempt_with_backoff(
     bucket, proxy = s3_faults
     store = Store(bucket.url("out"), bucket.storage_options, retry=RetryPolicy(attempts=4, base=0.05, cap=0.1))
     slept: list[float] = []
-    monkeypatch.setattr(storage, "_sleep", slept.append)
+    monkeypatch.setattr(errors, "_sleep", slept.append)
     proxy.fail(None, 503, "SlowDown")
     with pytest.raises(StorageUnavailableError) as caught:
         store.write_bytes("x.bin", b"x")
@@ -330,7 +329,7 @@ def secret_block(prefect_server, monkeypatch):
     environment's are removed): a run can reach the bucket only through the block."""
     from prefect.blocks.system import Secret
 
-    from tasks.infra.storage import use_credentials
+    from tasks.infra.options import use_credentials
 
     Secret(value={"key": FAKE_KEY_ID, "secret": FAKE_SECRET}).save("s3-credentials", overwrite=True)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -344,7 +343,7 @@ def secret_block(prefect_server, monkeypatch):
 @pytest.mark.slow
 def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, samples_dir, secret_block):
     from flows.preprocess import preprocess
-    from tasks.infra.storage import use_credentials
+    from tasks.infra.options import use_credentials
     from tasks.records.manifest import read_run
     from vitonhd_models import contract
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from tasks.infra.storage import Store, local_file
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import local_file
 
 
 def test_write_then_read_round_trips_through_file_urls(tmp_path):
@@ -94,7 +95,7 @@ def test_listing_order_is_files_first_then_subfolders_all_sorted(tmp_path):
 def test_a_missing_local_file_is_a_file_not_found_error_naming_the_operation(tmp_path):
     import pytest
 
-    from tasks.infra.storage import StorageNotFoundError
+    from tasks.infra.errors import StorageNotFoundError
 
     with pytest.raises(FileNotFoundError) as caught:
         Store(str(tmp_path)).read_bytes("nope.jpg")
@@ -105,7 +106,7 @@ def test_a_missing_local_file_is_a_file_not_found_error_naming_the_operation(tmp
 def test_the_fast_timestamp_parser_agrees_with_botocores():
     from botocore.utils import parse_timestamp as slow
 
-    from tasks.infra.storage import parse_timestamp
+    from tasks.infra.s3_listing import parse_timestamp
 
     for value in ("2026-01-02T03:04:05.000Z", "2026-01-02T03:04:05Z", "2026-01-02T03:04:05.123456Z",
                   "Fri, 02 Jan 2026 03:04:05 GMT", "1767323045"):  # fmt: skip

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from tasks.infra.storage import CREDENTIAL_NAME, credential_options
+from tasks.infra.options import CREDENTIAL_NAME, credential_options
 
 CREDENTIALS_HELP = (
     "storage_options must not carry credentials ({names}): Prefect keeps flow parameters in its database "
