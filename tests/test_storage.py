@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from tasks.infra.store import Store
 from tasks.infra.weight_cache import local_file
@@ -72,6 +73,24 @@ def test_local_file_of_a_remote_url_is_a_cached_copy(tmp_path):
     remote.write_bytes("w.pt", b"weights")
     path = local_file("memory://models/w.pt", cache_dir=str(tmp_path))
     assert path.startswith(str(tmp_path)) and open(path, "rb").read() == b"weights"
+
+
+def test_a_remote_weight_is_downloaded_once_per_version_and_the_replaced_copy_goes(s3, tmp_path):
+    # Our rules, not fsspec's filecache (which rewrites one file per URL in place): see tasks.infra.weight_cache.
+    from tests.s3 import FaultProxy
+
+    with FaultProxy(s3.endpoint) as proxy:
+        url, options, cache = s3.url("models/w.pt"), {"endpoint_url": proxy.endpoint}, str(tmp_path / "cache")
+        s3.put("models/w.pt", b"first")
+        first = local_file(url, options, cache_dir=cache)
+        assert local_file(url, options, cache_dir=cache) == first
+        assert proxy.count("GET", f"/{s3.name}/models/w.pt") == 1, "an unchanged object was downloaded again"
+        s3.put("models/w.pt", b"other")  # the same size: only the ETag tells the versions apart
+        second = local_file(url, options, cache_dir=cache)
+        assert proxy.count("GET", f"/{s3.name}/models/w.pt") == 2
+    assert second != first and Path(second).name == "w.pt" and Path(second).read_bytes() == b"other"
+    assert not Path(first).exists(), "the copy of the replaced object should be gone"
+    assert [p.name for p in Path(cache).rglob("*") if p.is_file()] == ["w.pt"], "a temporary file was left behind"
 
 
 def test_remove_temporaries_deletes_only_what_interrupted_writes_left(tmp_path):

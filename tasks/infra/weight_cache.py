@@ -1,6 +1,12 @@
 """Model weights as local files: a local weight is used where it is; a remote one is downloaded into a cache
 folder, once per object version (a new object at the same URL is downloaded again, older copies go). And the
 SHA-256 of a file or of bytes.
+
+Not fsspec's caches: `simplecache::` never looks at the remote object again, and `filecache::` (whose
+`check_files` compares `fs.ukey`, the object's info with its ETag: our versioning rule) keeps one file per
+URL, named by a hash without the weight's suffix, and downloads a new version straight into it, so another
+process loading it meanwhile reads a partial file and a path the run already hashed changes its bytes. Here
+each version has its own folder, is downloaded under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
