@@ -123,6 +123,19 @@ def test_options_come_from_the_environment(s3, monkeypatch):
     assert resolve_storage_options("/tmp/x", {"a": 1}, environ=env) == {"a": 1}
 
 
+def test_fsspec_configuration_counts_as_given(monkeypatch):
+    import fsspec
+
+    configured = {"endpoint_url": "http://configured:9000", "config_kwargs": {"s3": {"addressing_style": "path"}}}
+    monkeypatch.setitem(fsspec.config.conf, "s3", configured)  # what FSSPEC_S3_ENDPOINT_URL=... would set
+    options = resolve_storage_options("s3://b/k", {}, environ={"AWS_ENDPOINT_URL": "http://env:9000"})
+    assert options["endpoint_url"] == "http://configured:9000", "an environment default overrode fsspec's configuration"
+    assert options["config_kwargs"] == {"s3": {"addressing_style": "path"}, "retries": {"total_max_attempts": 1}}
+    assert resolve_storage_options("s3://b/k", {"endpoint_url": "http://given"}, environ={})["endpoint_url"] == "http://given"
+    assert configured == {"endpoint_url": "http://configured:9000", "config_kwargs": {"s3": {"addressing_style": "path"}}}
+    assert Store("s3://b/k").fs.config_kwargs["s3"] == {"addressing_style": "path"}
+
+
 def test_model_weights_come_from_s3_as_a_cached_local_copy(s3, tmp_path):
     s3.put("models/pose/w.task", b"weights")
     path = local_file(s3.url("models/pose/w.task"), s3.storage_options, cache_dir=str(tmp_path))

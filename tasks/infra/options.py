@@ -36,15 +36,21 @@ def resolve_storage_options(
     For `s3://`: `endpoint_url` from `VITONPREP_S3_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3` or
     `AWS_ENDPOINT_URL`; `client_kwargs.region_name` from `VITONPREP_S3_REGION`, `AWS_REGION` or
     `AWS_DEFAULT_REGION`; `profile` from `VITONPREP_S3_PROFILE` or `AWS_PROFILE` (unless explicit
-    keys are given). Explicit options always win. botocore's own retries are switched off
-    (`config_kwargs.retries`) because the Store retries every call itself. Other protocols get
-    their options unchanged.
+    keys are given). Explicit options always win, then fsspec's own configuration. botocore's own
+    retries are switched off (`config_kwargs.retries`) because the Store retries every call itself.
+    Other protocols get their options unchanged.
     """
     options = copy.deepcopy(dict(storage_options or {}))
-    if _run_credentials and fsspec.utils.get_protocol(url) not in LOCAL_PROTOCOLS:
+    protocol = fsspec.utils.get_protocol(url)
+    if _run_credentials and protocol not in LOCAL_PROTOCOLS:
         options.update(copy.deepcopy(_run_credentials))
-    if fsspec.utils.get_protocol(url) not in S3_PROTOCOLS:
+    if protocol not in S3_PROTOCOLS:
         return options
+    # fsspec reads none of the names below: only FSSPEC_S3_<KEY> variables and ~/.config/fsspec, which it
+    # applies itself when it builds the filesystem, under the options it is given. So its configured values
+    # count as given here: a default from the environment never overrides one, and the client_kwargs and
+    # config_kwargs set below keep theirs (fsspec would replace a whole dict, not merge it).
+    options = copy.deepcopy(fsspec.config.apply_config(fsspec.get_filesystem_class(protocol), options))
     env = os.environ if environ is None else environ
     client_kwargs = dict(options.get("client_kwargs") or {})
     config_kwargs = dict(options.get("config_kwargs") or {})
