@@ -152,7 +152,7 @@ def stream_shards(items: Iterable, shard_size: int) -> Iterator[list]:
 
 def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tuple[int, int]:
     """(items, shards) of one way to list and plan the catalog's persons."""
-    from tasks.infra.storage import Store
+    from tasks.infra.store import Store
     from tasks.records import catalog as cat
 
     options = {"endpoint_url": endpoint}
@@ -202,7 +202,7 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
 def measure(name: str, endpoint: str, shard_size: int, page_size: int, trace: bool) -> None:
     import s3fs  # noqa: F401 - imports are not what we measure
 
-    import tasks.infra.storage  # noqa: F401
+    import tasks.infra.store  # noqa: F401
 
     rss_before, cpu_before = maxrss_mib(), cpu_seconds()
     if trace:

@@ -60,7 +60,7 @@ def build_catalog(samples: Path, root: Path, repeat: int) -> tuple[list[Path], l
 
 def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: str) -> dict:
     from flows.cli.preprocess import run_flow as run_like_the_cli
-    from tasks.infra.storage import Store
+    from tasks.infra.store import Store
     from tasks.records.config import PreprocessConfig
     from tasks.records.manifest import item_view, read_run
 
@@ -99,7 +99,7 @@ def run_engine_alone(catalog: Path, out: Path, workers: int, shard_size: int) ->
     from tasks.engine.shard import ShardRun, process_shard
     from tasks.engine.workers import prepare_models, worker_pool
     from tasks.infra.runtime import SHARDS_IN_FLIGHT
-    from tasks.infra.storage import Store
+    from tasks.infra.store import Store
     from tasks.records.catalog import GARMENT, PERSON, detect_catalog_layout, list_items, plan_shards
     from tasks.records.config import PreprocessConfig, Selection
     from tasks.stages.model_cache import resolve_weights
@@ -215,7 +215,7 @@ def run_floor(persons: list[Path], garments: list[Path], processes: int) -> dict
 def run_loop(persons: list[Path], garments: list[Path], out: Path) -> float:
     """Every photo through every stage and its writes, one after another, in one process."""
     from tasks.engine.workers import SOURCE, Job, prepare_models, run_job
-    from tasks.infra.storage import Store
+    from tasks.infra.store import Store
     from tasks.records.catalog import CatalogItem, WorkItem
     from tasks.records.config import PreprocessConfig
     from tasks.stages.model_cache import Weights

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from bench.machine import device_info, log, peak_rss_gib, release, synchronizer
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from vitonhd_models import pipeline
 from vitonhd_models.checkpoints import Architecture, build_network, load_networks, with_load_size
 from vitonhd_models.data import PairDataset, collate_pairs, read_pairs

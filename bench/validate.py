@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
 from flows.cli.common import parse_storage_option  # noqa: E402
-from tasks.infra.storage import Store  # noqa: E402
+from tasks.infra.store import Store  # noqa: E402
 from tasks.tools.validate import validate_dataset  # noqa: E402
 from vitonhd_models import contract  # noqa: E402
 from vitonhd_models.contract import IMAGE_HEIGHT as H  # noqa: E402

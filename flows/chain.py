@@ -22,7 +22,8 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from tasks.infra.storage import Store, redact
+from tasks.infra.redaction import redact
+from tasks.infra.store import Store
 from tasks.records.config import PreprocessConfig, RunPolicy
 from vitonhd_models import contract
 

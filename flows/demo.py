@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.stages.contact_sheet import dataset_contact_sheet
 from vitonhd_models import contract
 

@@ -19,7 +19,7 @@ from prefect.runtime import deployment, flow_run
 
 from flows.report import RunProgress
 from tasks.engine.plan import child_run_id, work_list_path, write_work_list
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.catalog import WorkItem
 from tasks.records.config import PreprocessConfig, Selection
 from tasks.records.manifest import read_run

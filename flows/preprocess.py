@@ -38,8 +38,9 @@ from tasks.engine.shard import ShardRun
 from tasks.engine.shard_task import shard_task
 from tasks.engine.workers import warm_up, workers_of
 from tasks.infra.lease import DatasetLease
+from tasks.infra.redaction import redact
 from tasks.infra.runtime import SHARDS_IN_FLIGHT, use_storage_secret
-from tasks.infra.storage import Store, redact
+from tasks.infra.store import Store
 from tasks.records.catalog import (
     GARMENT,
     PERSON,

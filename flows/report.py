@@ -19,7 +19,8 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ValidationError
 
-from tasks.infra.storage import Store, redact
+from tasks.infra.redaction import redact
+from tasks.infra.store import Store
 from tasks.records.catalog import GARMENT, PERSON
 from tasks.records.manifest import item_view, run_folder
 from tasks.stages.contact_sheet import dataset_contact_sheet, encode_png, thumbnail_data_uri

@@ -18,8 +18,8 @@ from prefect.runtime import flow_run
 
 from flows.report import run_parameter
 from tasks.engine.training import evaluate_stage, export_final, pair_split, stage_store, train_until
+from tasks.infra.redaction import redact
 from tasks.infra.runtime import use_storage_secret
-from tasks.infra.storage import redact
 from tasks.records.config import TrainConfig
 from tasks.stages.contact_sheet import thumbnail_data_uri
 from vitonhd_models.train import latest_step, read_metrics

@@ -19,8 +19,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.report import run_parameter
+from tasks.infra.redaction import redact
 from tasks.infra.runtime import TASK_OPTIONS, gpu_slot, use_storage_secret
-from tasks.infra.storage import Store, redact
+from tasks.infra.store import Store
 from tasks.records.config import ParserTrainConfig
 from tasks.stages.contact_sheet import thumbnail_data_uri
 from tasks.tools import parser_training

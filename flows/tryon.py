@@ -50,8 +50,9 @@ from tasks.engine.tryon import (
     shard_name,
     write_summary,
 )
+from tasks.infra.redaction import redact
 from tasks.infra.runtime import use_storage_secret
-from tasks.infra.storage import Store, redact
+from tasks.infra.store import Store
 from tasks.records.config import TryOnConfig
 from tasks.stages.contact_sheet import contact_sheet, thumbnail_data_uri
 from vitonhd_models import contract

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.catalog import (
     GARMENT,
     PERSON,

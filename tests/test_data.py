@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import local_copy
 from vitonhd_models import contract
 from vitonhd_models.checkpoints import Architecture, load_networks
 from vitonhd_models.data import (
@@ -106,7 +107,7 @@ def test_parse_agnostic_has_no_upper_clothes_left(sample):
 
 
 def test_the_image_tensor_is_the_jpeg_scaled_to_minus_one_one(sample, split, first_pair, tmp_path):
-    with Image.open(split.local_copy(f"image/{first_pair[0]}", str(tmp_path))) as image:
+    with Image.open(local_copy(split, f"image/{first_pair[0]}", str(tmp_path))) as image:
         rgb = np.asarray(image.convert("RGB"))
     expected = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
     assert torch.allclose(sample["img"], expected)

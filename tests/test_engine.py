@@ -27,7 +27,7 @@ from PIL import Image
 from tasks.engine.plan import plan_catalog
 from tasks.engine.shard import ShardRun, process_shard, read_source, schedule_of, segments_of
 from tasks.engine.workers import SOURCE, Job, prepare_models, run_job, worker_pool
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.catalog import GARMENT, PERSON, WorkItem, detect_catalog_layout, list_items
 from tasks.records.config import PreprocessConfig, Selection
 from tasks.records.manifest import manifest_part_path, read_run

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from tasks.engine.plan import child_run_id, read_work_list, refused, split_work, work_list_path, write_work_list
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.catalog import GARMENT, PERSON, CatalogItem, Refusal, WorkItem
 
 

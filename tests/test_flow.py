@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.config import PreprocessConfig, RunPolicy
 from tasks.records.manifest import item_view, read_run
 from vitonhd_models import contract

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.config import PreprocessConfig, RunPolicy, Selection
 from tasks.records.manifest import read_all, read_current, read_run
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tasks.infra.lease import LEASE_PATH, DatasetBusyError, DatasetLease, read_lease
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.config import PreprocessConfig
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.config import PreprocessConfig, RunPolicy
 from tasks.records.manifest import read_current, read_run
 

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from flows.cli import main
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.stages.parse import encode_parse_png
 from tasks.stages.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
 from tasks.tools.parser_dataset import (

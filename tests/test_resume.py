@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.config import PreprocessConfig
 from tasks.records.manifest import read_all, read_current
 from tasks.stages.registry import output_paths, stages_for

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from tasks.infra.errors import StorageError, StorageNotFoundError, StoragePermissionError, StorageUnavailableError
 from tasks.infra.runtime import GPU_LIMIT_ENV, TASK_OPTIONS, gpu_slot, is_infrastructure_error
-from tasks.infra.storage import StorageError, StorageNotFoundError, StoragePermissionError, StorageUnavailableError
 from vitonhd_models.errors import ItemError
 
 

@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tasks.infra import storage
-from tasks.infra.storage import (
+from tasks.infra import errors
+from tasks.infra.errors import (
     RetryPolicy,
     StorageError,
     StorageNotFoundError,
     StoragePermissionError,
     StorageUnavailableError,
-    Store,
-    local_file,
-    redact,
-    resolve_storage_options,
-    safe_options,
 )
+from tasks.infra.options import resolve_storage_options, safe_options
+from tasks.infra.redaction import redact
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import local_file
 from tasks.records.config import PreprocessConfig, RunPolicy
 from tests.s3 import Bucket, FaultProxy, clear_s3fs_caches
 
@@ -125,6 +124,19 @@ def test_options_come_from_the_environment(s3, monkeypatch):
     assert resolve_storage_options("/tmp/x", {"a": 1}, environ=env) == {"a": 1}
 
 
+def test_fsspec_configuration_counts_as_given(monkeypatch):
+    import fsspec
+
+    configured = {"endpoint_url": "http://configured:9000", "config_kwargs": {"s3": {"addressing_style": "path"}}}
+    monkeypatch.setitem(fsspec.config.conf, "s3", configured)  # what FSSPEC_S3_ENDPOINT_URL=... would set
+    options = resolve_storage_options("s3://b/k", {}, environ={"AWS_ENDPOINT_URL": "http://env:9000"})
+    assert options["endpoint_url"] == "http://configured:9000", "an environment default overrode fsspec's configuration"
+    assert options["config_kwargs"] == {"s3": {"addressing_style": "path"}, "retries": {"total_max_attempts": 1}}
+    assert resolve_storage_options("s3://b/k", {"endpoint_url": "http://given"}, environ={})["endpoint_url"] == "http://given"
+    assert configured == {"endpoint_url": "http://configured:9000", "config_kwargs": {"s3": {"addressing_style": "path"}}}
+    assert Store("s3://b/k").fs.config_kwargs["s3"] == {"addressing_style": "path"}
+
+
 def test_model_weights_come_from_s3_as_a_cached_local_copy(s3, tmp_path):
     s3.put("models/pose/w.task", b"weights")
     path = local_file(s3.url("models/pose/w.task"), s3.storage_options, cache_dir=str(tmp_path))
@@ -210,7 +222,7 @@ def test_transient_errors_that_persist_fail_after_the_last_attempt_with_backoff(
     bucket, proxy = s3_faults
     store = Store(bucket.url("out"), bucket.storage_options, retry=RetryPolicy(attempts=4, base=0.05, cap=0.1))
     slept: list[float] = []
-    monkeypatch.setattr(storage, "_sleep", slept.append)
+    monkeypatch.setattr(errors, "_sleep", slept.append)
     proxy.fail(None, 503, "SlowDown")
     with pytest.raises(StorageUnavailableError) as caught:
         store.write_bytes("x.bin", b"x")
@@ -331,7 +343,7 @@ def secret_block(prefect_server, monkeypatch):
     environment's are removed): a run can reach the bucket only through the block."""
     from prefect.blocks.system import Secret
 
-    from tasks.infra.storage import use_credentials
+    from tasks.infra.options import use_credentials
 
     Secret(value={"key": FAKE_KEY_ID, "secret": FAKE_SECRET}).save("s3-credentials", overwrite=True)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -345,7 +357,7 @@ def secret_block(prefect_server, monkeypatch):
 @pytest.mark.slow
 def test_the_preprocess_flow_runs_from_an_s3_catalog_to_an_s3_dataset(s3, samples_dir, secret_block):
     from flows.preprocess import preprocess
-    from tasks.infra.storage import use_credentials
+    from tasks.infra.options import use_credentials
     from tasks.records.manifest import read_run
     from vitonhd_models import contract
 

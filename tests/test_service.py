@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from tasks.infra.storage import Store, local_file
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import local_file
 
 
 def test_write_then_read_round_trips_through_file_urls(tmp_path):
@@ -73,6 +75,24 @@ def test_local_file_of_a_remote_url_is_a_cached_copy(tmp_path):
     assert path.startswith(str(tmp_path)) and open(path, "rb").read() == b"weights"
 
 
+def test_a_remote_weight_is_downloaded_once_per_version_and_the_replaced_copy_goes(s3, tmp_path):
+    # Our rules, not fsspec's filecache (which rewrites one file per URL in place): see tasks.infra.weight_cache.
+    from tests.s3 import FaultProxy
+
+    with FaultProxy(s3.endpoint) as proxy:
+        url, options, cache = s3.url("models/w.pt"), {"endpoint_url": proxy.endpoint}, str(tmp_path / "cache")
+        s3.put("models/w.pt", b"first")
+        first = local_file(url, options, cache_dir=cache)
+        assert local_file(url, options, cache_dir=cache) == first
+        assert proxy.count("GET", f"/{s3.name}/models/w.pt") == 1, "an unchanged object was downloaded again"
+        s3.put("models/w.pt", b"other")  # the same size: only the ETag tells the versions apart
+        second = local_file(url, options, cache_dir=cache)
+        assert proxy.count("GET", f"/{s3.name}/models/w.pt") == 2
+    assert second != first and Path(second).name == "w.pt" and Path(second).read_bytes() == b"other"
+    assert not Path(first).exists(), "the copy of the replaced object should be gone"
+    assert [p.name for p in Path(cache).rglob("*") if p.is_file()] == ["w.pt"], "a temporary file was left behind"
+
+
 def test_remove_temporaries_deletes_only_what_interrupted_writes_left(tmp_path):
     store = Store(str(tmp_path))
     store.write_bytes("a/b.jpg", b"x")
@@ -94,7 +114,7 @@ def test_listing_order_is_files_first_then_subfolders_all_sorted(tmp_path):
 def test_a_missing_local_file_is_a_file_not_found_error_naming_the_operation(tmp_path):
     import pytest
 
-    from tasks.infra.storage import StorageNotFoundError
+    from tasks.infra.errors import StorageNotFoundError
 
     with pytest.raises(FileNotFoundError) as caught:
         Store(str(tmp_path)).read_bytes("nope.jpg")
@@ -105,7 +125,7 @@ def test_a_missing_local_file_is_a_file_not_found_error_naming_the_operation(tmp
 def test_the_fast_timestamp_parser_agrees_with_botocores():
     from botocore.utils import parse_timestamp as slow
 
-    from tasks.infra.storage import parse_timestamp
+    from tasks.infra.s3_listing import parse_timestamp
 
     for value in ("2026-01-02T03:04:05.000Z", "2026-01-02T03:04:05Z", "2026-01-02T03:04:05.123456Z",
                   "Fri, 02 Jan 2026 03:04:05 GMT", "1767323045"):  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.config import TrainConfig
 from tests.test_metrics_features import (  # noqa: F401  (weight-file fixtures)
     alexnet_path,

@@ -75,7 +75,7 @@ def test_the_amp_check_never_claims_amp_off_a_gpu():
 
 @pytest.fixture(scope="module")
 def parser_dataset(tmp_path_factory):
-    from tasks.infra.storage import Store
+    from tasks.infra.store import Store
     from tasks.tools.parser_dataset import ParserDatasetConfig, convert_dataset
     from tests.test_parser_dataset import person_map, write_item
 

@@ -27,7 +27,7 @@ from tasks.engine.tryon import (
     result_key,
     select_pending,
 )
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.config import TryOnConfig
 from vitonhd_models import contract
 from vitonhd_models.checkpoints import (

@@ -60,7 +60,7 @@ def test_ordinary_trained_weights_load_without_trust(yolo_weights):
 def test_a_preprocess_run_with_such_weights_stops_before_processing_anything(yolo_weights, samples_dir, tmp_path,
                                                                              prefect_server):
     from flows.preprocess import preprocess
-    from tasks.infra.storage import Store
+    from tasks.infra.store import Store
 
     path, marker = crafted(yolo_weights, tmp_path)
     catalog = Store(str(tmp_path / "catalog"))
@@ -107,7 +107,7 @@ def test_a_bare_official_name_is_refused_instead_of_downloaded():
 def test_train_parser_looks_up_no_host_and_connects_nowhere(tmp_path):
     """The production training path, with no test stub of Ultralytics' font check: every DNS lookup and
     connection attempt is recorded, and there must be none."""
-    from tasks.infra.storage import Store
+    from tasks.infra.store import Store
     from tasks.records.config import ParserTrainConfig
     from tasks.tools.parser_dataset import ParserDatasetConfig, convert_dataset
     from tasks.tools.parser_training import train

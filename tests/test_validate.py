@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from flows.cli.validate import main as validate_main
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.tools.validate import (
     CODES,
     LIP10_MAX_PERSON_FRACTION,

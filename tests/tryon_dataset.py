@@ -11,7 +11,7 @@ import io
 import pytest
 from PIL import Image, ImageOps
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.config import PreprocessConfig
 
 

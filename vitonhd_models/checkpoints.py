@@ -1,4 +1,4 @@
-"""Build the three networks and load their weights: the official files or ours, from any `Files` (a `tasks.infra.storage.Store`).
+"""Build the three networks and load their weights: the official files or ours, from any `Files` (a `tasks.infra.store.Store`).
 
 A checkpoint folder holds `seg_final.pth`, `gmm_final.pth` and `alias_final.pth` (contract §1.10: bare
 state dicts, the names `test.py` expects). The `train` flow writes the same three names, so its output

@@ -1,6 +1,6 @@
 """Read a VITON-HD dataset (ours or the official layout) into the tensors of contract §1.8.
 
-A sample is one (person, cloth) pair. `load_pair` reads its files through a `Files` (a `tasks.infra.storage.Store`) and returns the
+A sample is one (person, cloth) pair. `load_pair` reads its files through a `Files` (a `tasks.infra.store.Store`) and returns the
 dict VITON-HD's `datasets.py` returns (same keys, shapes and value ranges), optionally with the training
 targets. `PairDataset` wraps it for a `DataLoader`; a pair that cannot be read becomes `None`, which
 `collate_pairs` drops, so one bad file never stops an epoch.

@@ -1,6 +1,6 @@
 """The file access the model layer needs, as a protocol: paths relative to a root, whole files.
 
-`tasks.infra.storage.Store` (local disks, S3 and every fsspec filesystem) is one; so is anything with these
+`tasks.infra.store.Store` (local disks, S3 and every fsspec filesystem) is one; so is anything with these
 methods. A missing file raises FileNotFoundError (or a subclass of it).
 """
 

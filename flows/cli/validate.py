@@ -96,7 +96,7 @@ def add_validate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate `args.url`; print the report; 0 when clean, 1 with problems, 2 when it could not run."""
-    from tasks.infra.storage import Store
+    from tasks.infra.store import Store
     from tasks.tools.validate import validate_dataset
 
     if args.workers < 1:

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from tasks.records.catalog import GARMENT, PERSON
 from tasks.records.manifest import manifest_part_path, write_part
 from tasks.stages.registry import PAIRED_CLOTH, PAIRED_CLOTH_STAGE

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 
-from tasks.infra.storage import Store, unsafe_relative_reason
+from tasks.infra.store import Store, unsafe_relative_reason
 from tasks.records.catalog import GARMENT, PERSON, CatalogItem, Refusal, WorkItem, stem_collisions
 from tasks.records.config import Selection
 from tasks.stages.registry import stages_for

@@ -45,17 +45,17 @@ from tasks.engine.workers import (
     worker_pool,
     workers_of,
 )
-from tasks.infra.storage import (
+from tasks.infra.errors import (
     NotARegularFileError,
     OutsideRootError,
     StorageError,
     StorageNotFoundError,
     StoragePermissionError,
     StorageUnavailableError,
-    Store,
     UnsafePathError,
-    sha256_hex,
 )
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import sha256_hex
 from tasks.records.catalog import WorkItem
 from tasks.records.config import PreprocessConfig
 from tasks.records.manifest import manifest_part_path, write_part

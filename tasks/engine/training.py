@@ -19,7 +19,8 @@ from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
 from tasks.infra.runtime import TASK_OPTIONS, gpu_slot
-from tasks.infra.storage import Store, local_file
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import local_file
 from tasks.records.config import TrainConfig
 from vitonhd_models import checkpoints as ckpt
 from vitonhd_models import metrics

@@ -33,8 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 
+from tasks.infra.errors import StorageError
 from tasks.infra.runtime import TASK_OPTIONS, gpu_slot
-from tasks.infra.storage import StorageError, Store
+from tasks.infra.store import Store
 from tasks.records.config import TryOnConfig
 from tasks.stages.normalize import encode_jpeg
 from vitonhd_models import contract, errors

@@ -20,7 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from tasks.infra.storage import StorageNotFoundError, Store
+from tasks.infra.errors import StorageNotFoundError
+from tasks.infra.store import Store
 from vitonhd_models import contract
 
 log = logging.getLogger("vitonprep.lease")

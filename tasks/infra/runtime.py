@@ -37,7 +37,7 @@ def is_infrastructure_error(error: BaseException) -> bool:
     classified as the Store classifies storage errors (timeouts, dropped connections, throttling,
     5xx and their errnos are transient; refused access, missing buckets and keys are not).
     """
-    from tasks.infra.storage import TRANSIENT, StorageError, classify
+    from tasks.infra.errors import TRANSIENT, StorageError, classify
 
     if isinstance(error, StorageError):
         return error.transient
@@ -91,7 +91,7 @@ def use_storage_secret(block_name: str | None) -> None:
     options. Only the block's name is a flow parameter; its value never is."""
     from prefect.blocks.system import Secret
 
-    from tasks.infra.storage import use_credentials
+    from tasks.infra.options import use_credentials
 
     if not block_name:
         use_credentials({})  # none of an earlier run's in this process

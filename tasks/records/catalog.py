@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from vitonhd_models.pairs import parse_pairs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")

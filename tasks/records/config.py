@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from tasks.infra.storage import CREDENTIAL_NAME, credential_options
 from vitonhd_models.pairs import pair_name
 
 if TYPE_CHECKING:
     from tasks.records.catalog import CatalogItem
+from tasks.infra.options import CREDENTIAL_NAME, credential_options
 
 CREDENTIALS_HELP = (
     "storage_options must not carry credentials ({names}): Prefect keeps flow parameters in its database "

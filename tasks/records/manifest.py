@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 
 # v1 (one wide row per input and run) was replaced by v2 before any dataset outlived a run of v1.
 MANIFEST_SCHEMA_VERSION = 2

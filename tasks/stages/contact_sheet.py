@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from vitonhd_models.contract import colourise_parse
 
 TILE_WH = (192, 256)  # a quarter of 768x1024

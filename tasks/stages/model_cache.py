@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tasks.infra.storage import file_sha256, local_file
+from tasks.infra.weight_cache import file_sha256, local_file
 from tasks.records.config import PreprocessConfig
 
 T = TypeVar("T")

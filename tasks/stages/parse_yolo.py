@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.infra.storage import file_sha256
+from tasks.infra.weight_cache import file_sha256
 from vitonhd_models.contract import CIHP_NUM_LABELS, Cihp
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from tasks.infra.storage import StorageError, StorageNotFoundError, Store, sha256_hex
+from tasks.infra.errors import StorageError, StorageNotFoundError
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import sha256_hex
 from tasks.stages.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
 from vitonhd_models.contract import (
     CIHP_LABEL_NAMES,

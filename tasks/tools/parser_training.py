@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tasks.infra.storage import Store, local_file
+from tasks.infra.store import Store
+from tasks.infra.weight_cache import local_file
 from tasks.records.config import ParserTrainConfig
 from tasks.stages.parse_yolo import weights_loading
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks.infra.storage import Store
+from tasks.infra.store import Store
 from vitonhd_models import contract
 from vitonhd_models.contract import (
     AGNOSTIC_REQUIRED_KEYPOINTS,
