@@ -228,11 +228,6 @@ def _hrviton_r(pose: np.ndarray) -> int:
     return int(_shoulder_width(pose) / HRVITON_R_SHOULDER_DIVISOR) + 1
 
 
-def hrviton_radius(keypoints_body25: np.ndarray) -> int:
-    """Contract §2.4: HR-VITON's shape unit r = int(shoulder_width / 16) + 1 (16 for 250 px)."""
-    return _hrviton_r(_pose_xy(keypoints_body25))
-
-
 def _draw_arm_segments(draw: ImageDraw.ImageDraw, pose: np.ndarray, r: int, fill: int) -> None:
     """Contract §1.7 step 3 / §2.4 step 3: zero-checked segments 2-3-4, 5-6-7 with 5r joint circles."""
     for start, end in ARM_SEGMENTS:
