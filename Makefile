@@ -33,8 +33,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+# ruff, then vulture (dead code; its settings and paths in pyproject.toml, reflection's names in .ci/vulture_whitelist.py).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/vulture
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/preprocess.py

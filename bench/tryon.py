@@ -61,7 +61,6 @@ SEED = 0
 PREPROCESS_SHARD_SIZE = 4  # as tests/tryon_dataset.py
 PREFECT_STARTUP_TIMEOUT_S = 120
 GMM_MIN_SIDE = 256  # networks.GMM: load sizes at least 256 and multiples of 4
-GMM_MULTIPLE = 4
 # The parts of try_on timed one by one: (label, function of vitonhd_models.pipeline that try_on calls).
 TRYON_PARTS = (("seg", "predict_parse7"), ("gmm + warp", "warp_cloth"), ("alias", "generate"))
 

@@ -75,7 +75,7 @@ def run_name() -> str:
     elif config.pairs:
         what = f"pairs of {redact(config.pairs)}"
     else:
-        what = f"{config.split}_pairs.txt"
+        what = contract.pairs_file_name(config.split)
     return f"{config.split}: {what} of {redact(config.dataset)}"
 
 

@@ -29,6 +29,7 @@ from vitonhd_models.data import (
     read_pairs,
 )
 from vitonhd_models.errors import BAD_INPUT, MISSING_INPUT, MISSING_KEYPOINTS, ItemError
+from vitonhd_models.pairs import pair_fields
 from vitonhd_models.pipeline import (
     binary_noise,
     gaussian_blur,
@@ -73,6 +74,26 @@ def test_pairs_file_lines_are_person_then_cloth():
 def test_a_malformed_pairs_line_names_its_line_number():
     with pytest.raises(ValueError, match="pairs:2"):
         parse_pairs("a.jpg b.jpg\na.jpg\n", "pairs")
+
+
+@pytest.mark.parametrize(
+    "line, extension, fields",
+    [
+        (" a.jpg\tb.jpg \n", ".jpg", ("a.jpg", "b.jpg")),
+        ("a b", None, ("a", "b")),
+        ("a b", ".jpg", None),
+        ("a.jpg b.jpg c.jpg", ".jpg", None),
+        ("", ".jpg", None),
+    ],
+    ids=["whitespace", "any-names", "not-jpg", "three-fields", "blank"],
+)
+def test_a_pairs_line_is_two_names_or_nothing(line, extension, fields):
+    assert pair_fields(line, extension) == fields
+
+
+def test_a_pairs_file_name_names_its_split():
+    assert contract.pairs_file_split(contract.pairs_file_name("train")) == "train"
+    assert [contract.pairs_file_split(name) for name in ("_pairs.txt", "pairs.csv", "test_pairs.txt.bak")] == [None] * 3
 
 
 def test_our_dataset_is_detected_as_our_layout(split):

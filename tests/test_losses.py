@@ -21,7 +21,6 @@ from vitonhd_models.losses import (
     feature_matching_loss,
     g_hinge_loss,
     load_vgg19_state_dict,
-    masked_l1,
     tps_second_order_loss,
     weighted_cross_entropy,
 )
@@ -311,26 +310,3 @@ def test_tps_second_order_hand_computed_bump():
 def test_tps_second_order_rejects_wrong_theta_size():
     with pytest.raises(ValueError, match="grid_size"):
         tps_second_order_loss(torch.zeros(1, 49))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Masked L1
-# ---------------------------------------------------------------------------------------------------
-
-
-def test_masked_l1_counts_only_mask_pixels():
-    x = torch.zeros(1, 2, 2, 2)
-    y = torch.tensor([[[1.0, 5.0], [5.0, 5.0]], [[3.0, 5.0], [5.0, 5.0]]]).unsqueeze(0)
-    mask = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).reshape(1, 1, 2, 2)
-    loss = masked_l1(x, y, mask).item()
-    assert loss == pytest.approx(2.0), f"(1 + 3) / (1 pixel x 2 channels) = 2 expected, got {loss}"
-
-
-def test_masked_l1_empty_mask_is_zero():
-    loss = masked_l1(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2), torch.zeros(1, 1, 2, 2))
-    assert loss.item() == 0.0, "an empty mask must give 0, not nan"
-
-
-def test_masked_l1_rejects_bad_mask_shape():
-    with pytest.raises(ValueError, match="mask"):
-        masked_l1(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))

@@ -297,7 +297,7 @@ def test_crop_without_box_is_a_centre_crop():
     image[:, 1000:] = 255  # left half black, right half white
     out, record = fit_to_canvas(image, "crop")
     assert record.scale == pytest.approx(768 / 750)
-    assert record.to_source(0, 0) == pytest.approx((625.0, 0.0)), "a centred 750x1000 window starts at x=625"
+    assert record.to_output(625, 0) == pytest.approx((0.0, 0.0)), "a centred 750x1000 window starts at x=625"
     assert out[:, :300].max() < 10 and out[:, -300:].min() > 245, "the centre crop should hold both halves"
 
 
@@ -327,9 +327,9 @@ def test_unknown_fit_method_is_rejected():
         fit_to_canvas(np.zeros((100, 100, 3), dtype=np.uint8), "stretch")
 
 
-def test_fit_record_maps_both_ways_and_serialises():
+def test_fit_record_maps_to_the_canvas_and_serialises():
     record = FitRecord("pad", 0.5, 10.0, 20.0, 400, 300, (1, 2, 3))
-    assert record.to_source(*record.to_output(123.0, 45.0)) == pytest.approx((123.0, 45.0))
+    assert record.to_output(123.0, 45.0) == pytest.approx((123.0 * 0.5 + 10.0, 45.0 * 0.5 + 20.0))
     as_dict = record.to_dict()
     assert json.loads(json.dumps(as_dict)) == as_dict
     assert as_dict["background_rgb"] == [1, 2, 3] and as_dict["method"] == "pad"

@@ -13,15 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
+from tasks.records.config import PreprocessConfig
 from tasks.stages.parse import (
     DEFAULT_YOLO_CLASS_TO_CIHP,
     YOLO_CLASS_NAMES,
     GeometricParser,
     YoloParser,
-    composite_instances,
     decode_parse_png,
     encode_parse_png,
-    parser_from_spec,
 )
 from tasks.stages.parse_yolo import composite_instances_on_device
 from tests.yolo_weights import TINY_IMGSZ as _TINY
@@ -79,13 +78,21 @@ def _two_overlapping_squares() -> np.ndarray:
     return masks
 
 
+def _composite(masks, class_ids, confidences, class_to_cihp) -> np.ndarray:
+    """`composite_instances_on_device` on CPU tensors made from arrays and lists."""
+    return composite_instances_on_device(
+        torch.from_numpy(np.asarray(masks, np.float32)), torch.tensor(class_ids, dtype=torch.float32),
+        torch.tensor(confidences, dtype=torch.float32), class_to_cihp,
+    )
+
+
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)], ids=["confident-last", "confident-first"])
 def test_composite_most_confident_instance_wins_the_overlap(order):
     masks = _two_overlapping_squares()
     class_ids = np.array([0, 1])
     confidences = np.array([0.4, 0.9])  # instance 1 (class 1 -> 13) is the confident one
     index = list(order)
-    out = composite_instances(masks[index], class_ids[index], confidences[index], {0: 2, 1: 13}, (10, 10))
+    out = _composite(masks[index], class_ids[index], confidences[index], {0: 2, 1: 13})
     assert out[5, 5] == 13, f"overlap got {out[5, 5]}, expected the more confident instance's 13"
     assert out[0, 0] == 2 and out[9, 9] == 13 and out[0, 9] == 0
 
@@ -93,13 +100,13 @@ def test_composite_most_confident_instance_wins_the_overlap(order):
 def test_composite_maps_classes_through_the_table():
     masks = np.zeros((1, 6, 6), dtype=bool)
     masks[0, 1:3, 1:3] = True
-    out = composite_instances(masks, [3], [0.8], DEFAULT_YOLO_CLASS_TO_CIHP, (6, 6))
+    out = _composite(masks, [3], [0.8], DEFAULT_YOLO_CLASS_TO_CIHP)
     assert set(np.unique(out)) == {0, int(Cihp.UPPER_CLOTHES)}, "class 3 (upper_body) must become CIHP 5"
 
 
 def test_composite_ignores_a_class_missing_from_the_table():
     masks = _two_overlapping_squares()
-    out = composite_instances(masks, [7, 3], [0.99, 0.5], {3: 5}, (10, 10))
+    out = _composite(masks, [7, 3], [0.99, 0.5], {3: 5})
     assert out[0, 0] == 0, "the unmapped class 7 was painted"
     assert out[5, 5] == 5, "an unmapped instance must not hide a mapped one"
 
@@ -118,15 +125,14 @@ def test_the_default_table_covers_the_eight_parser_classes():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_parser_from_spec_geometric():
-    parser = parser_from_spec("geometric")
-    assert isinstance(parser, GeometricParser) and parser.parser_id == "geometric-v2"
+def test_the_geometric_parser_is_named_in_the_manifest_as_geometric_v2():
+    assert GeometricParser.parser_id == "geometric-v2"
 
 
-@pytest.mark.parametrize("spec", ["yolo:", "yolo:s3://bucket/parser.pt", "schp", "yolo:/nonexistent/parser.pt"])
-def test_parser_from_spec_rejects_what_it_cannot_load(spec):
-    with pytest.raises((ValueError, FileNotFoundError)):
-        parser_from_spec(spec)
+@pytest.mark.parametrize("spec", ["yolo:", "schp", ""])
+def test_the_configuration_refuses_a_parser_spec_it_cannot_build(spec):
+    with pytest.raises(ValueError, match="parser must be 'geometric' or 'yolo:<weights URL>'"):
+        PreprocessConfig(catalog="c", out="o", parser=spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +215,6 @@ def test_yolo_parser_id_names_the_file_and_its_hash(yolo_weights):
     parser = YoloParser(str(yolo_weights), imgsz=_TINY)
     digest = hashlib.sha256(yolo_weights.read_bytes()).hexdigest()[:12]
     assert parser.parser_id == f"yolo:{yolo_weights.name}:{digest}"
-    assert parser_from_spec(f"yolo:{yolo_weights}").parser_id == parser.parser_id
 
 
 def test_yolo_parser_refuses_a_missing_file_instead_of_downloading(tmp_path):
@@ -360,20 +365,3 @@ def test_geometric_parse_of_an_empty_pose_is_background(geometric):
     )
     labels = geometric.parse(image, pose)
     assert labels.shape == (1024, 768) and not labels.any()
-
-
-def test_compositing_on_the_device_paints_the_same_map_as_on_the_host():
-    import torch
-
-    rng = np.random.default_rng(3)
-    masks = rng.random((6, 24, 16)) > 0.6
-    class_ids = np.array([0, 1, 3, 1, 7, 2])
-    confidences = np.array([0.5, 0.9, 0.5, 0.2, 0.7, 0.9])  # ties keep their order, as on the host
-    table = {0: 2, 1: 13, 2: 10, 3: 5}  # class 7 is not in the table: ignored
-    host = composite_instances(masks, class_ids, confidences, table, (24, 16))
-    device = composite_instances_on_device(
-        torch.from_numpy(masks.astype(np.float32)), torch.from_numpy(class_ids).float(),
-        torch.from_numpy(confidences).float(), table,
-    )
-    assert device.dtype == np.uint8 and np.array_equal(device, host)
-

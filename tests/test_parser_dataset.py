@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +31,6 @@ from tasks.tools.parser_dataset import (
     cihp_to_polygons,
     convert_dataset,
     decode_rle,
-    encode_rle,
     format_label_lines,
     mask_to_polygons,
     parse_label_lines,
@@ -263,6 +264,37 @@ def test_label_lines_parse_back_to_the_same_polygons():
 # ---------------------------------------------------------------------------------------------------
 # COCO RLE
 # ---------------------------------------------------------------------------------------------------
+
+
+def counts_to_rle_string(counts: Sequence[int]) -> str:
+    """Run lengths -> pycocotools' compressed RLE string (`rleToString`): what COCO fixtures hold."""
+    chars = []
+    for index, count in enumerate(counts):
+        value = int(count) - (int(counts[index - 2]) if index > 2 else 0)
+        more = True
+        while more:
+            char = value & 0x1F
+            value >>= 5
+            more = value != -1 if char & 0x10 else value != 0
+            if more:
+                char |= 0x20
+            chars.append(chr(char + 48))
+    return "".join(chars)
+
+
+def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict[str, Any]:
+    """(H, W) mask -> COCO RLE `{"size": [H, W], "counts": ...}` (a string when `compressed`)."""
+    mask = np.asarray(mask).astype(bool)
+    height, width = mask.shape
+    flat = mask.flatten(order="F")
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0, *runs]
+    return {"size": [int(height), int(width)], "counts": counts_to_rle_string(runs) if compressed else runs}
+
+
 
 
 @pytest.mark.parametrize(

@@ -136,11 +136,11 @@ def test_the_pixel_iou_report_covers_both_parsers_with_values_in_range(parser_da
 
 @pytest.mark.slow
 def test_the_parse_stage_loads_the_trained_weights_and_writes_cihp_ids(parser_dataset, trained):
-    from tasks.stages.parse import parser_from_spec
+    from tasks.stages.parse import YoloParser
     from tests.test_parser_dataset import HEIGHT, WIDTH
 
     weights = parser_dataset / "out" / "run" / "weights" / "best.pt"
-    parser = parser_from_spec(f"yolo:{weights}", device="cpu", imgsz=128, conf=0.001)
+    parser = YoloParser(str(weights), device="cpu", imgsz=128, conf=0.001)
     image = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
     labels = parser.parse(image)
     assert labels.shape == (HEIGHT, WIDTH) and labels.dtype == np.uint8

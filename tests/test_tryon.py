@@ -34,10 +34,10 @@ from vitonhd_models.checkpoints import (
     RANDOM_INIT,
     STAGES,
     Architecture,
+    arch_name,
     build_network,
     checkpoint_label,
     save_final,
-    write_architecture,
 )
 from vitonhd_models.pairs import pair_name
 
@@ -65,7 +65,9 @@ def run_rows(out: Path, run_id: str) -> list[dict]:
 def random_checkpoints(tmp_path_factory) -> str:
     """Sidecars only: the tiny architecture, every network randomly initialised."""
     folder = tmp_path_factory.mktemp("random-ckpt")
-    write_architecture(Store(str(folder)), TINY)
+    store = Store(str(folder))
+    for stage in STAGES:
+        store.write_text(arch_name(stage), json.dumps({"stage": stage, "architecture": TINY.to_dict()}) + "\n")
     return str(folder)
 
 

@@ -24,10 +24,10 @@ from vitonhd_models.contract import (
     BODY25_COUNT,
     HEAD_LABELS,
     LOWER_BODY_LABELS,
-    NECK_LABELS,
-    UPPER_CLOTHES_LABELS,
+    PARSE_AGNOSTIC_REMOVED_LABELS,
     Body25,
     Cihp,
+    keypoint_missing,
 )
 from vitonhd_models.errors import MISSING_KEYPOINTS, ZERO_HIP_WIDTH, ItemError
 
@@ -108,11 +108,6 @@ def _pose_xy(keypoints_body25: np.ndarray) -> np.ndarray:
     return np.array(keypoints[:, :2], dtype=np.float64, copy=True)
 
 
-def _is_missing(point: np.ndarray) -> bool:
-    """Contract §1.5 / §1.6: a joint is missing when it is exactly (0, 0)."""
-    return bool(point[0] == 0.0 and point[1] == 0.0)
-
-
 def check_agnostic_keypoints(keypoints_body25: np.ndarray) -> None:
     """Raise `ItemError` when the pose cannot anchor the agnostic masks (contract §0.7, §5).
 
@@ -124,7 +119,7 @@ def check_agnostic_keypoints(keypoints_body25: np.ndarray) -> None:
     missing = [
         joint
         for joint in AGNOSTIC_REQUIRED_KEYPOINTS
-        if _is_missing(pose[joint]) or not np.all(np.isfinite(pose[joint]))
+        if keypoint_missing(pose[joint]) or not np.all(np.isfinite(pose[joint]))
     ]
     if missing:
         names = ", ".join(f"{Body25(joint).name} ({int(joint)})" for joint in missing)
@@ -194,7 +189,7 @@ def parse_agnostic(parse_labels: np.ndarray, keypoints_body25: np.ndarray) -> np
         mask, draw = _new_mask(height, width, _MASK_OFF)
         previous = chain[0]
         for joint in chain[1:]:
-            if _is_missing(pose[previous]) or _is_missing(pose[joint]):
+            if keypoint_missing(pose[previous]) or keypoint_missing(pose[joint]):
                 continue  # contract §1.6: skip without updating the previous joint
             _line(draw, pose[previous], pose[joint], PARSE_ARM_LINE_WIDTH, _MASK_ON)
             radius = PARSE_WRIST_RADIUS if joint == chain[-1] else PARSE_JOINT_RADIUS
@@ -202,7 +197,7 @@ def parse_agnostic(parse_labels: np.ndarray, keypoints_body25: np.ndarray) -> np
             previous = joint
         agnostic[_on(mask) & (parse == arm_label)] = Cihp.BACKGROUND
 
-    agnostic[np.isin(parse, UPPER_CLOTHES_LABELS + NECK_LABELS)] = Cihp.BACKGROUND
+    agnostic[np.isin(parse, PARSE_AGNOSTIC_REMOVED_LABELS)] = Cihp.BACKGROUND
     return agnostic
 
 
@@ -228,15 +223,10 @@ def _hrviton_r(pose: np.ndarray) -> int:
     return int(_shoulder_width(pose) / HRVITON_R_SHOULDER_DIVISOR) + 1
 
 
-def hrviton_radius(keypoints_body25: np.ndarray) -> int:
-    """Contract §2.4: HR-VITON's shape unit r = int(shoulder_width / 16) + 1 (16 for 250 px)."""
-    return _hrviton_r(_pose_xy(keypoints_body25))
-
-
 def _draw_arm_segments(draw: ImageDraw.ImageDraw, pose: np.ndarray, r: int, fill: int) -> None:
     """Contract §1.7 step 3 / §2.4 step 3: zero-checked segments 2-3-4, 5-6-7 with 5r joint circles."""
     for start, end in ARM_SEGMENTS:
-        if _is_missing(pose[start]) or _is_missing(pose[end]):
+        if keypoint_missing(pose[start]) or keypoint_missing(pose[end]):
             continue
         _line(draw, pose[start], pose[end], ARM_SEGMENT_WIDTH_R * r, fill)
         _circle(draw, pose[end], ARM_JOINT_RADIUS_R * r, fill)
@@ -311,7 +301,7 @@ def _hrviton_arm_restore_mask(
     )
     last_drawn = chain[0]
     for start, end in zip(chain[:-1], chain[1:]):
-        if _is_missing(pose[start]) or _is_missing(pose[end]):
+        if keypoint_missing(pose[start]) or keypoint_missing(pose[end]):
             continue
         _line(draw, pose[start], pose[end], ARM_SEGMENT_WIDTH_R * r, _MASK_OFF)
         if end != chain[-1]:

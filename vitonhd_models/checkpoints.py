@@ -180,12 +180,6 @@ def save_final(store: Files, stage: str, net: torch.nn.Module, arch: Architectur
     return checkpoint_id
 
 
-def write_architecture(store: Files, arch: Architecture, stages: tuple[str, ...] = STAGES) -> None:
-    """Sidecars without weights: the networks of `stages` will be built with `arch`, randomly initialised."""
-    for stage in stages:
-        store.write_text(arch_name(stage), json.dumps({"stage": stage, "architecture": arch.to_dict()}) + "\n")
-
-
 def checkpoint_label(ids: dict[str, str]) -> str:
     """One string naming the weights of a run, e.g. `seg:1a2b...,gmm:...,alias:random-init`."""
     return ",".join(f"{stage}:{ids[stage]}" for stage in STAGES)

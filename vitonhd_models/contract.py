@@ -34,21 +34,24 @@ DIR_DENSEPOSE = "image-densepose"
 # Ours, not the contract's: intermediate files (pose model outputs, child runs' work lists).
 WORK_DIR = "_work"
 
+# Contract §1.1: persons, cloths, cloth masks and agnostic images are `.jpg` files (lowercase: the loaders
+# derive companion names with the case-sensitive replace('.jpg', ...)); parse maps are `.png`.
+JPG = ".jpg"
 JPEG_QUALITY = 95  # our choice; the contract fixes the format (JPEG), not the quality
 MASK_THRESHOLD = 128  # contract §1.1: the loaders read a cloth mask as `np.array(mask) >= 128`
 
 
 def person_image_name(stem: str) -> str:
-    return f"{stem}.jpg"
+    return f"{stem}{JPG}"
 
 
 def cloth_image_name(stem: str) -> str:
-    return f"{stem}.jpg"
+    return f"{stem}{JPG}"
 
 
 def cloth_mask_name(stem: str) -> str:
     # Contract §1.1: the mask has the same file name as the cloth, `.jpg` included.
-    return f"{stem}.jpg"
+    return f"{stem}{JPG}"
 
 
 def parse_name(stem: str) -> str:
@@ -60,7 +63,7 @@ def parse_agnostic_name(stem: str) -> str:
 
 
 def agnostic_name(stem: str) -> str:
-    return f"{stem}.jpg"
+    return f"{stem}{JPG}"
 
 
 def keypoints_json_name(stem: str) -> str:
@@ -73,9 +76,18 @@ def rendered_pose_name(stem: str) -> str:
     return f"{stem}_rendered.png"
 
 
+# Contract §1.1 / §2.1: <root>/<split>_pairs.txt, next to the split folder.
+PAIRS_FILE_SUFFIX = "_pairs.txt"
+
+
 def pairs_file_name(split: str) -> str:
-    # Contract §1.1 / §2.1: <root>/<split>_pairs.txt, next to the split folder.
-    return f"{split}_pairs.txt"
+    return f"{split}{PAIRS_FILE_SUFFIX}"
+
+
+def pairs_file_split(name: str) -> str | None:
+    """The split a `<split>_pairs.txt` file name is for; None for any other name."""
+    split = name.removesuffix(PAIRS_FILE_SUFFIX)
+    return split if split and split != name else None
 
 
 class Body25(IntEnum):
@@ -120,6 +132,11 @@ AGNOSTIC_REQUIRED_KEYPOINTS = (
 )
 
 OPENPOSE_JSON_VERSION = 1.3  # contract §1.5
+
+
+def keypoint_missing(point) -> bool:
+    """Contract §1.5 / §1.6: a joint (x, y, ...) is missing when it is exactly (0, 0), as the loaders test it."""
+    return bool(point[0] == 0 and point[1] == 0)
 
 
 class Cihp(IntEnum):
@@ -212,6 +229,8 @@ GROUP13_TO_GROUP7 = {
 # Contract §1.6 and §1.7: label sets used by the agnostic algorithms.
 UPPER_CLOTHES_LABELS = (Cihp.UPPER_CLOTHES, Cihp.DRESS, Cihp.COAT)
 NECK_LABELS = (Cihp.TORSO_SKIN,)
+# Contract §1.6: what the parse-agnostic algorithm sets to background (upper clothes and neck).
+PARSE_AGNOSTIC_REMOVED_LABELS = UPPER_CLOTHES_LABELS + NECK_LABELS
 HEAD_LABELS = (Cihp.SUNGLASSES, Cihp.FACE)
 LOWER_BODY_LABELS = (
     Cihp.PANTS,

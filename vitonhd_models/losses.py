@@ -237,7 +237,7 @@ class PerceptualLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Segmentation, warping and masked reconstruction losses
+# Segmentation and warping losses
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -287,17 +287,3 @@ def tps_second_order_loss(theta: torch.Tensor, grid_size: int = 5) -> torch.Tens
     along_rows = points[:, :, :-2] - 2 * points[:, :, 1:-1] + points[:, :, 2:]
     along_cols = points[..., :-2] - 2 * points[..., 1:-1] + points[..., 2:]
     return torch.cat((along_rows.flatten(1), along_cols.flatten(1)), 1).abs().mean()
-
-
-def masked_l1(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean |x - y| over the pixels where `mask` (b, 1, h, w) is set, over all channels of x.
-
-    The sum is divided by mask.sum() * channels, clamped to at least 1, so an empty mask gives 0.
-    """
-    if x.shape != y.shape:
-        raise ValueError(f"x and y differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
-    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0] or mask.shape[2:] != x.shape[2:]:
-        raise ValueError(f"mask must be (b, 1, h, w) matching x {tuple(x.shape)}, got {tuple(mask.shape)}")
-    mask = mask.to(x.dtype)
-    total = ((x - y).abs() * mask).sum()
-    return total / (mask.sum() * x.shape[1]).clamp_min(1)

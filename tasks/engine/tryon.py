@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import json
 import logging
 import posixpath
@@ -30,13 +29,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 
 from tasks.infra.errors import StorageError
 from tasks.infra.runtime import TASK_OPTIONS, gpu_slot
 from tasks.infra.store import Store
 from tasks.records.config import TryOnConfig
+from tasks.records.manifest import MANIFESTS_DIR, PartFormat, write_json
 from tasks.stages.normalize import encode_jpeg
 from vitonhd_models import contract, errors
 from vitonhd_models.checkpoints import (
@@ -62,7 +61,7 @@ from vitonhd_models.pipeline import TryOnNetworks, pair_seed, to_device, to_uint
 log = logging.getLogger("vitonprep.tryon")
 
 RESULTS_DIR = "results"
-TRYON_MANIFEST_DIR = "manifests/tryon"
+TRYON_MANIFEST_DIR = posixpath.join(MANIFESTS_DIR, "tryon")
 CONTACT_SHEET_NAME = "tryon_contact_sheet.png"
 TRYON_SCHEMA_VERSION = 1
 OK, ERROR = "ok", "error"
@@ -295,6 +294,9 @@ SCHEMA = pa.schema(
 )
 
 
+TRYON_PARTS = PartFormat(SCHEMA, TRYON_SCHEMA_VERSION)
+
+
 def run_folder(run_id: str) -> str:
     return posixpath.join(TRYON_MANIFEST_DIR, f"run={run_id}")
 
@@ -307,31 +309,13 @@ def summary_path(run_id: str) -> str:
     return posixpath.join(run_folder(run_id), "summary.json")
 
 
-def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    rows = list(rows)
-    columns = {name: [row.get(name) for row in rows] for name in SCHEMA.names}
-    columns["schema_version"] = [TRYON_SCHEMA_VERSION] * len(rows)
-    return pa.Table.from_pydict(columns, schema=SCHEMA)
-
-
 def write_part(out: Store, run_id: str, shard: str, rows: Iterable[Mapping[str, Any]]) -> str:
-    buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows), buffer)
-    return out.write_bytes(manifest_part_path(run_id, shard), buffer.getvalue())
-
-
-def _read_parts(out: Store, folder: str) -> pa.Table:
-    tables = []
-    for info in out.list_files(folder):
-        if info.key.endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(out.read_bytes(posixpath.join(folder, info.key))))
-            tables.append(table.select(SCHEMA.names).cast(SCHEMA))
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    return TRYON_PARTS.write_part(out, manifest_part_path(run_id, shard), rows)
 
 
 def read_tryon_rows(out: Store, run_id: str | None = None) -> pa.Table:
     """Every try-on manifest row under `out` (all runs, or one)."""
-    return _read_parts(out, run_folder(run_id) if run_id else TRYON_MANIFEST_DIR)
+    return TRYON_PARTS.read_parts(out, run_folder(run_id) if run_id else TRYON_MANIFEST_DIR)
 
 
 def latest_rows(rows: pa.Table) -> dict[tuple[str, str], dict[str, Any]]:
@@ -344,7 +328,7 @@ def latest_rows(rows: pa.Table) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def write_summary(out: Store, run_id: str, summary: Mapping[str, Any]) -> str:
-    return out.write_text(summary_path(run_id), json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return write_json(out, summary_path(run_id), summary)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from tasks.infra.redaction import MASK, SECRET_OPTION_NAMES, redact, register_secrets
+from tasks.infra.redaction import register_secrets
 
 ENDPOINT_ENV = ("VITONPREP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 REGION_ENV = ("VITONPREP_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -106,22 +106,3 @@ def use_credentials(credentials: Mapping[str, Any]) -> None:
     register_secrets(credentials)
     _run_credentials.clear()
     _run_credentials.update(copy.deepcopy(dict(credentials)))
-
-
-def safe_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A copy of `storage_options` fit for logs: credential values masked, objects by type name."""
-
-    def clean(value: Any, name: str = "") -> Any:
-        if name.lower() in SECRET_OPTION_NAMES and value:
-            return MASK
-        if isinstance(value, Mapping):
-            return {str(k): clean(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        if value is None or isinstance(value, bool | int | float):
-            return value
-        if isinstance(value, str):
-            return redact(value)
-        return f"<{type(value).__name__}>"
-
-    return clean(dict(storage_options or {}))

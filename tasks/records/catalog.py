@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tasks.infra.store import Store
+from vitonhd_models.contract import DIR_CLOTH, DIR_IMAGE, pairs_file_split
 from vitonhd_models.pairs import parse_pairs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -62,9 +63,9 @@ def detect_catalog_layout(store: Store) -> CatalogLayout:
     if store.isdir("persons") or store.isdir("garments"):
         pairs = "pairs.csv" if store.exists("pairs.csv") else None
         return CatalogLayout("catalog", "persons", "garments", pairs)
-    if store.isdir("image") or store.isdir("cloth"):
-        candidates = [name for name in store.listdir() if name.endswith("_pairs.txt")]
-        return CatalogLayout("vitonhd", "image", "cloth", candidates[0] if candidates else None)
+    if store.isdir(DIR_IMAGE) or store.isdir(DIR_CLOTH):
+        candidates = [name for name in store.listdir() if pairs_file_split(name)]
+        return CatalogLayout("vitonhd", DIR_IMAGE, DIR_CLOTH, candidates[0] if candidates else None)
     raise CatalogError(
         f"{store.url} is not a catalog: expected persons/ and garments/ (with an optional pairs.csv), "
         "or a VITON-HD-style root with image/ and cloth/"

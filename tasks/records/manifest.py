@@ -4,6 +4,10 @@ Layout: `<dataset>/manifests/<split>/run=<run id>/<shard>.parquet`, one part per
 written last for its shard, plus the run's `summary.json`. Run ids start with a UTC timestamp, so
 they sort in time order. The `current` view keeps, for each (kind, key, stage), the row of the
 latest run that ran that stage: what the dataset holds now.
+
+`PartFormat` is how any manifest of ours writes and reads its Parquet parts, given its schema:
+`ITEMS` (this one) and try-on's (`tasks.engine.tryon`, under `manifests/tryon/`). `write_json` writes
+a run's `summary.json` for both.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import io
 import json
 import posixpath
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -74,41 +79,60 @@ def summary_path(split: str, run_id: str) -> str:
     return posixpath.join(run_folder(split, run_id), "summary.json")
 
 
-def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Rows (dicts with any subset of the schema's columns) as a table of the full schema."""
-    rows = list(rows)
-    columns = {field.name: [row.get(field.name) for row in rows] for field in SCHEMA}
-    columns["schema_version"] = [MANIFEST_SCHEMA_VERSION] * len(rows)
-    return pa.Table.from_pydict(columns, schema=SCHEMA)
+@dataclass(frozen=True)
+class PartFormat:
+    """The Parquet parts of one manifest: its `schema`, the `version` every row's `schema_version`
+    column holds, and the columns later versions added (`added_columns`: older parts read them as
+    nulls)."""
+
+    schema: pa.Schema
+    version: int
+    added_columns: frozenset[str] = frozenset()
+
+    def rows_to_table(self, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+        """Rows (dicts with any subset of the schema's columns) as a table of the full schema."""
+        rows = list(rows)
+        columns = {field.name: [row.get(field.name) for row in rows] for field in self.schema}
+        columns["schema_version"] = [self.version] * len(rows)
+        return pa.Table.from_pydict(columns, schema=self.schema)
+
+    def write_part(self, store: Store, rel: str, rows: Iterable[Mapping[str, Any]]) -> str:
+        buffer = io.BytesIO()
+        pq.write_table(self.rows_to_table(rows), buffer)
+        return store.write_bytes(rel, buffer.getvalue())
+
+    def read_parts(self, store: Store, folder: str) -> pa.Table:
+        """Every part under `folder` (at any depth), as one table of the schema."""
+        tables = []
+        for info in store.list_files(folder):
+            if info.key.endswith(".parquet"):
+                table = pq.read_table(io.BytesIO(store.read_bytes(posixpath.join(folder, info.key))))
+                for name in self.added_columns - set(table.column_names):
+                    table = table.append_column(name, pa.nulls(table.num_rows, self.schema.field(name).type))
+                tables.append(table.select(self.schema.names).cast(self.schema))
+        return pa.concat_tables(tables) if tables else self.schema.empty_table()
+
+
+ITEMS = PartFormat(SCHEMA, MANIFEST_SCHEMA_VERSION, ADDED_COLUMNS)
+
+
+def write_json(store: Store, rel: str, data: Mapping[str, Any]) -> str:
+    """A run's `summary.json`: sorted keys, indented, one final newline; dates and the like as str."""
+    return store.write_text(rel, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_part(store: Store, rel: str, rows: Iterable[Mapping[str, Any]]) -> str:
-    buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows), buffer)
-    return store.write_bytes(rel, buffer.getvalue())
-
-
-def _read_parts(store: Store, folder: str) -> list[pa.Table]:
-    tables = []
-    for info in store.list_files(folder):
-        if info.key.endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(store.read_bytes(posixpath.join(folder, info.key))))
-            for name in ADDED_COLUMNS - set(table.column_names):
-                table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
-            tables.append(table.select(SCHEMA.names).cast(SCHEMA))
-    return tables
+    return ITEMS.write_part(store, rel, rows)
 
 
 def read_run(store: Store, split: str, run_id: str) -> pa.Table:
     """All manifest rows of one run."""
-    tables = _read_parts(store, run_folder(split, run_id))
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    return ITEMS.read_parts(store, run_folder(split, run_id))
 
 
 def read_all(store: Store, split: str) -> pa.Table:
     """Every manifest row of a split, all runs."""
-    tables = _read_parts(store, posixpath.join(MANIFESTS_DIR, split))
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    return ITEMS.read_parts(store, posixpath.join(MANIFESTS_DIR, split))
 
 
 def current_view(rows: pa.Table) -> pa.Table:
@@ -165,4 +189,4 @@ def ok_items(current: pa.Table, kind: str, stages: tuple[str, ...]) -> dict[str,
 
 
 def write_summary(store: Store, split: str, run_id: str, summary: Mapping[str, Any]) -> str:
-    return store.write_text(summary_path(split, run_id), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return write_json(store, summary_path(split, run_id), summary)

@@ -245,9 +245,6 @@ class FitRecord:
     def to_output(self, x: float, y: float) -> tuple[float, float]:
         return x * self.scale + self.offset_x, y * self.scale + self.offset_y
 
-    def to_source(self, x: float, y: float) -> tuple[float, float]:
-        return (x - self.offset_x) / self.scale, (y - self.offset_y) / self.scale
-
     def content_box(self) -> tuple[float, float, float, float]:
         """Where the photo itself lies on the canvas (x0, y0, x1, y1), padding excluded."""
         x0, y0 = self.to_output(0, 0)

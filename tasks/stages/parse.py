@@ -22,7 +22,6 @@ from tasks.stages.parse_yolo import (  # noqa: F401  (the stage's public names)
     DEFAULT_YOLO_CLASS_TO_CIHP,
     YOLO_CLASS_NAMES,
     YoloParser,
-    composite_instances,
     yolo_parser_id,
 )
 from vitonhd_models.contract import cihp_palette_flat
@@ -46,29 +45,6 @@ def encode_parse_png(labels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
-# Choosing a backend
-# ---------------------------------------------------------------------------------------------
-
-
-def parser_from_spec(spec: str, **kwargs) -> GeometricParser | YoloParser:
-    """"geometric" -> GeometricParser(); "yolo:<local path>" -> YoloParser(path, **kwargs).
-
-    URLs are resolved to local files by the flow before this is called.
-    """
-    spec = spec.strip()
-    if spec == "geometric":
-        return GeometricParser(**kwargs)
-    if spec.startswith("yolo:"):
-        path = spec[len("yolo:") :]
-        if not path:
-            raise ValueError("parser spec 'yolo:' needs a local weights path, e.g. 'yolo:/models/parser.pt'")
-        if "://" in path:
-            raise ValueError(f"parser spec {spec!r}: resolve the URL to a local file before building the parser")
-        return YoloParser(path, **kwargs)
-    raise ValueError(f"unknown parser spec {spec!r}; expected 'geometric' or 'yolo:<local weights path>'")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,42 +31,11 @@ from vitonhd_models.contract import CIHP_NUM_LABELS, Cihp
 # ---------------------------------------------------------------------------------------------
 
 
-def composite_instances(
-    masks: np.ndarray,
-    class_ids: Sequence[int] | np.ndarray,
-    confidences: Sequence[float] | np.ndarray,
-    class_to_cihp: Mapping[int, int],
-    shape: tuple[int, int],
-) -> np.ndarray:
-    """Paint instance masks into one (H, W) uint8 CIHP map; the most confident instance wins overlaps.
-
-    masks: (N, H, W) bool (or 0/1). Classes missing from `class_to_cihp` are ignored; background is 0.
-    """
-    height, width = int(shape[0]), int(shape[1])
-    out = np.zeros((height, width), dtype=np.uint8)
-    masks = np.asarray(masks)
-    class_ids = np.asarray(class_ids).reshape(-1)
-    confidences = np.asarray(confidences, dtype=np.float64).reshape(-1)
-    if masks.size == 0 or len(class_ids) == 0:
-        return out
-    if masks.ndim != 3 or masks.shape[1:] != (height, width):
-        raise ValueError(f"masks must be (N, {height}, {width}); got {masks.shape}")
-    if not len(masks) == len(class_ids) == len(confidences):
-        raise ValueError(
-            f"{len(masks)} masks, {len(class_ids)} class ids and {len(confidences)} confidences differ"
-        )
-    for index in np.argsort(confidences, kind="stable"):  # least confident first, so the best paints last
-        label = class_to_cihp.get(int(class_ids[index]))
-        if label is None:
-            continue
-        out[masks[index] > 0] = label
-    return out
-
-
-
 def composite_instances_on_device(masks, class_ids, confidences, class_to_cihp: Mapping[int, int]) -> np.ndarray:
-    """`composite_instances` on torch tensors where they are (the GPU, after predict): the same map,
-    and only the (H, W) result is copied to the host, not N full-resolution masks."""
+    """Paint instance masks (N, H, W) into one (H, W) uint8 CIHP map; the most confident instance wins
+    overlaps, classes missing from `class_to_cihp` are ignored, background is 0. On torch tensors where
+    they are (the GPU, after predict): only the (H, W) result is copied to the host, not N full-resolution
+    masks."""
     import torch
 
     height, width = int(masks.shape[-2]), int(masks.shape[-1])

@@ -125,9 +125,6 @@ BODY25_MIDPOINTS: dict[Body25, tuple[int, int]] = {
     Body25.MID_HIP: (MP_LEFT_HIP, MP_RIGHT_HIP),
 }
 
-# BODY_25 joints MediaPipe cannot provide at all: always written 0, 0, 0.
-BODY25_ALWAYS_MISSING = (Body25.L_SMALL_TOE, Body25.R_SMALL_TOE)
-
 DEFAULT_VISIBILITY_THRESHOLD = 0.5
 
 
@@ -181,7 +178,7 @@ def mediapipe_to_body25(
     for joint, (a, b) in BODY25_MIDPOINTS.items():
         if usable(lm[a, 0], lm[a, 1], lm[a, 3]) and usable(lm[b, 0], lm[b, 1], lm[b, 3]):
             put(joint, (lm[a, 0] + lm[b, 0]) / 2.0, (lm[a, 1] + lm[b, 1]) / 2.0, min(lm[a, 3], lm[b, 3]))
-    # BODY25_ALWAYS_MISSING stay 0, 0, 0.
+    # The small toes (L_SMALL_TOE, R_SMALL_TOE): no MediaPipe landmark, so they stay 0, 0, 0.
     return out
 
 

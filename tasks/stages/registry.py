@@ -262,10 +262,6 @@ def active_stages(config: PreprocessConfig, kind: str) -> tuple[Stage, ...]:
     return chosen
 
 
-def stage_of(config: PreprocessConfig, kind: str, name: str) -> Stage:
-    return next(stage for stage in active_stages(config, kind) if stage.name == name)
-
-
 def output_paths(split: str, kind: str, stem: str) -> list[str]:
     """Every file any stage (any variant) writes for one item."""
     paths: list[str] = []

@@ -5,7 +5,7 @@ Behind `vitonprep parser-dataset` (`flows/cli/parser_dataset.py`). Two layers, a
 - Pure functions on arrays and plain data, no storage: the class tables (`seed8`, the 8 classes of our
   YOLO parser, and `cihp20`), label maps -> one polygon per 8-connected region (`cihp_to_polygons`, holes
   joined to their outer contour by zero-width bridges), the inverse (`rasterise_polygons`), the label
-  text format, COCO polygons and RLE (`decode_rle`, `encode_rle`), the per-stem split and the fingerprint.
+  text format, COCO polygons and RLE (`decode_rle`), the per-stem split and the fingerprint.
 - `convert_dataset(config)`: lists the source once, converts every item on a small thread pool (reads
   and writes through `Store`, atomic), removes outputs of earlier runs that are no longer part of the
   set, and writes `data.yaml` (last: it marks a finished dataset) and `report.json`.
@@ -371,22 +371,6 @@ def rle_string_to_counts(text: str) -> list[int]:
     return counts
 
 
-def counts_to_rle_string(counts: Sequence[int]) -> str:
-    """Run lengths -> pycocotools' compressed RLE string (`rleToString`)."""
-    chars = []
-    for index, count in enumerate(counts):
-        value = int(count) - (int(counts[index - 2]) if index > 2 else 0)
-        more = True
-        while more:
-            char = value & 0x1F
-            value >>= 5
-            more = value != -1 if char & 0x10 else value != 0
-            if more:
-                char |= 0x20
-            chars.append(chr(char + 48))
-    return "".join(chars)
-
-
 def decode_rle(counts: str | Sequence[int], height: int, width: int) -> np.ndarray:
     """COCO RLE (compressed string or uncompressed list of run lengths) -> (H, W) bool mask.
 
@@ -400,19 +384,6 @@ def decode_rle(counts: str | Sequence[int], height: int, width: int) -> np.ndarr
         raise ValueError(f"RLE runs cover {sum(runs)} pixels; a {width}x{height} mask has {height * width}")
     flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
     return flat.reshape(width, height).T.copy()
-
-
-def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict[str, Any]:
-    """(H, W) mask -> COCO RLE `{"size": [H, W], "counts": ...}` (a string when `compressed`)."""
-    mask = np.asarray(mask).astype(bool)
-    height, width = mask.shape
-    flat = mask.flatten(order="F")
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        runs = [0, *runs]
-    return {"size": [int(height), int(width)], "counts": counts_to_rle_string(runs) if compressed else runs}
 
 
 def rasterise_coco_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:

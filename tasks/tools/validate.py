@@ -44,11 +44,16 @@ from vitonhd_models.contract import (
     BODY25_COUNT,
     CIHP_NUM_LABELS,
     IMAGE_HEIGHT,
+    IMAGE_SIZE_WH,
     IMAGE_WIDTH,
+    JPG,
     MASK_THRESHOLD,
+    PARSE_AGNOSTIC_REMOVED_LABELS,
     Body25,
     Cihp,
+    keypoint_missing,
 )
+from vitonhd_models.pairs import pair_fields
 
 VITONHD, HRVITON = "vitonhd", "hrviton"
 TARGETS = (VITONHD, HRVITON)
@@ -85,18 +90,20 @@ CODES: dict[str, str] = {
     "missing_pairs_file": "the split has no <split>_pairs.txt next to its folder (§1.1)",
     "missing_file": "a companion file the loaders open is missing (§1.1, §2.1)",
     "file_unreadable": "the file cannot be read or is not an image/JSON the loaders can open",
-    "image_size": "not 768x1024 (W x H): tensors are allocated as 1024x768 and keypoints are raw pixels "
-    "(§0 item 3, §1.2)",
+    "image_size": f"not {IMAGE_WIDTH}x{IMAGE_HEIGHT} (W x H): tensors are allocated as {IMAGE_HEIGHT}x{IMAGE_WIDTH} "
+    "and keypoints are raw pixels (§0 item 3, §1.2)",
     "image_mode": "not a 3-channel RGB image: the loaders normalise with 3 means (§1.1, §1.2)",
     "parse_rgb": "the parse map is an RGB visualisation: the label ids are lost, scatter_ breaks, "
     "the agnostic code silently does nothing (§0 item 4, HR-VITON #40, #68)",
     "parse_mode": "the parse map is neither P (palette indices) nor L (grey levels = ids) (§1.3)",
-    "parse_value_range": "the parse map holds values above 19: the 20-channel scatter_ raises (§1.3)",
+    "parse_value_range": f"the parse map holds values above {CIHP_NUM_LABELS - 1}: the {CIHP_NUM_LABELS}-channel "
+    "scatter_ raises (§1.3)",
     "parse_lip_label10": "label 10 looks like LIP's Jumpsuits, not CIHP's torso skin/neck: the agnostic "
     "code would erase it as neck (§0 item 5, §1.3)",
     "parse_agnostic_has_clothes": "the parse-agnostic map still holds upper clothes / neck (5, 6, 7, 10): "
     "it was not made by the parse-agnostic algorithm (§1.6, HR-VITON #40)",
-    "pose_malformed": "the OpenPose JSON is not `{people: [{pose_keypoints_2d: [75 numbers]}]}` (§1.5)",
+    "pose_malformed": f"the OpenPose JSON is not `{{people: [{{pose_keypoints_2d: [{BODY25_COUNT * 3} numbers]}}]}}` "
+    "(§1.5)",
     "pose_coco18": "the OpenPose JSON is COCO-18, not BODY_25: indices 9/12 become knees, "
     "the torso mask runs to the knees (§0 item 6, HR-VITON #26)",
     "pose_no_people": "the OpenPose JSON holds no person: people[0] raises IndexError (§1.5)",
@@ -105,12 +112,13 @@ CODES: dict[str, str] = {
     "its masks are anchored at the image origin (§0 item 7)",
     "pose_zero_hip_width": "both hips at one point: the agnostic's hip normalisation divides by zero "
     "(§0 item 7, §1.7)",
-    "pose_coordinates": "keypoints are not pixels of the 768x1024 image (outside it, or normalised to 0..1) "
-    "(§0 item 3)",
+    "pose_coordinates": f"keypoints are not pixels of the {IMAGE_WIDTH}x{IMAGE_HEIGHT} image (outside it, or "
+    "normalised to 0..1) (§0 item 3)",
     "cloth_mask_channels": "the cloth mask has several channels: the loader's mask becomes (1,H,W,3) (§1.1)",
-    "cloth_mask_mode": "the cloth mask is single-channel but not 8-bit grey (L): `>= 128` misreads it (§1.1)",
+    "cloth_mask_mode": f"the cloth mask is single-channel but not 8-bit grey (L): `>= {MASK_THRESHOLD}` misreads it "
+    "(§1.1)",
     "cloth_mask_not_binary": "the cloth mask is not black/white: a grey picture or a soft map, not a 0/255 mask (§5)",
-    "cloth_mask_empty": "the cloth mask thresholded at 128 (as the loaders do) is empty (§1.1)",
+    "cloth_mask_empty": f"the cloth mask thresholded at {MASK_THRESHOLD} (as the loaders do) is empty (§1.1)",
     "pairs_malformed": "a pairs line is not `person.jpg cloth.jpg`: the loader's split() unpacking raises (§1.1)",
     "pairs_missing_file": "a pair names a person or cloth that is not in image/ or cloth/ (§1.1)",
     "name_jpg_case": "the person file ends in .JPG/.Jpg: replace('.jpg', ...) is case-sensitive, "
@@ -138,10 +146,9 @@ PARSE_DIRS = (contract.DIR_PARSE, contract.DIR_PARSE_VITONHD)
 POSE_JSON_DIRS = (contract.DIR_POSE_JSON, contract.DIR_POSE_JSON_VITONHD)
 POSE_IMG_DIRS = (contract.DIR_POSE_IMG, contract.DIR_POSE_IMG_VITONHD)
 ALIASED_ROLES = {"parse": PARSE_DIRS, "pose_json": POSE_JSON_DIRS, "pose_img": POSE_IMG_DIRS}
-DIR_DENSEPOSE = contract.DIR_DENSEPOSE
 REQUIRED_DIRS = (contract.DIR_IMAGE, contract.DIR_CLOTH, contract.DIR_CLOTH_MASK)
-OPTIONAL_DIRS = (contract.DIR_PARSE_AGNOSTIC, contract.DIR_AGNOSTIC, DIR_DENSEPOSE)  # checked where present
-HRVITON_DIRS = (contract.DIR_PARSE_AGNOSTIC, DIR_DENSEPOSE)  # HR-VITON reads them from disk (§2.1)
+OPTIONAL_DIRS = (contract.DIR_PARSE_AGNOSTIC, contract.DIR_AGNOSTIC, contract.DIR_DENSEPOSE)  # checked where present
+HRVITON_DIRS = (contract.DIR_PARSE_AGNOSTIC, contract.DIR_DENSEPOSE)  # HR-VITON reads them from disk (§2.1)
 DEFAULT_SPLITS = ("train", "test")
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,7 +188,6 @@ MASK_MIN_FOREGROUND_FRACTION = 0.001
 # (contract §1.6). Above this fraction of person pixels still holding them, the map is not agnostic.
 # (A small allowance: released maps are not bit-exact with the published script, HR-VITON #39, #68.)
 PARSE_AGNOSTIC_MAX_CLOTHES_FRACTION = 0.01
-PARSE_AGNOSTIC_REMOVED_LABELS = (Cihp.UPPER_CLOTHES, Cihp.DRESS, Cihp.COAT, Cihp.TORSO_SKIN)
 
 # OpenPose JSON: COCO-18 has 18 x 3 numbers (contract §1.5).
 COCO18_COUNT = 18
@@ -204,15 +210,15 @@ def check_person_name(path: str, name: str) -> list[Problem]:
     problems = []
     stem, dot, ext = name.rpartition(".")
     if not dot:
-        problems.append(Problem("name_extension", path, f"{name!r} has no extension; persons are <stem>.jpg"))
-    elif ext.lower() == "jpg" and ext != "jpg":
-        problems.append(Problem("name_jpg_case", path, f"{name!r} ends in .{ext}; the loaders need lowercase .jpg"))
-    elif ext != "jpg":
-        problems.append(Problem("name_extension", path, f"{name!r} ends in .{ext}; persons are <stem>.jpg"))
-    if dot and ".jpg" in stem:
-        problems.append(Problem("name_extra_jpg", path, f"{name!r} holds '.jpg' before its extension"))
-    if "image" in name:
-        problems.append(Problem("name_contains_image", path, f"{name!r} contains 'image'"))
+        problems.append(Problem("name_extension", path, f"{name!r} has no extension; persons are <stem>{JPG}"))
+    elif f".{ext.lower()}" == JPG and f".{ext}" != JPG:
+        problems.append(Problem("name_jpg_case", path, f"{name!r} ends in .{ext}; the loaders need lowercase {JPG}"))
+    elif f".{ext}" != JPG:
+        problems.append(Problem("name_extension", path, f"{name!r} ends in .{ext}; persons are <stem>{JPG}"))
+    if dot and JPG in stem:
+        problems.append(Problem("name_extra_jpg", path, f"{name!r} holds '{JPG}' before its extension"))
+    if contract.DIR_IMAGE in name:  # HR-VITON: ('image/' + name).replace('image', <folder>)
+        problems.append(Problem("name_contains_image", path, f"{name!r} contains '{contract.DIR_IMAGE}'"))
     if _has_whitespace(name):
         problems.append(Problem("name_whitespace", path, f"{name!r} contains whitespace"))
     return problems
@@ -244,7 +250,7 @@ def open_image(data: bytes) -> Image.Image:
 
 
 def check_size(path: str, size: tuple[int, int]) -> list[Problem]:
-    if tuple(size) != (IMAGE_WIDTH, IMAGE_HEIGHT):
+    if tuple(size) != IMAGE_SIZE_WH:
         return [Problem("image_size", path, f"{size[0]}x{size[1]}, expected {IMAGE_WIDTH}x{IMAGE_HEIGHT} (W x H)")]
     return []
 
@@ -268,7 +274,8 @@ def check_parse_labels(path: str, histogram: np.ndarray) -> list[Problem]:
     if len(bad):
         count = int(histogram[CIHP_NUM_LABELS:].sum())
         shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
-        return [Problem("parse_value_range", path, f"{count} pixels hold values {shown}; CIHP ids are 0..19")]
+        return [Problem("parse_value_range", path, f"{count} pixels hold values {shown}; CIHP ids are "
+                        f"0..{CIHP_NUM_LABELS - 1}")]
     return []
 
 
@@ -460,14 +467,13 @@ def check_pose_document(path: str, document: Any) -> list[Problem]:
     if len(values) == COCO18_COUNT * 3:
         return problems + [Problem("pose_coco18", path, f"{len(values)} numbers = 18 keypoints x 3 (COCO-18)")]
     if len(values) != BODY25_COUNT * 3:
-        return problems + malformed(f"pose_keypoints_2d has {len(values)} numbers; BODY_25 has 75")
+        return problems + malformed(f"pose_keypoints_2d has {len(values)} numbers; BODY_25 has {BODY25_COUNT * 3}")
     keypoints = values.reshape(BODY25_COUNT, 3)
     return problems + check_body25_keypoints(path, keypoints)
 
 
 def _present(keypoints: np.ndarray, joint: int) -> bool:
-    # Contract §0 item 7: (0, 0) means missing, as the loaders test it.
-    return not (keypoints[joint, 0] == 0 and keypoints[joint, 1] == 0)
+    return not keypoint_missing(keypoints[joint])
 
 
 def check_body25_keypoints(path: str, keypoints: np.ndarray) -> list[Problem]:
@@ -532,9 +538,9 @@ def check_pairs(
     pairs = []
     for number, line in enumerate(text.splitlines(), start=1):
         where = f"{path}:{number}"
-        fields = line.strip().split()
-        if len(fields) != 2:
-            problems.append(Problem("pairs_malformed", where, f"expected 'person.jpg cloth.jpg', got {line!r}"))
+        fields = pair_fields(line, extension=None)  # the names are checked against image/ and cloth/ below
+        if fields is None:
+            problems.append(Problem("pairs_malformed", where, f"expected 'person{JPG} cloth{JPG}', got {line!r}"))
             continue
         person, cloth = fields
         pairs.append((number, person, cloth))
@@ -701,10 +707,10 @@ def discover_splits(
         return [], [Problem("no_dataset", "", f"{store.url} is not a folder")], notes
     if store.isdir(contract.DIR_IMAGE) or store.isdir(contract.DIR_CLOTH):
         name = posixpath.basename(store.root) or store.root
-        notes.append(f"the root is a split folder; give its parent to check {name}_pairs.txt too")
+        notes.append(f"the root is a split folder; give its parent to check {contract.pairs_file_name(name)} too")
         return [(name, "", None)], problems, notes
     names = set(store.listdir())
-    from_pairs = {n[: -len("_pairs.txt")] for n in names if n.endswith("_pairs.txt") and len(n) > len("_pairs.txt")}
+    from_pairs = {split for split in map(contract.pairs_file_split, names) if split}
     folders = {split for split in DEFAULT_SPLITS if split in names and store.isdir(split)}
     wanted = list(splits) if splits else sorted(from_pairs | folders)
     found = []
@@ -759,9 +765,10 @@ def list_split(store: Store, name: str, prefix: str, pairs_file: str | None) -> 
     if contract.DIR_PARSE_AGNOSTIC not in files:
         problems.append(Problem("missing_folder", layout.rel(contract.DIR_PARSE_AGNOSTIC) + "/",
                                 f"{contract.DIR_PARSE_AGNOSTIC}/ is missing: HR-VITON reads it from disk", (HRVITON,)))
-    if DIR_DENSEPOSE not in files:
-        problems.append(Problem("densepose_missing", layout.rel(DIR_DENSEPOSE) + "/",
-                                f"{DIR_DENSEPOSE}/ is missing: HR-VITON reads {DIR_DENSEPOSE}/<person>.jpg for every "
+    if contract.DIR_DENSEPOSE not in files:
+        problems.append(Problem("densepose_missing", layout.rel(contract.DIR_DENSEPOSE) + "/",
+                                f"{contract.DIR_DENSEPOSE}/ is missing: HR-VITON reads "
+                                f"{contract.DIR_DENSEPOSE}/<person>{JPG} for every "
                                 "person (see the README: HR-VITON needs DensePose)", (HRVITON,)))
     return layout, problems
 
@@ -786,7 +793,7 @@ class _Checker:
     ) -> tuple[list[Problem], int]:
         rel = self.layout.rel(folder, name)
         if name not in self.layout.files.get(folder, ()):
-            if folder == DIR_DENSEPOSE:
+            if folder == contract.DIR_DENSEPOSE:
                 return [Problem("densepose_missing", rel, f"missing; HR-VITON reads it for {owner}")], 0
             return [Problem("missing_file", rel, f"missing; needed for {owner}")], 0
         try:
@@ -813,8 +820,8 @@ class _Checker:
             jobs.append((contract.DIR_PARSE_AGNOSTIC, contract.parse_agnostic_name(stem), _check_parse_agnostic))
         if layout.has(contract.DIR_AGNOSTIC):
             jobs.append((contract.DIR_AGNOSTIC, contract.agnostic_name(stem), check_rgb_image))
-        if layout.has(DIR_DENSEPOSE):  # HR-VITON opens image-densepose/<the person's file name> (§2.1)
-            jobs.append((DIR_DENSEPOSE, name, check_rgb_image))
+        if layout.has(contract.DIR_DENSEPOSE):  # HR-VITON opens image-densepose/<the person's file name> (§2.1)
+            jobs.append((contract.DIR_DENSEPOSE, name, check_rgb_image))
         files = 0
         for folder, file_name, check in jobs:
             found, read = self._file(folder, file_name, owner, check)
