@@ -33,10 +33,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
-# ruff, then vulture (dead code; its settings and paths in pyproject.toml, reflection's names in .ci/vulture_whitelist.py).
+# ruff, vulture (dead code; its settings and paths in pyproject.toml, reflection's names in
+# .ci/vulture_whitelist.py), then the import rule between packages and rooms (tests/test_layers.py).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/vulture
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_layers.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/preprocess.py
