@@ -39,6 +39,18 @@ def test_deployment_entrypoint_is_a_flow_taking_its_parameters(deployment):
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_a_deployment_restates_no_default(deployment):
+    """The models hold every default: prefect.yaml writes only the values that differ."""
+    flow = load_entrypoint(deployment["entrypoint"])
+    signature = inspect.signature(flow.fn, eval_str=True)
+    for group, values in deployment.get("parameters", {}).items():
+        fields = signature.parameters[group].annotation.model_fields
+        restated = {name: value for name, value in values.items()
+                    if not fields[name].is_required() and fields[name].get_default(call_default_factory=True) == value}
+        assert not restated, f"{deployment['name']}: {group} restates its defaults {restated}"
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
 def test_every_deployment_runs_on_the_gpu_process_pool(deployment):
     assert deployment["work_pool"]["name"] == "gpu-process"
 
