@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_parser_dataset_command(commands)
     add_train_parser_command(commands)
     add_validate_command(commands)
+    for command in commands.choices.values():  # an invalid configuration is reported with its usage
+        command.set_defaults(_parser=command)
     return parser
 
 
@@ -51,9 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # the run itself failed: say why, exit non-zero
         from pydantic import ValidationError
 
-        if isinstance(error, ValidationError):
-            print(f"vitonprep: invalid configuration:\n{error}", file=sys.stderr)
-            return 2
+        if isinstance(error, ValidationError):  # usage and the message on stderr, exit 2, as argparse does
+            args._parser.error(f"invalid configuration:\n{error}")
         print(f"vitonprep: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
 

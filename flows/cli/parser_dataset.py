@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from flows.cli.common import add_output_arguments, add_storage_arguments
+from flows.cli.common import add_model_arguments, add_output_arguments, model_from_args
 
 EXIT_OK = 0
 EXIT_NOTHING_CONVERTED = 1
@@ -35,65 +35,10 @@ stable hash, so adding images never moves existing ones. Items that cannot be co
 with a reason and listed in <out>/report.json."""
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def _at_least(minimum: float, kind: type = int):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def add_parser_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    from tasks.tools.parser_dataset import CLASS_SETS, DEFAULT_EPSILON, DEFAULT_MIN_AREA, SEED8
+    from tasks.tools.parser_dataset import ParserDatasetConfig
 
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--from-parse", metavar="URL", help="dataset root (or split folder) with image/ and image-parse-v3/"
-    )
-    source.add_argument("--from-coco", metavar="FILE_URL", help="COCO instance segmentation JSON file")
-    parser.add_argument(
-        "--images", metavar="URL", help="with --from-coco: the folder its file_names are under"
-    )
-    parser.add_argument(
-        "--out", required=True, metavar="URL", help="output root (data.yaml, images/, labels/)"
-    )
-    parser.add_argument("--classes", choices=CLASS_SETS, default=SEED8, help=f"class set (default {SEED8})")
-    parser.add_argument(
-        "--split", choices=("test", "train"), default=None,
-        help="with --from-parse: the split to read (default: the root's own image/, else its only split)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--val-fraction",
-        type=_fraction,
-        default=0.1,
-        help="share of stems in val, by stable hash (default 0.1)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the per-stem split hash (default 0)")
-    parser.add_argument(
-        "--min-area", type=_at_least(1), default=DEFAULT_MIN_AREA,
-        help=f"drop regions (and fill holes) under this many pixels (default {DEFAULT_MIN_AREA})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--epsilon", type=_at_least(0.0, float), default=DEFAULT_EPSILON,
-        help=f"polygon simplification tolerance in pixels (default {DEFAULT_EPSILON})",
-    )  # fmt: skip
-    parser.add_argument("--workers", type=_at_least(1), default=2, help="items converted at once (default 2)")
-    add_storage_arguments(parser)
+    add_model_arguments(parser, ParserDatasetConfig)
     add_output_arguments(parser, "the summary")
 
 
@@ -131,26 +76,7 @@ def cmd_parser_dataset(args: argparse.Namespace) -> int:
     from flows.cli.common import CountBar
     from tasks.tools.parser_dataset import ParserDatasetConfig, convert_dataset
 
-    if args.from_coco is not None and not args.images:
-        args._parser.error("--from-coco needs --images URL (the folder its file_names are relative to)")
-    if args.from_coco is not None and args.split is not None:
-        args._parser.error("--split applies to --from-parse only")
-    if args.images and args.from_coco is None:
-        args._parser.error("--images applies to --from-coco only")
-    config = ParserDatasetConfig(
-        out=args.out,
-        from_parse=args.from_parse,
-        from_coco=args.from_coco,
-        images=args.images,
-        classes=args.classes,
-        split=args.split,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        min_area=args.min_area,
-        epsilon=args.epsilon,
-        workers=args.workers,
-        storage_options=dict(args.storage_options),
-    )
+    config = model_from_args(ParserDatasetConfig, args)
     progress = CountBar(not args.no_progress and not args.json, "parser-dataset")
     try:
         summary = convert_dataset(config, progress=progress)
@@ -174,5 +100,5 @@ def add_parser_dataset_command(subparsers: argparse._SubParsersAction) -> argpar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_parser_dataset_arguments(parser)
-    parser.set_defaults(func=cmd_parser_dataset, _parser=parser)
+    parser.set_defaults(func=cmd_parser_dataset)
     return parser

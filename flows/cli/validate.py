@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from flows.cli.common import CountBar, parse_storage_option
+from flows.cli.common import CountBar, add_storage_arguments
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -66,14 +66,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("vitonhd", "hrviton"),
         help="check for this consumer only (repeatable; default: both, each with its own verdict)",
     )
-    parser.add_argument(
-        "--storage-option",
-        action="append",
-        type=parse_storage_option,
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec storage option (repeatable; VALUE is JSON where it parses), e.g. anon=true",
-    )
+    add_storage_arguments(parser)
     parser.add_argument(
         "--examples", type=int, default=5, metavar="N", help="example paths shown per problem (default 5)"
     )
@@ -104,7 +97,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     progress = CountBar(not args.no_progress and not args.json, "validate")
     try:
-        store = Store(args.url, dict(args.storage_option))
+        store = Store(args.url, dict(args.storage_options))
         report = validate_dataset(store, splits=args.split, workers=args.workers, progress=progress,
                                   targets=args.target or ("vitonhd", "hrviton"))
     except Exception as error:  # noqa: BLE001  (storage unreachable, credentials, a bad URL)

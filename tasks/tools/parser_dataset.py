@@ -26,21 +26,24 @@ import io
 import json
 import posixpath
 import time
+import typing
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import yaml
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.infra.errors import StorageError, StorageNotFoundError
 from tasks.infra.store import Store
 from tasks.infra.weight_cache import sha256_hex
+from tasks.records.config import StorageOptions
 from tasks.stages.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
 from vitonhd_models.contract import (
     CIHP_LABEL_NAMES,
@@ -56,9 +59,8 @@ from vitonhd_models.contract import (
 # Class tables
 # ---------------------------------------------------------------------------------------------------
 
-SEED8 = "seed8"
-CIHP20 = "cihp20"
-CLASS_SETS = (SEED8, CIHP20)
+ClassSet = Literal["seed8", "cihp20"]
+CLASS_SETS = SEED8, CIHP20 = typing.get_args(ClassSet)
 
 NO_CLASS = 255  # background in a class map (`ClassTable.map`, `rasterise_polygons`): no class has this id
 
@@ -500,43 +502,39 @@ def dataset_fingerprint(entries: Iterable[tuple[str, str, str]]) -> str:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-@dataclass(frozen=True)
-class ParserDatasetConfig:
-    """One conversion, validated once here. Exactly one of `from_parse` (a dataset root: `<split>/image/`
-    + `<split>/image-parse-v3/`, or a split folder) and `from_coco` (a COCO JSON file URL, with `images`,
+class ParserDatasetConfig(BaseModel):
+    """One conversion, validated once here. Exactly one of `from_parse` (a dataset root: `{split}/image/`
+    + `{split}/image-parse-v3/`, or a split folder) and `from_coco` (a COCO JSON file URL, with `images`,
     the folder its `file_name`s are relative to)."""
 
-    out: str
-    from_parse: str | None = None
-    from_coco: str | None = None
-    images: str | None = None
-    classes: str = SEED8
-    split: str | None = (
-        None  # --from-parse: "test" or "train"; None: the root's own image/, else the one split
-    )
-    val_fraction: float = 0.1
-    seed: int = 0
-    min_area: int = DEFAULT_MIN_AREA
-    epsilon: float = DEFAULT_EPSILON
-    workers: int = 2
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    def __post_init__(self) -> None:
+    out: str = Field(description="Output root URL (data.yaml, images/, labels/)")
+    from_parse: str | None = Field(None, description="Dataset root (or split folder) with image/ and image-parse-v3/")
+    from_coco: str | None = Field(None, description="COCO instance segmentation JSON file URL")
+    images: str | None = Field(None, description="With from_coco: the folder its file_names are under")
+    classes: ClassSet = Field(SEED8, description="Class set: seed8 (what the YOLO parser maps back to CIHP) or cihp20")
+    split: Literal["test", "train"] | None = Field(
+        None, description="With from_parse: the split to read (default: the root's own image/, else its only split)"
+    )
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of stems in val, by stable hash")
+    seed: int = Field(0, description="Seed of the per-stem split hash")
+    min_area: int = Field(DEFAULT_MIN_AREA, ge=1, description="Drop regions (and fill holes) under this many pixels")
+    epsilon: float = Field(DEFAULT_EPSILON, ge=0.0, description="Polygon simplification tolerance in pixels")
+    workers: int = Field(2, ge=1, description="Items converted at once")
+    storage_options: StorageOptions = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ParserDatasetConfig:
         if (self.from_parse is None) == (self.from_coco is None):
             raise ValueError("give exactly one source: from_parse (CIHP label maps) or from_coco (COCO JSON)")
         if self.from_coco is not None and not self.images:
             raise ValueError("a COCO source needs images: the folder its file_names are relative to")
-        class_table(self.classes)
-        if self.split is not None and self.split not in ("test", "train"):
-            raise ValueError(f"split must be 'test' or 'train', got {self.split!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.min_area < 1:
-            raise ValueError(f"min_area must be at least 1 pixel, got {self.min_area}")
-        if self.epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.from_coco is not None and self.split is not None:
+            raise ValueError("split applies to from_parse only")
+        if self.images and self.from_coco is None:
+            raise ValueError("images applies to from_coco only")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------
