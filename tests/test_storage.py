@@ -130,3 +130,15 @@ def test_the_fast_timestamp_parser_agrees_with_botocores():
     for value in ("2026-01-02T03:04:05.000Z", "2026-01-02T03:04:05Z", "2026-01-02T03:04:05.123456Z",
                   "Fri, 02 Jan 2026 03:04:05 GMT", "1767323045"):  # fmt: skip
         assert parse_timestamp(value).timestamp() == slow(value).timestamp(), value
+
+
+def test_a_secret_from_fsspecs_own_configuration_is_masked_in_messages(monkeypatch):
+    """fsspec applies FSSPEC_S3_SECRET (its configuration) itself: the Store still knows to mask it."""
+    import fsspec
+
+    from tasks.infra.redaction import redact
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"key": "AKIDFROMCONFIG01", "secret": "secret-from-fsspec-config"})
+    Store("s3://bucket/root")
+    message = redact("denied for AKIDFROMCONFIG01 with secret-from-fsspec-config")
+    assert "secret-from-fsspec-config" not in message and "AKIDFROMCONFIG01" not in message, message

@@ -116,9 +116,11 @@ def test_config_wants_persons_and_garments_together(tmp_path):
 def test_cli_refuses_an_invalid_configuration(tmp_path, capsys):
     from flows.cli import main
 
-    code = main(["tryon", "--dataset", str(tmp_path), "--out", str(tmp_path / "o"), "--persons", "a", "--no-progress"])
-    assert code == 2
-    assert "persons and garments go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["tryon", "--dataset", str(tmp_path), "--out", str(tmp_path / "o"), "--persons", "a", "--no-progress"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: vitonprep tryon" in err and "persons and garments go together" in err
 
 
 # ---------------------------------------------------------------------------------------------

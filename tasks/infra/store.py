@@ -75,8 +75,8 @@ class Store:
         self.url = url.rstrip("/") or url
         self.storage_options = dict(storage_options or {})
         self.retry = retry or DEFAULT_RETRY
-        register_secrets(self.storage_options)
         options = resolve_storage_options(url, self.storage_options)
+        register_secrets(options)  # the given ones, the run's credentials and fsspec's configured ones
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except STORAGE_TYPES as error:  # a bad profile, say
