@@ -258,23 +258,36 @@ def test_a_local_stack_starts_with_its_schedules_paused(stack):
     assert not [run for run in stack.runs_of("preprocess/catalog") if run.auto_scheduled], "a nightly run was scheduled"
 
 
-def test_the_flow_run_page_renders_in_a_headless_browser(stack, nightly):
+def rendered_page(url: str) -> subprocess.CompletedProcess:
+    """The DOM of a UI page after its scripts ran, from headless Chromium."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         if os.environ.get("VITONPREP_UI_SMOKE") == "required":  # .ci/run installs it
             pytest.fail("chromium is not installed")
         pytest.skip("no chromium here (.ci/run installs Debian's package)")
-    run = nightly["first"]
-    done = subprocess.run(
-        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=30000",
-         f"{stack.info['ui_url']}/runs/flow-run/{run.id}"],
+    return subprocess.run(
+        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=30000", url],
         capture_output=True, text=True, timeout=180, check=False,
     )
+
+
+def test_the_flow_run_page_renders_in_a_headless_browser(stack, nightly):
+    run = nightly["first"]
+    done = rendered_page(f"{stack.info['ui_url']}/runs/flow-run/{run.id}")
     import html
 
     shown = run.name in done.stdout or html.escape(run.name, quote=False) in done.stdout
     assert shown, f"the page shows no {run.name!r}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     assert "Unable to connect" not in done.stdout
+
+
+def test_the_custom_run_form_shows_the_typed_configurations_fields(stack):
+    """The UI renders the parameter groups as forms: each model's fields with their descriptions."""
+    with stack.client() as client:
+        deployment = client.read_deployment_by_name("preprocess/catalog")
+    page = rendered_page(f"{stack.info['ui_url']}/deployments/deployment/{deployment.id}/run").stdout
+    for shown in ("Shard Size", "Images per task run", "Full Refresh", "Max Failed Fraction"):
+        assert shown in page, f"the custom run form shows no {shown!r}:\n{page[-2000:]}"
 
 
 def test_stopping_the_stack_leaves_no_process_behind(stack, nightly):
