@@ -183,9 +183,7 @@ def plan_run(run: Run) -> Plan:
     return Plan(current, index, listed, refuse_collisions(listed, works, index))
 
 
-def run_preprocess(
-    config: PreprocessConfig, selection: Selection | None = None, policy: RunPolicy | None = None
-) -> dict[str, Any]:
+def run_preprocess(config: PreprocessConfig, selection: Selection, policy: RunPolicy) -> dict[str, Any]:
     """The flow's body: list, diff against the manifest, process (here or in child runs), summarise, chain.
 
     A run with work holds the dataset's lease from before its first write to after its last
@@ -193,13 +191,12 @@ def run_preprocess(
     """
     logger = get_run_logger()
     announce_run()
-    selection = selection or Selection()
     started = time.perf_counter()
     catalog = Store(config.catalog, config.storage_options)
     layout = detect_catalog_layout(catalog)
     weights = resolve_weights(config)
     check_parser_weights(config, weights)
-    run = Run(config, selection, policy or RunPolicy(), new_run_id(), started, catalog,
+    run = Run(config, selection, policy, new_run_id(), started, catalog,
               Store(config.out, config.storage_options), layout,
               read_worn_pairs(catalog, layout),  # a broken pairs file fails the run before any image
               weights, stage_fingerprints(config, weights))
@@ -291,7 +288,7 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     check_parser_weights(config, weights)
     fingerprints = stage_fingerprints(config, weights)
     index = index_current(read_current(out, config.split))
-    listed, works = plan_catalog(part.items, index, fingerprints, Selection(full_refresh=selection.full_refresh),
+    listed, works = plan_catalog(part.items, index, fingerprints, selection,
                                  missing=part.missing)
     works = apply_refusals(works, part.refusals)
     logger.info("run %s: %d of %d persons and %d of %d garments of %s to process", run_id,

@@ -42,11 +42,11 @@ def configured_ui_url() -> str | None:
     return settings.ui_url if settings.api.url else None
 
 
-def run_flow(config, selection=None, policy=None, show_progress: bool = True) -> dict[str, Any]:
+def run_flow(config, show_progress: bool = True, **groups: Any) -> dict[str, Any]:
+    """The preprocess flow on `config` and the other parameter groups given (`selection`, `policy`)."""
     from flows.preprocess import preprocess
     from flows.report import progress_logger, run_logger
     from tasks.engine.workers import warm_up
-    from tasks.records.config import RunPolicy, Selection
 
     warm_up(config)  # the worker processes start while Prefect starts its temporary API server
     ui_url = configured_ui_url()
@@ -56,7 +56,7 @@ def run_flow(config, selection=None, policy=None, show_progress: bool = True) ->
         run_logger.setLevel(logging.INFO)
     try:
         with progress_bar(progress_logger, show_progress, "preprocess"):
-            summary = preprocess(config, selection or Selection(), policy or RunPolicy())
+            summary = preprocess(config, **groups)
     finally:
         if link is not None:
             run_logger.removeHandler(link)
@@ -94,7 +94,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     config, selection, policy = (model_from_args(model, args) for model in (PreprocessConfig, Selection, RunPolicy))
     try:
         with stdout_for_json(args.json):
-            summary = run_flow(config, selection, policy, show_progress=not args.no_progress and not args.json)
+            summary = run_flow(config, show_progress=not args.no_progress and not args.json, selection=selection,
+                               policy=policy)
     except RunFailed as failure:
         print_summary(failure.summary, args.json)
         print(f"error: {failure}", file=sys.stderr)

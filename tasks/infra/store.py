@@ -239,8 +239,8 @@ class Store:
                     if now - os.path.getmtime(path) >= min_age_s:
                         os.remove(path)
                         removed += 1
-                except FileNotFoundError:
-                    pass  # its writer finished or removed it meanwhile
+                except FileNotFoundError:  # its writer finished or removed it meanwhile
+                    continue
         return removed
 
     def listdir(self, folder: str = "") -> list[str]:

@@ -51,16 +51,24 @@ SecretBlockName = Annotated[
     Field(description="Name of a Prefect Secret block with the storage credentials (a JSON object: key, secret, ...)"),
 ]
 
+Device = Annotated[Literal["auto", "cpu", "cuda"], Field(description="'auto': CUDA when there is one")]
+
+
+class Config(BaseModel):
+    """A configuration: validated once at the edge, immutable, no unknown fields, and no input echoed in
+    its errors (a refused value may be a credential)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
 DEFAULT_SHARD_SIZE = 64
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; bigger headers are treated as decompression bombs
 DEFAULT_MAX_SOURCE_BYTES = 64 * 2**20  # a real catalog photo is a few MB; a 64 MB one is not read
 DEFAULT_PARSE_BATCH_SIZE = 8  # images per YOLO call: most of a GPU's throughput at a few GB of memory
 
 
-class PreprocessConfig(BaseModel):
+class PreprocessConfig(Config):
     """Everything a preprocess run needs. Defaults run offline on the bundled models."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     catalog: str = Field(description="Catalog root URL: persons/ + garments/ (+ pairs.csv), or image/ + cloth/")
     out: str = Field(description="Dataset root URL; outputs go under {out}/{split}/")
@@ -116,10 +124,8 @@ class PreprocessConfig(BaseModel):
         return self.parser.split(":", 1)[1] if self.parser.startswith("yolo:") else None
 
 
-class Selection(BaseModel):
+class Selection(Config):
     """Which catalog items a run looks at (a backfill): a key prefix and a modification-time range."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     prefix: str = Field("", description="Only catalog keys under this prefix, relative to the catalog root "
                         "(e.g. garments/2026-11/)")
@@ -151,10 +157,8 @@ DEFAULT_ITEMS_PER_CHILD_RUN = 2000
 DEFAULT_MAX_FAILED_FRACTION = 0.1
 
 
-class RunPolicy(BaseModel):
+class RunPolicy(Config):
     """How a preprocess run behaves as part of the service: failure threshold, fan-out and chaining."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     max_failed_fraction: float = Field(
         DEFAULT_MAX_FAILED_FRACTION, ge=0.0, le=1.0,
@@ -187,10 +191,8 @@ class RunPolicy(BaseModel):
         return value
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Config):
     """One VITON-HD training stage. Defaults: the official architecture at 1024x768, offline."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     dataset: str = Field(description="Dataset root URL (holds {split}/ and {split}_pairs.txt)")
     stage: Literal["seg", "gmm", "alias"] = Field(description="Which network to train")
@@ -229,17 +231,15 @@ class TrainConfig(BaseModel):
     agnostic: Literal["vitonhd", "hrviton", "disk"] = Field(
         "vitonhd", description="Clothing-agnostic image: computed online (recipe) or read from agnostic-v3.2/"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when there is one")
+    device: Device = "auto"
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     cache_samples: bool = Field(False, description="Keep decoded samples in memory (small datasets)")
     storage_options: StorageOptions = Field(default_factory=dict)
     storage_secret_block: SecretBlockName = None
 
 
-class ParserTrainConfig(BaseModel):
+class ParserTrainConfig(Config):
     """Train the YOLOv8-seg human parser on a `vitonprep parser-dataset` folder. Defaults: offline, the x model."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     data: str = Field(description="Folder URL of a parser dataset (data.yaml, images/, labels/)")
     out: str = Field(description="Output URL: weights/best.pt, results.csv, curves.png, model card, evaluation")
@@ -250,7 +250,7 @@ class ParserTrainConfig(BaseModel):
     epochs: int = Field(100, ge=1, description="Training epochs (a rerun resumes up to this)")
     imgsz: int = Field(1024, ge=32, description="Training and evaluation image size (pixels, long side)")
     batch: int = Field(8, ge=1, description="Images per batch")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when there is one")
+    device: Device = "auto"
     workers: int = Field(2, ge=0, description="DataLoader worker processes")
     patience: int = Field(50, ge=1, description="Epochs without improvement before stopping early")
     seed: int = Field(0, ge=0, description="Training seed")
@@ -264,10 +264,8 @@ class ParserTrainConfig(BaseModel):
     storage_secret_block: SecretBlockName = None
 
 
-class TryOnConfig(BaseModel):
+class TryOnConfig(Config):
     """Everything a try-on run needs, validated once at the edge (CLI, flow parameters)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     dataset: str = Field(description="Dataset root URL: {split}/ and {split}_pairs.txt (ours or VITON-HD's layout)")
     out: str = Field(description="Output root URL: results/, manifests/tryon/, the contact sheet")
@@ -280,7 +278,7 @@ class TryOnConfig(BaseModel):
     )
     batch_size: int = Field(4, ge=1, description="Pairs per forward pass")
     shard_size: int = Field(32, ge=1, description="Pairs per task run")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when there is one")
+    device: Device = "auto"
     precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16 runs seg and ALIAS under autocast (CUDA only)")
     seed: int = Field(0, ge=0, description="Seeds random init and the seg/ALIAS noise (per batch: seed + index)")
     agnostic: Literal["vitonhd", "hrviton", "disk"] = Field(

@@ -38,12 +38,12 @@ import cv2
 import numpy as np
 import yaml
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from tasks.infra.errors import StorageError, StorageNotFoundError
 from tasks.infra.store import Store
 from tasks.infra.weight_cache import sha256_hex
-from tasks.records.config import StorageOptions
+from tasks.records.config import Config, StorageOptions
 from tasks.stages.parse_yolo import DEFAULT_YOLO_CLASS_TO_CIHP, YOLO_CLASS_NAMES
 from vitonhd_models.contract import (
     CIHP_LABEL_NAMES,
@@ -502,12 +502,10 @@ def dataset_fingerprint(entries: Iterable[tuple[str, str, str]]) -> str:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class ParserDatasetConfig(BaseModel):
+class ParserDatasetConfig(Config):
     """One conversion, validated once here. Exactly one of `from_parse` (a dataset root: `{split}/image/`
     + `{split}/image-parse-v3/`, or a split folder) and `from_coco` (a COCO JSON file URL, with `images`,
     the folder its `file_name`s are relative to)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     out: str = Field(description="Output root URL (data.yaml, images/, labels/)")
     from_parse: str | None = Field(None, description="Dataset root (or split folder) with image/ and image-parse-v3/")
