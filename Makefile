@@ -8,7 +8,7 @@ export YOLO_AUTOINSTALL := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint bench bench-tryon bench-parser bench-orchestration install lock clean
+.PHONY: demo test lint bench bench-accuracy bench-tryon bench-parser bench-orchestration install lock clean
 
 # The versions of $(LOCK), so CI and every new machine get the same set.
 $(STAMP): pyproject.toml $(LOCK)
@@ -42,6 +42,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/preprocess.py
+
+# Parse, pose, parse-agnostic and cloth masks against the VITON-HD dataset's own files (../shared/groundtruth/vitonhd).
+bench-accuracy: $(STAMP)
+	$(VENV)/bin/python bench/accuracy.py $(BENCH_ACCURACY_ARGS)
 
 # Try-on inference and training speed at 512x384 and 1024x768 (CUDA when there is one); slow on a CPU.
 bench-tryon: $(STAMP)
