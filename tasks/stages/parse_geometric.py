@@ -54,7 +54,6 @@ CROP_MARGIN_PX = 16  # the box: around the silhouette, the keypoints and the fac
 # In pixels at full size; the work frame scales lengths by WORK_SCALE and areas by its square.
 SKIN_CLEAN_RADIUS_PX = 4  # the opening and closing that clean specks off the skin mask
 MIN_MODEL_PIXELS = 200  # the fewest pixels a colour model is fitted on
-MIN_WAIST_BAND_PIXELS = 100  # the fewest pixels the waist search reads
 
 
 def _in_parts(parts: np.ndarray, ids: Sequence[int]) -> np.ndarray:
@@ -62,6 +61,10 @@ def _in_parts(parts: np.ndarray, ids: Sequence[int]) -> np.ndarray:
     table = np.zeros(9, dtype=bool)
     table[np.asarray(ids) + 1] = True
     return table[parts + 1]
+
+
+MIXTURE_COMPONENTS = 2  # colours of a top: a plain one, or the two of a print, stripes or a yoke
+MIXTURE_MIN_SHARE = 0.15  # a component holds at least this share of the garment's pixels
 
 
 class _ColourModel:
@@ -88,9 +91,42 @@ class _ColourModel:
     def log_likelihood(self, pixels_lab: np.ndarray) -> np.ndarray:
         return -0.5 * (np.square(self.distance(pixels_lab)) + self.log_det)
 
-    def separation(self, other: _ColourModel) -> float:
-        """How far apart two models are: the smaller of each mean's distance under the other model."""
-        return float(min(other.distance(self.mean[None])[0], self.distance(other.mean[None])[0]))
+    @property
+    def components(self) -> list[_ColourModel]:
+        return [self]
+
+    def separation(self, other: _ColourModel | _Mixture) -> float:
+        """How far apart two models are: the smaller of each mean's distance under the other model (of
+        the closest two components)."""
+        return float(min(min(b.distance(a.mean[None])[0], a.distance(b.mean[None])[0])
+                         for a in self.components for b in other.components))
+
+
+class _Mixture(_ColourModel):
+    """Up to MIXTURE_COMPONENTS Gaussians over a garment's pixels (two-tone tops, stripes, prints):
+    a pixel's likelihood and distance are those of its closest component."""
+
+    def __init__(self, pixels_lab: np.ndarray, min_pixels: float, **kwargs):
+        pixels = pixels_lab.reshape(-1, 3).astype(np.float32)
+        criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1.0)
+        cv2.setRNGSeed(0)
+        _, assignment, _ = cv2.kmeans(pixels, MIXTURE_COMPONENTS, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
+        assignment = assignment.ravel()
+        self._components = [_ColourModel(pixels[assignment == k], **kwargs) for k in range(MIXTURE_COMPONENTS)
+                            if (assignment == k).sum() >= max(min_pixels, MIXTURE_MIN_SHARE * len(pixels))]
+        if not self._components:
+            self._components = [_ColourModel(pixels, **kwargs)]
+        self.mean = self._components[0].mean
+
+    @property
+    def components(self) -> list[_ColourModel]:
+        return self._components
+
+    def distance(self, pixels_lab: np.ndarray) -> np.ndarray:
+        return np.min([c.distance(pixels_lab) for c in self._components], axis=0)
+
+    def log_likelihood(self, pixels_lab: np.ndarray) -> np.ndarray:
+        return np.max([c.log_likelihood(pixels_lab) for c in self._components], axis=0)
 
 
 def _whitening(cov: np.ndarray) -> np.ndarray:
@@ -141,6 +177,7 @@ class _Face:
     mask: np.ndarray  # (H, W) bool
     width: float
     chin: np.ndarray  # (x, y), the lowest point of the outline
+    forehead: np.ndarray  # (H, W) bool: the band of the outline above the eyes, where a fringe falls
 
 
 class GeometricParser:
@@ -239,7 +276,8 @@ class GeometricParser:
         models = _colour_models(lab, work_parts, work_skeleton, work_face, work_axial, area) if self.use_colour \
             else _Models()
         work_skin = _skin_mask(lab, work_parts, models, frame)
-        waist_level = _waist_level(lab, work_parts, work_axial, models, work_skin, area)
+        work_waist = _waist_rows(lab, work_parts, work_skeleton, work_axial, models, work_skin)
+        work_hair = _hair_region(lab, work_parts, models, work_face, work_skin, work_axial)
 
         # At full size: those maps upsampled, and the geometry drawn.
         shape = image_rgb.shape[:2]
@@ -254,7 +292,7 @@ class GeometricParser:
         if silhouette is None:
             silhouette = frame.upsample(work_silhouette.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
         axial = _axial(shape, skeleton)
-        below_waist = axial >= waist_level
+        below_waist = _below_rows(frame, work_waist, shape)
         near_face = None
         if work_face is not None and skin is not None:
             distance = frame.upsample(_distance_to(work_face.mask), cv2.INTER_LINEAR) / frame.scale
@@ -264,7 +302,8 @@ class GeometricParser:
         _label_torso(labels, parts, skin, below_waist)
         _label_arms(labels, parts, skin, below_waist, image_rgb, models)
         _label_legs(labels, parts, skin, below_waist, axial, skeleton)
-        _label_head(labels, parts, face, skin, near_face)
+        hair = None if work_hair is None else frame.upsample(work_hair.astype(np.float32), cv2.INTER_LINEAR) > 0.5
+        _label_head(labels, parts, face, skin, near_face, hair)
         _label_neck(labels, parts, silhouette, skeleton, face, skin)
         _label_shoes(labels, parts, skin, skeleton)
         labels[~silhouette] = 0
@@ -283,11 +322,23 @@ class GeometricParser:
         return polygon
 
 
+def _below_rows(frame: _Frame, work_rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels at full size on or below a per-column row of the work frame."""
+    height, width = shape
+    xs = (np.arange(width) + 0.5) * frame.size[0] / width - 0.5
+    rows = np.interp(xs, np.arange(len(work_rows)), work_rows)
+    rows_full = (rows + 0.5) * height / frame.size[1] - 0.5
+    return np.arange(height)[:, None] >= rows_full[None, :]
+
+
 def _segmentation(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
     segmentation = np.asarray(pose.segmentation, dtype=np.float32)
     if segmentation.shape != shape:
         segmentation = cv2.resize(segmentation, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return segmentation
+
+
+FOREHEAD_SHARE = 0.38  # of the face outline's height, from its top: above the brows, where a fringe falls
 
 
 def _face_from_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> _Face:
@@ -296,7 +347,9 @@ def _face_from_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> _Face:
     cv2.fillConvexPoly(mask, polygon, 1)
     chin = polygon[np.argmax(polygon[:, 1])].astype(np.float64)
     width = float(polygon[:, 0].max() - polygon[:, 0].min())
-    return _Face(polygon, mask.astype(bool), max(width, 1.0), chin)
+    top = polygon[:, 1].min()
+    forehead = np.arange(shape[0])[:, None] < top + FOREHEAD_SHARE * (chin[1] - top)
+    return _Face(polygon, mask.astype(bool), max(width, 1.0), chin, np.broadcast_to(forehead, shape))
 
 
 @dataclass(frozen=True)
@@ -620,7 +673,11 @@ def _colour_models(
     torso = parts == _TORSO
     if torso.any():
         inner = _erode(torso, 0.08 * skeleton.shoulder_width)
-        models.upper = _fit_model(lab, inner & (axial > 0.3) & (axial < 0.7), MIN_MODEL_PIXELS * area)
+        core = inner & (axial > 0.1) & (axial < 0.5)
+        if models.skin is not None and core.any():  # a neckline's skin is no colour of the top
+            core[core] = models.skin.distance(lab[core]) > 3.0
+        if int(core.sum()) >= MIN_MODEL_PIXELS * area:
+            models.upper = _Mixture(lab[core], MIN_MODEL_PIXELS * area)
     lower_region = _in_parts(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > 1.05) & (axial < 1.25)
     hips = [skeleton.get(j) for j in (Body25.L_HIP, Body25.R_HIP)]
     if all(h is not None for h in hips):
@@ -665,6 +722,66 @@ def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models, frame: _Fram
     return _fill_small_holes(cleaned, max_area=0.002 * image_area) & (parts >= 0)
 
 
+HAIR_REACH = 0.75  # torso lengths below the shoulders that hair falling over the clothes may reach
+HAIR_MIN_SEPARATION = 2.0  # hair and top colour models closer than this cannot tell hair over the top
+HAIR_MAX_DISTANCE = 3.0  # Mahalanobis distance to the hair model beyond which a pixel is no hair
+HAIR_HALF_WIDTH = 1.1  # face widths either side of the face's centre that long hair may fall over
+
+
+def _hair_zone(face: _Face, axial: np.ndarray) -> np.ndarray:
+    """Where hair falling over the shoulders and the top may lie: beside and below the face, down to
+    HAIR_REACH torso lengths."""
+    centre = face.polygon[:, 0].mean()
+    xs = np.arange(axial.shape[1])[None, :]
+    return (axial < HAIR_REACH) & (np.abs(xs - centre) <= HAIR_HALF_WIDTH * face.width)
+
+
+def _hair_region(lab: np.ndarray, parts: np.ndarray, models: _Models, face: _Face | None, skin: np.ndarray | None,
+                 axial: np.ndarray) -> np.ndarray | None:
+    """Hair as one region around the head: the head outside the face, the fringe over the forehead, and
+    hair-coloured pixels over the top and the arms (long hair falling over the shoulders) connected to
+    it. None without a hair model."""
+    if models.hair is None or face is None:
+        return None
+    head = (parts == _HEAD) & ~face.mask
+    candidates = (_in_parts(parts, (_TORSO, _L_ARM, _R_ARM)) & _hair_zone(face, axial)) | (face.mask & face.forehead)
+    if skin is not None:
+        candidates &= ~skin
+    rivals = [m for m in (models.skin, models.upper) if m is not None]
+    if models.upper is not None and models.hair.separation(models.upper) <= HAIR_MIN_SEPARATION:
+        candidates &= face.mask  # hair and top look alike: only the fringe is told apart
+    pixels = lab[candidates]
+    hair_likelihood = models.hair.log_likelihood(pixels)
+    looks = models.hair.distance(pixels) <= HAIR_MAX_DISTANCE
+    for rival in rivals:
+        looks &= hair_likelihood > rival.log_likelihood(pixels)
+    hair = head.copy()
+    hair[candidates] = looks
+    hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+    count, components = cv2.connectedComponents(hair.astype(np.uint8), connectivity=8)
+    touching = np.unique(components[head & hair])
+    return _fill_holes(np.isin(components, touching[touching > 0]))
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask.astype(bool)
+    return components == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every region it encloses filled."""
+    count, components, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    height, width = mask.shape
+    filled = mask.copy()
+    for index in range(1, count):
+        x, y, w, h, _ = stats[index]
+        if not (x == 0 or y == 0 or x + w == width or y + h == height):
+            filled[components == index] = True
+    return filled
+
+
 def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     """Fill enclosed non-mask specks (a shadow in a hand, a highlight on an arm)."""
     count, components, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
@@ -678,26 +795,78 @@ def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     return filled
 
 
-def _waist_level(
-    lab: np.ndarray, parts: np.ndarray, axial: np.ndarray, models: _Models, skin: np.ndarray | None, area: float
-) -> float:
-    """Where the top ends, in torso lengths along the body axis: the level between upper and lower
-    clothes that best separates their colours, searched from 0.7 to 1.15 torso lengths; the hip line
-    (1.0) when the colours do not tell (no models, or models too alike)."""
-    cut = 1.0
-    if models.upper is not None and models.lower is not None and models.upper.separation(models.lower) > 2.0:
-        band = _in_parts(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > 0.7) & (axial < 1.15)
-        if skin is not None:
-            band &= ~skin
-        if band.sum() > MIN_WAIST_BAND_PIXELS * area:
-            levels = axial[band]
-            pixels = lab[band]
-            is_lower = models.lower.log_likelihood(pixels) > models.upper.log_likelihood(pixels)
-            candidates = np.linspace(0.7, 1.15, 46)
-            # errors(c) = lower-looking pixels above c + upper-looking pixels below c
-            errors = [np.sum(is_lower & (levels < c)) + np.sum(~is_lower & (levels >= c)) for c in candidates]
-            cut = float(candidates[int(np.argmin(errors))])
-    return cut
+# Where the top ends, in torso lengths along the body axis from the shoulders (0) to the hips (1).
+WAIST_SEARCH = (0.45, 1.3)  # the span searched: high-waisted trousers to a long top over the hips
+WAIST_PRIOR = 0.88  # where it ends when the colours cannot tell (VITON-HD's tops mostly end above the hips)
+WAIST_PRIOR_COST = 0.03  # per row away from the prior, against about one per pixel of colour evidence
+WAIST_BEND_COST = 0.6  # per row the cut moves between neighbouring columns: a hem is a smooth curve
+WAIST_MIN_SEPARATION = 2.0  # colour models closer than this (Mahalanobis) cannot tell top from bottom
+
+
+def _waist_rows(
+    lab: np.ndarray, parts: np.ndarray, skeleton: _Skeleton, axial: np.ndarray, models: _Models,
+    skin: np.ndarray | None,
+) -> np.ndarray:
+    """The row where the top ends, for every column of the frame (float, may lie outside it).
+
+    Each column's cut is the row that best splits its pixels into top above and bottom below by
+    colour (the upper and lower models), the cuts of neighbouring columns are tied by a bending cost
+    and every cut is pulled a little towards WAIST_PRIOR: a shortest path across the columns (dynamic
+    programming). A tucked-in top, a curved hem or a tilted waist comes out as it is; where the
+    colours do not tell (alike models, no evidence), the cut is the prior's line."""
+    height, width = parts.shape
+    prior = _rows_at_level(skeleton, WAIST_PRIOR, width, height)
+    if models.upper is None or models.lower is None or models.upper.separation(models.lower) <= WAIST_MIN_SEPARATION:
+        return prior
+    low, high = WAIST_SEARCH
+    band = _in_parts(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > low) & (axial < high)
+    if skin is not None:
+        band &= ~skin
+    rows = np.flatnonzero(band.any(axis=1))
+    if len(rows) < 2:
+        return prior
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    evidence = np.zeros((bottom - top, width), dtype=np.float32)  # > 0: looks like the bottom
+    ys, xs = np.nonzero(band[top:bottom])
+    pixels = lab[top:bottom][ys, xs]
+    difference = models.lower.log_likelihood(pixels) - models.upper.log_likelihood(pixels)
+    evidence[ys, xs] = np.clip(difference / 4.0, -1.0, 1.0)
+    # cost[c, x]: bottom-looking pixels above a cut at row top + c, plus top-looking ones below it.
+    lower_above = np.vstack([np.zeros((1, width), np.float32), np.cumsum(np.maximum(evidence, 0), axis=0)])
+    upper_below = np.cumsum(np.maximum(-evidence, 0)[::-1], axis=0)[::-1]
+    upper_below = np.vstack([upper_below, np.zeros((1, width), np.float32)])
+    cut_rows = np.arange(top, bottom + 1, dtype=np.float32)[:, None]
+    cost = lower_above + upper_below + WAIST_PRIOR_COST * np.abs(cut_rows - prior[None, :])
+    return top + _smooth_path(cost, WAIST_BEND_COST).astype(np.float32)
+
+
+def _rows_at_level(skeleton: _Skeleton, level: float, width: int, height: int) -> np.ndarray:
+    """For every column, the row whose position along the body axis is `level` torso lengths."""
+    if skeleton.mid_shoulder is None:
+        return np.full(width, level * height, dtype=np.float32)
+    ox, oy = skeleton.mid_shoulder
+    ax, ay = skeleton.axis
+    xs = np.arange(width, dtype=np.float32)
+    return (oy + (level * skeleton.torso_length - (xs - ox) * ax) / max(ay, 1e-3)).astype(np.float32)
+
+
+def _smooth_path(cost: np.ndarray, bend: float) -> np.ndarray:
+    """The row index per column minimising sum(cost[row, column]) + bend * sum(|row step|) (Viterbi
+    with an L1 step cost, whose minimum over the previous rows is two running minima)."""
+    rows, columns = cost.shape
+    index = np.arange(rows, dtype=np.float32)
+    total = np.empty_like(cost)
+    total[:, 0] = cost[:, 0]
+    for column in range(1, columns):
+        previous = total[:, column - 1]
+        from_above = np.minimum.accumulate(previous - bend * index) + bend * index
+        from_below = (np.minimum.accumulate((previous + bend * index)[::-1]) - bend * index[::-1])[::-1]
+        total[:, column] = cost[:, column] + np.minimum(from_above, from_below)
+    path = np.empty(columns, dtype=np.int64)
+    path[-1] = int(np.argmin(total[:, -1]))
+    for column in range(columns - 1, 0, -1):
+        path[column - 1] = int(np.argmin(total[:, column - 1] + bend * np.abs(index - path[column])))
+    return path
 
 
 # -- labelling, one function per body part ------------------------------------------------------
@@ -766,18 +935,22 @@ def _axial_of(skeleton: _Skeleton, point: np.ndarray) -> float:
 
 
 def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin: np.ndarray | None,
-                near_face: np.ndarray | None) -> None:
-    """Head: the face outline is face (13); the rest of the head is hair (2), but bare skin just
-    around the outline (`near_face`: within a fifth of its width) above the chin (ears, the forehead
-    above the mesh) is face."""
+                near_face: np.ndarray | None, hair: np.ndarray | None) -> None:
+    """Head: the rest of the head, and `hair` wherever it falls, is hair (2); the face (13) is the face
+    outline less the fringe over its forehead, plus bare skin just around the outline (`near_face`)
+    above the chin (ears, the forehead above the mesh), with no holes (eyes, brows, lips)."""
     if face is None:
         return
     head = parts == _HEAD
     labels[head] = Cihp.HAIR
+    face_region = face.mask & (parts >= 0)
+    if hair is not None:
+        labels[hair] = Cihp.HAIR
+        face_region &= ~(hair & face.forehead)
     if skin is not None:
         above_chin = np.arange(parts.shape[0])[:, None] <= face.chin[1]
-        labels[head & above_chin & near_face & skin] = Cihp.FACE
-    labels[face.mask & (parts >= 0)] = Cihp.FACE
+        face_region |= head & above_chin & near_face & skin
+    labels[_fill_holes(_largest(face_region))] = Cihp.FACE
 
 
 def _label_neck(
