@@ -738,29 +738,40 @@ def _hair_zone(face: _Face, axial: np.ndarray) -> np.ndarray:
 
 def _hair_region(lab: np.ndarray, parts: np.ndarray, models: _Models, face: _Face | None, skin: np.ndarray | None,
                  axial: np.ndarray) -> np.ndarray | None:
-    """Hair as one region around the head: the head outside the face, the fringe over the forehead, and
-    hair-coloured pixels over the top and the arms (long hair falling over the shoulders) connected to
-    it. None without a hair model."""
+    """Hair as one region around the head: the head outside the face (below the chin only where it
+    looks like hair), a fringe over the forehead, and hair-coloured pixels over the top and the arms
+    (long hair falling over the shoulders) connected to it. None without a hair model."""
     if models.hair is None or face is None:
         return None
+    rows = np.arange(parts.shape[0])[:, None]
     head = (parts == _HEAD) & ~face.mask
-    candidates = (_in_parts(parts, (_TORSO, _L_ARM, _R_ARM)) & _hair_zone(face, axial)) | (face.mask & face.forehead)
+    falling = _in_parts(parts, (_TORSO, _L_ARM, _R_ARM)) & _hair_zone(face, axial)
+    if models.upper is not None and models.hair.separation(models.upper) <= HAIR_MIN_SEPARATION:
+        falling[:] = False  # hair and top look alike: hair over the top cannot be told apart
+    below_chin = head & (rows > face.chin[1])
+    candidates = falling | below_chin
     if skin is not None:
         candidates &= ~skin
-    rivals = [m for m in (models.skin, models.upper) if m is not None]
-    if models.upper is not None and models.hair.separation(models.upper) <= HAIR_MIN_SEPARATION:
-        candidates &= face.mask  # hair and top look alike: only the fringe is told apart
-    pixels = lab[candidates]
-    hair_likelihood = models.hair.log_likelihood(pixels)
-    looks = models.hair.distance(pixels) <= HAIR_MAX_DISTANCE
-    for rival in rivals:
-        looks &= hair_likelihood > rival.log_likelihood(pixels)
-    hair = head.copy()
-    hair[candidates] = looks
+    hair = head & ~below_chin
+    hair[candidates] = _looks_like_hair(lab[candidates], models)
     hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
     count, components = cv2.connectedComponents(hair.astype(np.uint8), connectivity=8)
-    touching = np.unique(components[head & hair])
-    return _fill_holes(np.isin(components, touching[touching > 0]))
+    touching = np.unique(components[head & ~below_chin & hair])
+    hair = _fill_holes(np.isin(components, touching[touching > 0])) & ~face.mask
+    if skin is not None:  # a fringe: what hides the forehead's skin from the outline's top down
+        skin_above = np.maximum.accumulate(skin & face.mask, axis=0)
+        hair |= face.mask & face.forehead & ~skin_above
+    return hair
+
+
+def _looks_like_hair(pixels: np.ndarray, models: _Models) -> np.ndarray:
+    """Close to the hair model, and likelier hair than skin or the top."""
+    hair_likelihood = models.hair.log_likelihood(pixels)
+    looks = models.hair.distance(pixels) <= HAIR_MAX_DISTANCE
+    for rival in (models.skin, models.upper):
+        if rival is not None:
+            looks &= hair_likelihood > rival.log_likelihood(pixels)
+    return looks
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
@@ -771,15 +782,12 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """The mask with every region it encloses filled."""
-    count, components, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
-    height, width = mask.shape
-    filled = mask.copy()
-    for index in range(1, count):
-        x, y, w, h, _ = stats[index]
-        if not (x == 0 or y == 0 or x + w == width or y + h == height):
-            filled[components == index] = True
-    return filled
+    """The mask with every region it encloses filled: what a flood of the background from outside the
+    frame does not reach."""
+    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    flood = np.zeros((outside.shape[0] + 2, outside.shape[1] + 2), np.uint8)
+    cv2.floodFill(outside, flood, (0, 0), 2, flags=4)
+    return outside[1:-1, 1:-1] != 2
 
 
 def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
@@ -944,12 +952,12 @@ def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin:
     head = parts == _HEAD
     labels[head] = Cihp.HAIR
     face_region = face.mask & (parts >= 0)
-    if hair is not None:
-        labels[hair] = Cihp.HAIR
-        face_region &= ~(hair & face.forehead)
     if skin is not None:
         above_chin = np.arange(parts.shape[0])[:, None] <= face.chin[1]
         face_region |= head & above_chin & near_face & skin
+    if hair is not None:
+        labels[hair] = Cihp.HAIR
+        face_region &= ~hair
     labels[_fill_holes(_largest(face_region))] = Cihp.FACE
 
 
