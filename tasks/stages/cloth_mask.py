@@ -30,6 +30,7 @@ read as `np.array(mask) >= 128`; `encode_cloth_mask` writes one that thresholds 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 
@@ -62,6 +63,8 @@ BAND_RADIUS_FRACTION = 0.012  # ~9 px at 768 wide: the outer band re-decided per
 BAND_RADIUS_MIN = 8  # JPEG ringing spreads up to one 8x8 block from an edge, whatever the image size
 REFINE_MIN_CONTRAST = 10.0  # Lab units between garment and background below which the band is kept as is
 LOCAL_COLOUR_MIN_WEIGHT = 0.05  # below this share of interior pixels nearby, no local garment colour: keep
+
+REMAP_MAX_SIDE = 32767  # SHRT_MAX: cv2.remap asserts that every side of its source and maps is below it
 
 CLOTH_MASK_JPEG_QUALITY = 100  # edges of a 0/255 mask ring least at 100; decoded, nothing crosses 128
 
@@ -198,12 +201,37 @@ def _refine_boundary(mask: np.ndarray, lab: np.ndarray, background: np.ndarray, 
 
 def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, full_size: tuple[int, int]) -> np.ndarray:
     """Bilinear values of `image` (a resampled copy of a `full_size` (width, height) image) at full-size
-    pixels (xs, ys): (N, C) float32."""
+    pixels (xs, ys): (N, C) float32.
+
+    The points go through `cv2.remap` as a near-square block (`sample_block_shape`), never one long row:
+    remap refuses maps with a side of SHRT_MAX or more, and a mask's band on a 768x1024 canvas can hold
+    far more points than that. Each output pixel of remap depends only on its own map entry, so the
+    layout changes no value."""
+    count = len(xs)
+    if image.shape[0] >= REMAP_MAX_SIDE or image.shape[1] >= REMAP_MAX_SIDE:
+        raise ValueError(f"cannot sample a {image.shape[1]}x{image.shape[0]} image: cv2.remap takes sides "
+                         f"under {REMAP_MAX_SIDE}")
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if count == 0:
+        return np.zeros((0, channels), dtype=np.float32)
+    rows, cols = sample_block_shape(count)
     scale_x, scale_y = image.shape[1] / full_size[0], image.shape[0] / full_size[1]
-    map_x = ((xs.astype(np.float32) + 0.5) * scale_x - 0.5).reshape(1, -1)
-    map_y = ((ys.astype(np.float32) + 0.5) * scale_y - 0.5).reshape(1, -1)
-    values = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return values.reshape(len(xs), -1)
+    map_x = np.zeros(rows * cols, dtype=np.float32)  # the block's unused tail samples pixel (0, 0): dropped
+    map_y = np.zeros(rows * cols, dtype=np.float32)
+    map_x[:count] = (xs.astype(np.float32) + 0.5) * scale_x - 0.5
+    map_y[:count] = (ys.astype(np.float32) + 0.5) * scale_y - 0.5
+    values = cv2.remap(image, map_x.reshape(rows, cols), map_y.reshape(rows, cols), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    return values.reshape(rows * cols, channels)[:count]
+
+
+def sample_block_shape(count: int) -> tuple[int, int]:
+    """(rows, cols) of the near-square block that holds `count` (> 0) points, each side under REMAP_MAX_SIDE."""
+    cols = math.isqrt(count - 1) + 1  # ceil(sqrt(count))
+    rows = -(-count // cols)
+    if cols >= REMAP_MAX_SIDE:
+        raise ValueError(f"{count} points do not fit a remap block of sides under {REMAP_MAX_SIDE}")
+    return rows, cols
 
 
 def _morph(mask: np.ndarray, op: int, radius: int) -> np.ndarray:
