@@ -415,7 +415,8 @@ def pairing_work(run: Run, current, listed: dict[str, dict[str, str]]) -> tuple[
     """The paired cloth each usable person should have (`tasks.engine.paired_cloth`), against what the dataset holds."""
     ok = ok_listed(current, listed)
     worn, pairs = pairs_of(run.config, run.layout, run.worn_pairs, ok)
-    return plan_pairings(run.out, run.config.split, current, ok, worn, pairs), ok, pairs
+    pairing = plan_pairings(run.out, run.config.split, current, ok, worn, pairs, listed[GARMENT])
+    return pairing, ok, pairs
 
 
 def summarise(

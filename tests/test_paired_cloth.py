@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasks.infra.store import Store
-from tasks.records.config import PreprocessConfig, RunPolicy
+from tasks.records.config import PreprocessConfig, RunPolicy, Selection
 from tasks.records.manifest import read_current, read_run
 
 pytestmark = pytest.mark.slow
@@ -18,11 +18,12 @@ PERSONS = ("00034_00.jpg", "00121_00.jpg")
 GARMENTS = ("04469_00.jpg", "09163_00.jpg")
 
 
-def run(catalog: Path, out: Path, max_failed_fraction: float = 0.1, **options) -> dict:
+def run(catalog: Path, out: Path, max_failed_fraction: float = 0.1, prefix: str = "", **options) -> dict:
     from flows.preprocess import preprocess
 
     config = PreprocessConfig(catalog=str(catalog), out=str(out), **options)
-    return preprocess(config, policy=RunPolicy(max_failed_fraction=max_failed_fraction))
+    return preprocess(config, selection=Selection(prefix=prefix),
+                      policy=RunPolicy(max_failed_fraction=max_failed_fraction))
 
 
 def our_catalog(root: Path, samples: Path, pairs: str | None) -> Path:
@@ -135,3 +136,104 @@ def test_a_person_who_leaves_the_dataset_leaves_no_paired_cloth(train_run, tmp_p
     assert summary["persons"]["error"] == 1
     assert not (out / "train" / "cloth" / "model-0.jpg").exists() and not (out / "train" / "cloth-mask" / "model-0.jpg").exists()
     assert (out / "train" / "cloth" / "top-1.jpg").exists(), "the garment's own files stay"
+
+
+# ---------------------------------------------------------------------------------------------------
+# A person named like a garment of the catalog: `cloth/<name>.jpg` is only ever that garment
+# ---------------------------------------------------------------------------------------------------
+
+NOT_A_PHOTO = b"not a photo: the garment's ingest fails"
+
+
+def copy_of(train_run, tmp_path: Path) -> tuple[Path, Path]:
+    catalog, out, _ = train_run
+    return Path(shutil.copytree(catalog, tmp_path / "catalog")), Path(shutil.copytree(out, tmp_path / "dataset"))
+
+
+def manifest_files(out: Path, split: str) -> list[str]:
+    return sorted(str(path.relative_to(out)) for path in (out / "manifests" / split).rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def failed_namesake_run(samples_dir, tmp_path_factory, prefect_server):
+    """model-0 wears top-1; the garment model-0, named like the person, fails (its file is no photo)."""
+    root = tmp_path_factory.mktemp("paired-failed-namesake")
+    catalog = our_catalog(root, samples_dir, "person,garment\nmodel-0.jpg,top-1.jpg\n")
+    (catalog / "garments" / "model-0.jpg").write_bytes(NOT_A_PHOTO)
+    out = root / "dataset"
+    return catalog, out, run(catalog, out, split="train", max_failed_fraction=1.0)
+
+
+def test_a_failed_garment_s_name_gets_no_person_s_copy(failed_namesake_run):
+    _, out, summary = failed_namesake_run
+    assert summary["garments"]["error"] == 1, "the garment model-0 was meant to fail"
+    for folder in ("cloth", "cloth-mask"):
+        assert not (out / "train" / folder / "model-0.jpg").exists(), (
+            f"{folder}/model-0.jpg exists: the person's copy of top-1 stands under the failed garment's name")
+    assert summary["paired_cloth"]["name_taken"] == 1 and summary["paired_cloth"]["copied"] == 0
+
+
+def test_the_manifest_says_the_copy_was_skipped_and_for_which_garment(failed_namesake_run):
+    _, out, _ = failed_namesake_run
+    row = paired_rows(out, "train")["model-0.jpg"]
+    assert row["outputs"] == [], f"the row lists outputs {row['outputs']}"
+    assert row["details"]["paired"] == "name_taken", row["details"]
+    assert row["details"]["garment"] == "top-1.jpg", "the row should still say which garment the person wears"
+    assert "'model-0.jpg'" in row["details"]["why"], f"the why does not name the garment: {row['details']['why']}"
+
+
+def test_the_person_keeps_their_pair_and_validate_reports_what_hrviton_misses(failed_namesake_run):
+    _, out, _ = failed_namesake_run
+    from tasks.tools.validate import validate_dataset
+
+    assert (out / "train_pairs.txt").read_text() == "model-0.jpg top-1.jpg\n", "the person's pair is gone"
+    report = validate_dataset(Store(str(out)), workers=2)
+    assert report.verdicts()["vitonhd"]["ok"], report.format_text()
+    missing = {p.path for p in report.problems if p.code == "paired_cloth_missing"}
+    assert missing == {"train/cloth/model-0.jpg", "train/cloth-mask/model-0.jpg"}, report.format_text()
+
+
+def test_a_garment_named_like_the_person_keeps_its_own_files(samples_dir, tmp_path, prefect_server):
+    catalog = our_catalog(tmp_path, samples_dir, "person,garment\nmodel-0.jpg,top-1.jpg\n")
+    shutil.copy2(samples_dir / "cloth" / GARMENTS[0], catalog / "garments" / "model-0.jpg")
+    out = tmp_path / "dataset"
+    summary = run(catalog, out, split="train")
+    assert summary["garments"]["error"] == 0, "every garment was meant to succeed"
+    for folder in ("cloth", "cloth-mask"):
+        assert not same_file(out, "train", folder, "model-0", "top-1"), (
+            f"{folder}/model-0.jpg holds top-1 (the person's garment), not the garment model-0")
+    assert same_file(out, "train", "cloth", "model-0", "top-0"), "cloth/model-0.jpg is not the garment model-0's photo"
+    assert paired_rows(out, "train")["model-0.jpg"]["details"]["paired"] == "name_taken"
+
+
+def test_a_copy_made_before_a_garment_took_the_name_is_removed(train_run, tmp_path):
+    """model-0 had its copy of top-1; then a garment model-0 comes, not processed yet (outside the run's
+    prefix): the copy must not stand in for it."""
+    catalog, out = copy_of(train_run, tmp_path)
+    assert same_file(out, "train", "cloth", "model-0", "top-1"), "precondition: model-0's copy of top-1"
+    shutil.copy2(catalog / "garments" / "top-0.jpg", catalog / "garments" / "model-0.jpg")
+    summary = run(catalog, out, split="train", prefix="persons/")
+    assert summary["garments"]["total"] == 0, "the garment model-0 was meant to stay unprocessed"
+    for folder in ("cloth", "cloth-mask"):
+        assert not (out / "train" / folder / "model-0.jpg").exists(), (
+            f"{folder}/model-0.jpg still holds the person's copy of top-1 under the garment model-0's name")
+    assert paired_rows(out, "train")["model-0.jpg"]["details"]["paired"] == "name_taken"
+
+
+def test_a_copy_is_not_written_again_when_the_garment_that_takes_its_name_fails(train_run, tmp_path):
+    catalog, out = copy_of(train_run, tmp_path)
+    (catalog / "garments" / "model-0.jpg").write_bytes(NOT_A_PHOTO)
+    summary = run(catalog, out, split="train", max_failed_fraction=1.0)
+    assert summary["garments"]["error"] == 1, "the garment model-0 was meant to fail"
+    for folder in ("cloth", "cloth-mask"):
+        assert not (out / "train" / folder / "model-0.jpg").exists(), (
+            f"{folder}/model-0.jpg holds the person's copy of top-1 under the failed garment's name")
+
+
+def test_an_unchanged_rerun_with_a_name_taken_writes_nothing(failed_namesake_run, tmp_path):
+    catalog, out, _ = failed_namesake_run
+    catalog, out = Path(shutil.copytree(catalog, tmp_path / "catalog")), Path(shutil.copytree(out, tmp_path / "dataset"))
+    before = manifest_files(out, "train")
+    summary = run(catalog, out, split="train", max_failed_fraction=1.0)
+    assert summary["paired_cloth"]["rows"] == 0, f"the rerun wrote {summary['paired_cloth']['rows']} paired_cloth rows"
+    assert manifest_files(out, "train") == before, "the rerun wrote manifest files"

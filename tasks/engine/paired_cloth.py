@@ -10,10 +10,12 @@ pairs file is written, each usable person gets a copy of the garment they pair w
 - `test_pair`: in test, without one, the garment of their line in `test_pairs.txt`;
 - `own_name`: that garment already has the person's name (the VITON-HD release): nothing to copy;
 - `none`: no garment to pair with (train, nothing known worn): they are in no train pair either;
-- `name_taken`: another garment's own files hold the name: nothing is written (validate says so).
+- `name_taken`: a garment of the catalog has the person's name: nothing is written under it, whatever that
+  garment's state (ok, failed, refused, not processed yet), so `cloth/<name>.jpg` is never another
+  garment than the one named so, and a copy written there before the garment came is removed.
 
 Each person whose pairing changed gets a `paired_cloth` manifest row saying which garment and why;
-copies no longer wanted are removed (never a garment's own files). An unchanged dataset writes nothing.
+copies no longer wanted are removed (never an ok garment's own files). An unchanged dataset writes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Pairing:
     garment_key: str | None = None
     garment_stem: str | None = None
     fingerprint: str = ""
+    name_holder: str | None = None  # name_taken: the catalog garment whose name the person has
 
     def outputs(self, split: str) -> list[str]:
         return [output.path(split, self.person_stem) for output in PAIRED_CLOTH] if self.decision in COPIED else []
@@ -95,10 +98,16 @@ def decide(
     worn: Mapping[str, str],
     pairs: list[tuple[str, str]],
     identities: Mapping[str, str],
+    listed_garments: Mapping[str, str],
 ) -> dict[str, Pairing]:
     """Person key -> its pairing, for every usable person (`ok`: kind -> key -> stem; `worn` and `pairs`
-    by stem, as the pairs file was written)."""
+    by stem, as the pairs file was written; `listed_garments`: key -> stem of every garment of the
+    catalog, whatever its state: the names no copy may take)."""
     garment_keys = {stem: key for key, stem in ok[GARMENT].items()}
+    holders: dict[str, str] = {}  # stem -> the garment key that has it
+    for garment_key, garment_stem in sorted(listed_garments.items()):
+        holders.setdefault(garment_stem, garment_key)
+    holders.update(garment_keys)  # of keys sharing a stem, the ok one has it (the others are refused)
     test_pair = dict(pairs) if split != "train" else {}
     wanted = {}
     for key, stem in ok[PERSON].items():
@@ -114,8 +123,9 @@ def decide(
             decision = NAME_TAKEN
         garment_key = garment_keys.get(garment) if garment is not None else None
         identity = identities.get(garment_key) if decision in COPIED else None
+        holder = holders[stem] if decision == NAME_TAKEN else None
         wanted[key] = Pairing(key, stem, decision, garment_key, garment,
-                              _fingerprint(decision, garment_key, identity))
+                              _fingerprint(decision, garment_key, identity), holder)
     return wanted
 
 
@@ -125,9 +135,10 @@ def previous_rows(current: pa.Table) -> dict[str, dict[str, Any]]:
     return {row["key"]: row for row in mine.to_pylist()}
 
 
-def plan_pairings(out: Store, split: str, current: pa.Table, ok, worn, pairs) -> PairingWork:
+def plan_pairings(out: Store, split: str, current: pa.Table, ok, worn, pairs,
+                  listed_garments: Mapping[str, str]) -> PairingWork:
     """Compare the pairings the dataset should hold with what its manifest and its folders hold."""
-    wanted = decide(split, ok, worn, pairs, garment_identities(current))
+    wanted = decide(split, ok, worn, pairs, garment_identities(current), listed_garments)
     previous = previous_rows(current)
     present = {output.folder: {info.key for info in out.list_files(f"{split}/{output.folder}")}
                for output in PAIRED_CLOTH}
@@ -183,7 +194,8 @@ def _row(split: str, run_id: str, person: Mapping[str, Any], pairing: Pairing, o
          why: str | None = None) -> dict[str, Any]:
     details = {"paired": pairing.decision, "garment": pairing.garment_key, "garment_stem": pairing.garment_stem}
     if pairing.decision == NAME_TAKEN:
-        why = f"{contract.DIR_CLOTH}/{contract.cloth_image_name(pairing.person_stem)} is another garment's own file"
+        why = (f"{contract.DIR_CLOTH}/{contract.cloth_image_name(pairing.person_stem)} is the name of the catalog's "
+               f"garment {pairing.name_holder!r} (whether it is ok, failed or not processed yet): no copy under it")
     if why:
         details["why"] = why
     return {**person, "run_id": run_id, "split": split, "shard": PART_NAME, "kind": PERSON, "key": pairing.person_key,
