@@ -13,6 +13,8 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = PROJECT_ROOT.parent / "shared" / "samples" / "vitonhd"
+# VITON-HD test photos the dataset's own preprocessing handled and our pose stage once refused (SOURCE.md there).
+REJECTED_DIR = PROJECT_ROOT.parent / "shared" / "groundtruth" / "vitonhd-rejected"
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +23,14 @@ def samples_dir() -> Path:
     if not (SAMPLES_DIR / "image").is_dir() or not (SAMPLES_DIR / "cloth").is_dir():
         pytest.skip(f"sample photos not found at {SAMPLES_DIR} (they live in ../shared, outside the repo)")
     return SAMPLES_DIR
+
+
+@pytest.fixture(scope="session")
+def rejected_dir() -> Path:
+    """`../shared/groundtruth/vitonhd-rejected` (00482_00, 03052_00, 00802_00.jpg), or a skip saying it is missing."""
+    if not all((REJECTED_DIR / f"{stem}.jpg").is_file() for stem in ("00482_00", "03052_00", "00802_00")):
+        pytest.skip(f"the once-rejected VITON-HD photos are not at {REJECTED_DIR} (they live in ../shared)")
+    return REJECTED_DIR
 
 
 @pytest.fixture(scope="session")

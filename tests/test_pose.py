@@ -10,15 +10,21 @@ import numpy as np
 import pytest
 
 from tasks.stages.pose import (
+    DEFAULT_TORSO_VISIBILITY_THRESHOLD,
+    HIP_BELOW_FRAME_MARGIN,
+    SECOND_LOOK_MARGIN,
     PoseEstimator,
     PoseResult,
     choose_person,
     mediapipe_to_body25,
     openpose_json,
+    pad_to_square,
     pose_from_npz_bytes,
     pose_to_npz_bytes,
     render_body25,
+    unpad_pose,
 )
+from vitonhd_models.agnostic import GRAY, check_agnostic_keypoints, image_agnostic, parse_agnostic
 from vitonhd_models.contract import (
     AGNOSTIC_REQUIRED_KEYPOINTS,
     IMAGE_HEIGHT,
@@ -26,7 +32,7 @@ from vitonhd_models.contract import (
     OPENPOSE_JSON_VERSION,
     Body25,
 )
-from vitonhd_models.errors import NO_PERSON, ItemError
+from vitonhd_models.errors import MISSING_KEYPOINTS, NO_PERSON, ItemError
 from vitonhd_models.openpose import keypoints_from_openpose_json
 
 W, H = IMAGE_WIDTH, IMAGE_HEIGHT
@@ -89,10 +95,89 @@ def test_midhip_is_the_hip_midpoint_with_the_smaller_visibility():
 
 def test_a_midpoint_is_missing_when_either_parent_is_below_the_threshold():
     lm = _landmarks()
-    lm[12, 3] = 0.3  # right shoulder barely visible
-    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.5)
+    lm[12, 3] = 0.05  # right shoulder hidden, below even the torso threshold
+    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.5, torso_visibility_threshold=0.1)
     assert kp[Body25.NECK].tolist() == [0, 0, 0], f"neck with a hidden parent should be 0,0,0, got {kp[Body25.NECK]}"
     assert kp[Body25.MID_HIP, 2] > 0, "midhip (both parents visible) should still be present"
+
+
+def test_a_faint_hip_is_kept_with_its_low_visibility_as_confidence_as_openpose_keeps_it():
+    lm = _landmarks()
+    lm[24, 3] = 0.3  # right hip, below the visibility threshold, above the torso one
+    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.5, torso_visibility_threshold=0.1)
+    np.testing.assert_allclose(kp[Body25.R_HIP], (lm[24, 0], lm[24, 1], 0.3), rtol=1e-6,
+                               err_msg="a hip the agnostic needs is kept, its confidence saying how sure")
+    assert kp[Body25.MID_HIP, 2] == pytest.approx(0.3), "midhip takes the smaller confidence of its hips"
+
+
+def test_a_faint_shoulder_is_kept_and_so_is_the_neck():
+    lm = _landmarks()
+    lm[11, 3] = 0.2  # left shoulder
+    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.5, torso_visibility_threshold=0.1)
+    assert kp[Body25.L_SHOULDER, 2] == pytest.approx(0.2) and kp[Body25.NECK, 2] == pytest.approx(0.2), (
+        f"shoulder {kp[Body25.L_SHOULDER]}, neck {kp[Body25.NECK]}: both kept at the shoulder's confidence")
+
+
+def test_a_faint_wrist_is_still_missing_because_only_torso_joints_get_the_lower_threshold():
+    lm = _landmarks()
+    lm[16, 3] = 0.3  # right wrist: the agnostic would draw an arm to it
+    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.5, torso_visibility_threshold=0.1)
+    assert kp[Body25.R_WRIST].tolist() == [0, 0, 0], f"a faint wrist must stay missing, got {kp[Body25.R_WRIST]}"
+
+
+def test_a_torso_joint_below_the_torso_threshold_is_missing():
+    lm = _landmarks()
+    lm[23, 3] = 0.05  # left hip: MediaPipe's guess for a hip far outside the photo
+    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.5, torso_visibility_threshold=0.1)
+    assert kp[Body25.L_HIP].tolist() == [0, 0, 0] and kp[Body25.MID_HIP].tolist() == [0, 0, 0]
+
+
+def test_the_torso_threshold_is_never_stricter_than_the_visibility_threshold():
+    lm = _landmarks()
+    lm[23, 3] = 0.3
+    kp = mediapipe_to_body25(lm, W, H, visibility_threshold=0.2, torso_visibility_threshold=0.4)
+    assert kp[Body25.L_HIP, 2] == pytest.approx(0.3), "a hip any other joint would keep is kept"
+
+
+def test_a_hip_just_below_the_frame_is_placed_on_the_last_row_with_less_confidence():
+    lm = _landmarks()
+    lm[24] = (300, H + 50, 0, 0.9)  # right hip 51 rows below the last one: a crop at the waist
+    kp = mediapipe_to_body25(lm, W, H)
+    margin = HIP_BELOW_FRAME_MARGIN * H
+    np.testing.assert_allclose(kp[Body25.R_HIP], (300, H - 1, 0.9 * (1 - 51 / margin)), rtol=1e-5,
+                               err_msg="on the last row, its confidence falling with the distance it was moved")
+    assert kp[Body25.MID_HIP, 1] == pytest.approx((H - 1 + lm[23, 1]) / 2), "midhip between the hips as written"
+
+
+def test_a_moved_hip_keeps_at_least_the_torso_threshold_as_confidence():
+    lm = _landmarks()
+    lm[24] = (300, H - 2 + HIP_BELOW_FRAME_MARGIN * H, 0, 0.2)  # at the edge of the margin, faint
+    kp = mediapipe_to_body25(lm, W, H)
+    assert kp[Body25.R_HIP, 1] == H - 1, f"still within the margin, got {kp[Body25.R_HIP]}"
+    assert kp[Body25.R_HIP, 2] == pytest.approx(DEFAULT_TORSO_VISIBILITY_THRESHOLD), (
+        "kept by the torso threshold, written with at least that confidence (so it is drawn and read)")
+
+
+def test_a_hip_far_below_the_frame_is_missing():
+    lm = _landmarks()
+    lm[24] = (300, H + HIP_BELOW_FRAME_MARGIN * H, 0, 0.99)  # just past the margin, however "visible"
+    kp = mediapipe_to_body25(lm, W, H)
+    assert kp[Body25.R_HIP].tolist() == [0, 0, 0], f"a hip far below the photo is no hip of it, got {kp[Body25.R_HIP]}"
+
+
+def test_only_hips_are_moved_onto_the_last_row():
+    lm = _landmarks()
+    lm[12, :2] = (300, H + 10)  # right shoulder below the frame: no torso in the photo
+    lm[26, :2] = (300, H + 10)  # right knee
+    kp = mediapipe_to_body25(lm, W, H)
+    assert kp[Body25.R_SHOULDER].tolist() == [0, 0, 0] and kp[Body25.R_KNEE].tolist() == [0, 0, 0]
+
+
+def test_a_hip_beside_the_frame_is_missing():
+    lm = _landmarks()
+    lm[24, :2] = (-3, H + 10)  # below and left of the frame
+    kp = mediapipe_to_body25(lm, W, H)
+    assert kp[Body25.R_HIP].tolist() == [0, 0, 0], f"only a hip straight below the photo moves, got {kp[Body25.R_HIP]}"
 
 
 def test_a_joint_below_the_visibility_threshold_is_written_as_zeros():
@@ -439,3 +524,41 @@ def test_joints_in_the_padding_around_a_photo_are_missing():
     assert keypoints[Body25.R_HIP].tolist() == [0, 0, 0] and keypoints[Body25.L_HIP].tolist() == [0, 0, 0]
     assert keypoints[Body25.MID_HIP].tolist() == [0, 0, 0], "a midpoint of missing hips must be missing"
     assert keypoints[Body25.NOSE][2] > 0, "joints inside the photo are kept"
+
+
+def test_a_hip_below_a_padded_photo_is_missing_even_past_the_canvas():
+    """The photo ends above the canvas's bottom edge: a hip below the canvas is below the padding too."""
+    landmarks = _landmarks(visibility=0.99)
+    landmarks[[23, 24], 1] = H + 10
+    keypoints = mediapipe_to_body25(landmarks, W, H, 0.5, valid_box=(0, 128, W, 896))
+    assert keypoints[Body25.R_HIP].tolist() == [0, 0, 0] and keypoints[Body25.L_HIP].tolist() == [0, 0, 0]
+
+
+def test_a_hip_below_a_photo_padded_at_its_sides_only_is_moved_onto_the_last_row():
+    """A narrow photo padded left and right still reaches the canvas's bottom edge: its hips are the frame's."""
+    landmarks = _landmarks(visibility=0.99)
+    landmarks[[23, 24], 1] = H + 10
+    keypoints = mediapipe_to_body25(landmarks, W, H, 0.5, valid_box=(64, 0, 704, H))
+    assert keypoints[Body25.R_HIP, 1] == H - 1 and keypoints[Body25.L_HIP, 1] == H - 1, keypoints[[9, 12]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The second look: padded to a square
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_pad_to_square_centres_the_image_on_the_colour_with_the_margin_all_round():
+    image = np.full((40, 30, 3), 7, np.uint8)
+    canvas, (x0, y0) = pad_to_square(image, 0.1, np.array([200, 201, 202], np.uint8))
+    assert canvas.shape == (48, 48, 3) and (x0, y0) == (9, 4), f"{canvas.shape}, offset {(x0, y0)}"
+    assert np.all(canvas[y0 : y0 + 40, x0 : x0 + 30] == 7) and canvas[0, 0].tolist() == [200, 201, 202]
+
+
+def test_unpad_pose_maps_landmarks_and_mask_back_to_the_image_pixels():
+    landmarks = np.zeros((33, 4), np.float32)
+    landmarks[0] = (19.5, 24.25, -0.2, 0.9)  # on the canvas: image pixel (10.5, 20.25)
+    mask = np.zeros((48, 48), np.float32)
+    mask[4 + 20, 9 + 10] = 1.0
+    back, back_mask = unpad_pose(landmarks, mask, (9, 4), 48, 30, 40)
+    np.testing.assert_allclose(back[0], (10.5, 20.25, -0.2 * 48 / 30, 0.9), rtol=1e-6)
+    assert back_mask.shape == (40, 30) and back_mask[20, 10] == 1.0 and back_mask.sum() == 1.0

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from vitonhd_models.agnostic import TORSO_HIP_ELLIPSE_HALF_HEIGHT_R, VITONHD_R
 from vitonhd_models.contract import (
+    AGNOSTIC_REQUIRED_KEYPOINTS,
     BODY25_COUNT,
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
@@ -124,8 +126,21 @@ BODY25_MIDPOINTS: dict[Body25, tuple[int, int]] = {
     Body25.NECK: (MP_LEFT_SHOULDER, MP_RIGHT_SHOULDER),
     Body25.MID_HIP: (MP_LEFT_HIP, MP_RIGHT_HIP),
 }
+BODY25_FROM_LANDMARK = {mp_index: joint for joint, mp_index in BODY25_FROM_MEDIAPIPE.items()}
 
 DEFAULT_VISIBILITY_THRESHOLD = 0.5
+# The joints the agnostic masks are anchored on (contract §0 item 7; the neck is their midpoint) are kept down to
+# this visibility: OpenPose keeps them with a low confidence too (0.38-0.45 for the hips of every photo in
+# groundtruth/vitonhd), and without them the item is lost. On waist-length crops MediaPipe gives a hip at the
+# lower edge 0.25-0.6, one a torso-tenth past it ~0.1, and the hips of a head-and-shoulders crop 0.00-0.01.
+DEFAULT_TORSO_VISIBILITY_THRESHOLD = 0.1
+TORSO_JOINTS = frozenset(AGNOSTIC_REQUIRED_KEYPOINTS) & frozenset(BODY25_FROM_MEDIAPIPE)  # shoulders and hips
+HIPS = (Body25.R_HIP, Body25.L_HIP)
+# A hip MediaPipe puts just below the photo's bottom edge (a crop at the waist) is moved onto the last row, up to
+# this fraction of the image height below it: 120 px at 1024, the half-height of the agnostic's hip ellipse
+# (contract §1.7 step 4, 6r with r = 20), so the gray drawn at the moved hip still reaches where MediaPipe put
+# it. Further down there is no usable torso in the photo (a head-and-shoulders portrait): the hip is missing.
+HIP_BELOW_FRAME_MARGIN = TORSO_HIP_ELLIPSE_HALF_HEIGHT_R * VITONHD_R / IMAGE_HEIGHT
 
 
 def _inside(x: float, y: float, width: int, height: int) -> bool:
@@ -139,45 +154,67 @@ def _check_landmarks(landmarks: np.ndarray) -> np.ndarray:
     return lm
 
 
+def place_joint(
+    joint: Body25, x: float, y: float, width: int, height: int, valid_box: tuple[float, float, float, float]
+) -> tuple[float, float, float] | None:
+    """Where a landmark goes in the BODY_25 JSON: (x, y, how much of its visibility it keeps), or None (missing).
+
+    Inside the image and the photo (`valid_box`): where it is, all of it. A hip below the image's bottom edge,
+    by at most HIP_BELOW_FRAME_MARGIN of the height, when the photo reaches that edge: on the last row, keeping
+    1 - distance / margin (OpenPose can only place a joint on a pixel it sees). Anything else is missing, a hip
+    in the padding below a padded photo included: the photo ends there, the padding is ours.
+    """
+    x_min, y_min, x_max, y_max = valid_box
+    if not (np.isfinite(x) and np.isfinite(y) and max(0.0, x_min) <= x < min(float(width), x_max)):
+        return None
+    if y_min <= y < y_max and _inside(x, y, width, height):
+        return x, y, 1.0
+    below = y - (height - 1)
+    margin = HIP_BELOW_FRAME_MARGIN * height
+    if joint in HIPS and y >= height and y_max >= height and below <= margin:
+        return x, float(height - 1), 1.0 - below / margin
+    return None
+
+
 def mediapipe_to_body25(
     landmarks: np.ndarray,
     width: int,
     height: int,
     visibility_threshold: float = DEFAULT_VISIBILITY_THRESHOLD,
     valid_box: tuple[float, float, float, float] | None = None,
+    torso_visibility_threshold: float = DEFAULT_TORSO_VISIBILITY_THRESHOLD,
 ) -> np.ndarray:
     """MediaPipe's 33 landmarks (x_px, y_px, z, visibility) -> OpenPose BODY_25 (25, 3) float32.
 
-    Confidence is MediaPipe's visibility. A joint whose visibility is below `visibility_threshold`, or
-    whose pixel lies outside the `width` x `height` image, is 0, 0, 0. Neck / MidHip are the midpoints
-    of the shoulders / hips with the smaller of the two visibilities, and 0, 0, 0 when either parent is
-    below the threshold (or the midpoint falls outside the image). The small toes are always 0, 0, 0.
+    Confidence is MediaPipe's visibility. A joint whose visibility is below `visibility_threshold` is 0, 0, 0,
+    except the shoulders and hips (TORSO_JOINTS, what the agnostic needs), kept down to
+    `torso_visibility_threshold` (never a stricter one) with their low visibility as the confidence. Where a
+    joint goes, or that it is missing because it lies outside the image, is `place_joint`'s rule; a hip it
+    moves onto the last row keeps part of its visibility (never less than the threshold that kept it). Neck /
+    MidHip are the midpoints of the shoulders / hips as written, with the smaller of the two confidences, and
+    0, 0, 0 when either is missing. The small toes are always 0, 0, 0.
 
     `valid_box` (x0, y0, x1, y1), when given, is where the photo itself lies on a padded canvas: a
     joint outside it is 0, 0, 0 too, so a hip guessed into the padding below a portrait is "missing".
     """
     lm = _check_landmarks(landmarks)
     out = np.zeros((BODY25_COUNT, 3), dtype=np.float32)
-    x_min, y_min, x_max, y_max = valid_box if valid_box is not None else (0.0, 0.0, float(width), float(height))
-
-    def usable(x: float, y: float, confidence: float) -> bool:
-        return (
-            confidence >= visibility_threshold
-            and _inside(x, y, width, height)
-            and x_min <= x < x_max
-            and y_min <= y < y_max
-        )
-
-    def put(joint: Body25, x: float, y: float, confidence: float) -> None:
-        if usable(x, y, confidence):
-            out[joint] = (x, y, min(max(confidence, 0.0), 1.0))
-
+    box = valid_box if valid_box is not None else (0.0, 0.0, float(width), float(height))
+    written = np.zeros(BODY25_COUNT, dtype=bool)
     for joint, mp_index in BODY25_FROM_MEDIAPIPE.items():
         x, y, _, visibility = lm[mp_index]
-        put(joint, x, y, visibility)
-    for joint, (a, b) in BODY25_MIDPOINTS.items():
-        if usable(lm[a, 0], lm[a, 1], lm[a, 3]) and usable(lm[b, 0], lm[b, 1], lm[b, 3]):
-            put(joint, (lm[a, 0] + lm[b, 0]) / 2.0, (lm[a, 1] + lm[b, 1]) / 2.0, min(lm[a, 3], lm[b, 3]))
+        threshold = visibility_threshold
+        if joint in TORSO_JOINTS:
+            threshold = min(torso_visibility_threshold, visibility_threshold)
+        placed = place_joint(joint, x, y, width, height, box) if visibility >= threshold else None
+        if placed is not None:
+            x, y, kept = placed
+            out[joint] = (x, y, min(max(visibility * kept, threshold, 0.0), 1.0))
+            written[joint] = True
+    for joint, parents in BODY25_MIDPOINTS.items():
+        a, b = (BODY25_FROM_LANDMARK[mp_index] for mp_index in parents)
+        if written[a] and written[b]:
+            out[joint] = ((out[a, 0] + out[b, 0]) / 2.0, (out[a, 1] + out[b, 1]) / 2.0, min(out[a, 2], out[b, 2]))
     # The small toes (L_SMALL_TOE, R_SMALL_TOE): no MediaPipe landmark, so they stay 0, 0, 0.
     return out
 
@@ -308,6 +345,13 @@ LOOK_REGION_THRESHOLD = 0.1  # the found person, for the look: their mask above 
 MIN_OTHER_EXTENT = 0.1
 # Tasks backend: how many poses PoseLandmarker may return (it finds several people itself).
 TASKS_MAX_POSES = MAX_PERSONS
+# A person the pose model misses gets a second look, on the image padded to a square with this margin (of its
+# longer side) all round, in the backdrop colour. MediaPipe crops its landmark model's input around the body the
+# detector found, a square with a margin around it, and fills what lies outside the image by repeating the edge
+# pixels (ImageToTensorCalculator's default border); for a person filling a 3:4 frame that crop reaches well
+# past both sides, and the landmark model's "a pose is present" score can fall under the 0.5 the graph asks:
+# 0.37 on VITON-HD's 00802_00, 0.90 padded to a square, 0.36 downscaled to half. Only a miss pays for it.
+SECOND_LOOK_MARGIN = 0.1
 
 Box = tuple[int, int, int, int]
 
@@ -437,6 +481,34 @@ def _backdrop_may_hold_others(image: np.ndarray, segmentation: np.ndarray | None
     return bool(np.any(extent >= MIN_OTHER_EXTENT))
 
 
+def pad_to_square(image: np.ndarray, margin: float, colour: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image centred on a square of `colour`, `margin` times its longer side bigger all round, and where
+    its top-left corner lies on that square (x0, y0)."""
+    height, width = image.shape[:2]
+    side = int(round(max(height, width) * (1.0 + 2.0 * margin)))
+    x0, y0 = (side - width) // 2, (side - height) // 2
+    canvas = np.empty((side, side, 3), dtype=np.uint8)
+    canvas[:] = colour
+    canvas[y0 : y0 + height, x0 : x0 + width] = image
+    return canvas, (x0, y0)
+
+
+def unpad_pose(
+    landmarks: np.ndarray, segmentation: np.ndarray | None, offset: tuple[int, int], canvas_width: int,
+    width: int, height: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A pose found on `pad_to_square`'s canvas, back in the pixels of the image: landmarks shifted by the
+    offset (z, relative to the width MediaPipe saw, rescaled to the image's), the mask cut back out."""
+    x0, y0 = offset
+    lm = np.array(landmarks, dtype=np.float32, copy=True)
+    lm[:, 0] -= x0
+    lm[:, 1] -= y0
+    lm[:, 2] *= canvas_width / width
+    if segmentation is not None:
+        segmentation = np.ascontiguousarray(segmentation[y0 : y0 + height, x0 : x0 + width])
+    return lm, segmentation
+
+
 def _is_another_person(landmarks: np.ndarray, found_region: np.ndarray, threshold: float) -> bool:
     """A pose found after painting people over is a new person, not a left-over of one already found."""
     height, width = found_region.shape
@@ -466,10 +538,12 @@ class PoseEstimator:
         task_model_path: str | None = None,
         visibility_threshold: float = DEFAULT_VISIBILITY_THRESHOLD,
         segmentation: bool = True,
+        torso_visibility_threshold: float = DEFAULT_TORSO_VISIBILITY_THRESHOLD,
     ):
         import mediapipe as mp
 
         self.visibility_threshold = float(visibility_threshold)
+        self.torso_visibility_threshold = float(torso_visibility_threshold)
         self.segmentation = bool(segmentation)
         self._mp = mp
         self._pose = None
@@ -520,7 +594,8 @@ class PoseEstimator:
         """Pose of the chosen person in `image_rgb` (HxWx3 uint8 RGB); keypoints in its pixels.
 
         `valid_box` is where the photo lies on a padded canvas (joints outside it are missing).
-        Raises ItemError(NO_PERSON) when no pose is found.
+        A person missed on the first look gets a second one, on the image padded to a square
+        (SECOND_LOOK_MARGIN). Raises ItemError(NO_PERSON) when neither finds a pose.
         """
         image = _check_image(image_rgb)
         if self._pose is None and self._landmarker is None:
@@ -532,7 +607,9 @@ class PoseEstimator:
         boxes = [_landmark_box(lm, width, height, self.visibility_threshold) or (0, 0, 0, 0) for lm, _ in people]
         chosen = choose_person(boxes, width, height)
         landmarks, segmentation = people[chosen]
-        keypoints = mediapipe_to_body25(landmarks, width, height, self.visibility_threshold, valid_box)
+        keypoints = mediapipe_to_body25(
+            landmarks, width, height, self.visibility_threshold, valid_box, self.torso_visibility_threshold
+        )
         if not np.any(keypoints[:, 2] > 0):
             raise ItemError(
                 NO_PERSON,
@@ -580,6 +657,8 @@ class PoseEstimator:
         backdrop = _border_colour(image)
         while len(people) < MAX_PERSONS:
             found = self._solutions_pose(work)
+            if found is None and not people:
+                found = next(iter(self._second_look(image, lambda canvas: [self._solutions_pose(canvas)])), None)
             if found is None:
                 break
             landmarks, segmentation = found
@@ -595,7 +674,17 @@ class PoseEstimator:
                 work[region] = backdrop
         return people
 
+    def _second_look(self, image: np.ndarray, find) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The people `find` sees on the image padded to a square (SECOND_LOOK_MARGIN), in the image's pixels."""
+        height, width = image.shape[:2]
+        canvas, offset = pad_to_square(image, SECOND_LOOK_MARGIN, _border_colour(image))
+        return [unpad_pose(pose[0], pose[1], offset, canvas.shape[1], width, height)
+                for pose in find(canvas) if pose is not None]
+
     def _find_people_tasks(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        return self._tasks_poses(image) or self._second_look(image, self._tasks_poses)
+
+    def _tasks_poses(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         height, width = image.shape[:2]
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=image)
         result = self._landmarker.detect(mp_image)
@@ -684,15 +773,19 @@ def pose_sidecar_name(stem: str) -> str:
 
 
 def _estimator(env) -> PoseEstimator:
-    weights, threshold = env.weights.pose, env.config.visibility_threshold
-    key = ("pose", weights.sha256 if weights else "bundled", threshold)
+    weights, config = env.weights.pose, env.config
+    thresholds = (config.visibility_threshold, config.torso_visibility_threshold)
+    key = ("pose", weights.sha256 if weights else "bundled", *thresholds)
     return env.model(key, lambda: PoseEstimator(task_model_path=weights.path if weights else None,
-                                                visibility_threshold=threshold))
+                                                visibility_threshold=thresholds[0],
+                                                torso_visibility_threshold=thresholds[1]))
 
 
 def _locator(env) -> PoseEstimator:
-    """The person finder of `fit=crop` (ingest): the bundled model at its default threshold."""
-    return env.model(("pose", "bundled", DEFAULT_VISIBILITY_THRESHOLD), PoseEstimator)
+    """The person finder of `fit=crop` (ingest): the bundled model at its default thresholds (the estimator
+    itself when the configuration keeps them: one model, not two)."""
+    key = ("pose", "bundled", DEFAULT_VISIBILITY_THRESHOLD, DEFAULT_TORSO_VISIBILITY_THRESHOLD)
+    return env.model(key, PoseEstimator)
 
 
 def prepare_pose(env) -> None:

@@ -137,7 +137,8 @@ def _ingest_params(method: Callable[[PreprocessConfig], str], config: Preprocess
 
 def _pose_params(config: PreprocessConfig, weights: Weights) -> dict:
     model = weights.pose.sha256 if weights.pose else "pose_landmark_full"
-    return {"model": f"{_mediapipe_id()}/{model}", "visibility": config.visibility_threshold}
+    return {"model": f"{_mediapipe_id()}/{model}", "visibility": config.visibility_threshold,
+            "torso_visibility": config.torso_visibility_threshold}
 
 
 def _geometric_params(config: PreprocessConfig, weights: Weights) -> dict:
