@@ -193,7 +193,7 @@ class GeometricParser:
     Holds a MediaPipe Face Mesh graph: one parser per thread; `close()` it or use it as a context manager.
     """
 
-    parser_id = "geometric-v2"  # v2: skirts (12); parts, colours and skin decided at half size
+    parser_id = "geometric-v3"  # v3: hair as one region, fringe, hole-free face, arms over the body, curved waist; v2: skirts
 
     def __init__(
         self,
@@ -618,6 +618,8 @@ def _partition(silhouette: np.ndarray, skeleton: _Skeleton, face: _Face | None) 
         if len(chain) >= 2:
             scores[part] = _chain_score(shape, chain, radii)
     parts = np.argmin(scores, axis=0).astype(np.int8)
+    for arm in (_L_ARM, _R_ARM):  # an arm at the side or across the body lies in front of the torso
+        parts[(scores[arm] <= 1.0) & (scores[arm] < scores[_HEAD]) & _in_parts(parts, (_TORSO,))] = arm
     for hand, arm, side in ((_L_HAND, _L_ARM, "left"), (_R_HAND, _R_ARM, "right")):
         zone = _hand_zone(shape, skeleton, side)  # hands lie in front of the torso and legs they touch
         parts[zone & _in_parts(parts, (arm, _TORSO, _L_LEG, _R_LEG))] = hand
@@ -693,11 +695,14 @@ def _erode(mask: np.ndarray, pixels: float) -> np.ndarray:
     return cv2.erode(mask.astype(np.uint8), kernel, iterations=max(int(pixels), 1)).astype(bool)
 
 
-def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, other: _ColourModel | None, limit: float) -> np.ndarray:
-    distance = skin.distance(lab_pixels)
-    is_skin = distance <= limit
-    if other is not None:
-        is_skin &= skin.log_likelihood(lab_pixels) > other.log_likelihood(lab_pixels)
+def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, rivals: Sequence[_ColourModel | None],
+                    limit: float) -> np.ndarray:
+    """Within `limit` of the skin model and likelier skin than every rival."""
+    is_skin = skin.distance(lab_pixels) <= limit
+    skin_likelihood = skin.log_likelihood(lab_pixels)
+    for rival in rivals:
+        if rival is not None:
+            is_skin &= skin_likelihood > rival.log_likelihood(lab_pixels)
     return is_skin
 
 
@@ -707,13 +712,13 @@ def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models, frame: _Fram
     if models.skin is None:
         return None
     skin = np.zeros(parts.shape, dtype=bool)
-    for part_ids, rival in (
-        ((_HEAD,), models.hair or models.upper),
-        ((_TORSO, _L_ARM, _R_ARM, _L_HAND, _R_HAND), models.upper),
-        ((_L_LEG, _R_LEG), models.lower),
+    for part_ids, rivals in (  # skin must look likelier than any garment that can lie there
+        ((_HEAD,), (models.hair or models.upper,)),
+        ((_TORSO, _L_ARM, _R_ARM, _L_HAND, _R_HAND), (models.upper, models.lower)),
+        ((_L_LEG, _R_LEG), (models.lower, models.upper)),
     ):
         region = _in_parts(parts, part_ids)
-        skin[region] = _closer_to_skin(lab[region], models.skin, rival, limit=4.0)
+        skin[region] = _closer_to_skin(lab[region], models.skin, rivals, limit=4.0)
     size = 2 * max(1, round(SKIN_CLEAN_RADIUS_PX * frame.scale / 2)) + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     cleaned = cv2.morphologyEx(skin.astype(np.uint8), cv2.MORPH_OPEN, kernel)
@@ -808,7 +813,7 @@ WAIST_SEARCH = (0.45, 1.3)  # the span searched: high-waisted trousers to a long
 WAIST_PRIOR = 0.88  # where it ends when the colours cannot tell (VITON-HD's tops mostly end above the hips)
 WAIST_PRIOR_COST = 0.03  # per row away from the prior, against about one per pixel of colour evidence
 WAIST_BEND_COST = 0.6  # per row the cut moves between neighbouring columns: a hem is a smooth curve
-WAIST_MIN_SEPARATION = 2.0  # colour models closer than this (Mahalanobis) cannot tell top from bottom
+WAIST_MIN_SEPARATION = 3.0  # colour models closer than this (Mahalanobis) cannot tell top from bottom
 
 
 def _waist_rows(
