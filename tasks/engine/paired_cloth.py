@@ -119,7 +119,7 @@ def decide(
             decision, garment = NONE, None
         elif garment == stem:
             decision = OWN_NAME
-        elif stem in garment_keys:
+        elif stem in holders:
             decision = NAME_TAKEN
         garment_key = garment_keys.get(garment) if garment is not None else None
         identity = identities.get(garment_key) if decision in COPIED else None

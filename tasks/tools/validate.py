@@ -565,7 +565,8 @@ def check_paired_cloth(path: str, pairs: list[tuple[int, str, str]], layout: Spl
                 problems.append(Problem(
                     "paired_cloth_missing", layout.rel(folder, person),
                     f"{path}:{number} lists person {person!r}: HR-VITON opens {folder}/{person} as its paired "
-                    f"cloth (vitonprep preprocess writes it)", (HRVITON,)))
+                    f"cloth (vitonprep preprocess writes it unless a garment has that name: its paired_cloth row "
+                    f"says name_taken)", (HRVITON,)))
     return problems
 
 
