@@ -471,6 +471,99 @@ def test_two_people_on_one_plain_backdrop_are_both_counted(estimator, sample_ima
     assert len(calls) >= 2, "the second person was found without looking again"
 
 
+# ---------------------------------------------------------------------------------------------------
+# VITON-HD photos the dataset's own preprocessing handled (../shared/groundtruth/vitonhd-rejected), and photos
+# with no usable torso
+# ---------------------------------------------------------------------------------------------------
+
+REJECTED = ("00482_00.jpg", "03052_00.jpg", "00802_00.jpg")  # hips past the edge, a faint hip, a missed person
+
+
+@pytest.fixture(scope="module")
+def rejected_poses(estimator, rejected_dir) -> dict[str, tuple[np.ndarray, PoseResult]]:
+    images = {name: _read_rgb(rejected_dir / name) for name in REJECTED}
+    return {name: (image, estimator.estimate(image)) for name, image in images.items()}
+
+
+@pytest.mark.parametrize("name", REJECTED)
+def test_a_vitonhd_photo_yields_both_hips_shoulders_and_neck_inside_the_image(rejected_poses, name):
+    _, result = rejected_poses[name]
+    kp = result.keypoints_body25
+    for joint in AGNOSTIC_REQUIRED_KEYPOINTS:
+        x, y, c = kp[joint]
+        assert c > 0 and 0 <= x < W and 0 <= y < H, f"{name}: {Body25(joint).name} is {kp[joint].tolist()}"
+    check_agnostic_keypoints(kp)
+    assert kp[Body25.MID_HIP, 1] - kp[Body25.NECK, 1] > 0.3 * H, f"{name}: the torso runs down the photo: {kp[[1, 8]]}"
+
+
+@pytest.mark.parametrize("name", REJECTED)
+def test_the_agnostic_masks_compute_on_a_vitonhd_photo(rejected_poses, name):
+    image, result = rejected_poses[name]
+    kp = result.keypoints_body25
+    background = np.zeros((H, W), np.uint8)
+    assert parse_agnostic(background, kp).shape == (H, W)
+    agnostic = image_agnostic(image, background, kp)
+    centre = np.round((kp[Body25.NECK, :2] + kp[Body25.MID_HIP, :2]) / 2).astype(int)
+    assert agnostic[centre[1], centre[0]].tolist() == list(GRAY), f"{name}: the torso at {centre} is not grayed"
+
+
+def test_hips_at_the_bottom_edge_are_written_on_it_with_a_low_confidence(rejected_poses):
+    kp = rejected_poses["00482_00.jpg"][1].keypoints_body25  # MediaPipe puts both hips 50-80 px below the photo
+    for hip in (Body25.R_HIP, Body25.L_HIP):
+        assert kp[hip, 1] == H - 1 and DEFAULT_TORSO_VISIBILITY_THRESHOLD <= kp[hip, 2] < 0.6, (
+            f"{hip.name} {kp[hip].tolist()}: on the last row, with OpenPose's kind of low confidence")
+
+
+def test_a_faint_hip_inside_the_photo_is_kept_where_mediapipe_put_it(rejected_poses):
+    result = rejected_poses["03052_00.jpg"][1]
+    kp, lm = result.keypoints_body25, result.landmarks_px
+    assert DEFAULT_TORSO_VISIBILITY_THRESHOLD <= kp[Body25.L_HIP, 2] < 0.5, f"L_HIP {kp[Body25.L_HIP].tolist()}"
+    np.testing.assert_allclose(kp[Body25.L_HIP, :2], lm[23, :2], err_msg="a faint hip is not moved")
+
+
+def test_a_person_the_first_look_misses_is_found_on_the_image_padded_to_a_square(estimator, rejected_dir,
+                                                                                monkeypatch):
+    image = _read_rgb(rejected_dir / "00802_00.jpg")
+    calls = _count_passes(estimator, monkeypatch)
+    result = estimator.estimate(image)
+    assert len(calls) == 2 and result.persons_detected == 1, f"{len(calls)} passes, {result.persons_detected} people"
+    backdrop = np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]), axis=0).astype(np.uint8)
+    canvas, (x0, y0) = pad_to_square(image, SECOND_LOOK_MARGIN, backdrop)
+    direct = estimator._solutions_pose(canvas)[0]
+    np.testing.assert_allclose(result.landmarks_px[:, :2], direct[:, :2] - (x0, y0), atol=1e-3,
+                               err_msg="the second look's landmarks are the padded image's, shifted back exactly")
+    assert result.segmentation.shape == (H, W), "the mask is cut back to the image"
+
+
+def _refusal(estimator, image: np.ndarray) -> ItemError | None:
+    """What the pose stage says of the image: its ItemError, or None when the agnostic has its joints."""
+    try:
+        check_agnostic_keypoints(estimator.estimate(image).keypoints_body25)
+    except ItemError as error:
+        return error
+    return None
+
+
+def test_a_head_and_shoulders_portrait_is_refused_for_its_missing_hips(estimator, sample_images):
+    for name, image in sample_images.items():
+        portrait = cv2.resize(image[: H // 2, W // 4 : 3 * W // 4], (W, H), interpolation=cv2.INTER_AREA)  # 3:4
+        error = _refusal(estimator, portrait)
+        assert error is not None and error.code == MISSING_KEYPOINTS and "HIP" in error.message, (
+            f"{name}: the hips lie far below a head-and-shoulders portrait, got {error}")
+
+
+def test_a_photo_of_legs_only_is_refused(estimator, sample_images, monkeypatch):
+    calls = _count_passes(estimator, monkeypatch)
+    for name, image in sample_images.items():
+        calls.clear()
+        error = _refusal(estimator, np.ascontiguousarray(image[H // 2 + H // 20 :]))  # from about the hips down
+        assert error is not None, f"{name}: a photo of legs has no torso to dress"
+        if error.code == NO_PERSON:
+            assert len(calls) == 2, f"{name}: nobody found in {len(calls)} passes: the second look was not taken"
+        else:
+            assert error.code == MISSING_KEYPOINTS and "SHOULDER" in error.message, f"{name}: {error}"
+
+
 def test_backend_id_names_mediapipe_and_the_model(estimator):
     assert estimator.backend_id.startswith("mediapipe-0.10.21/") and "pose_landmark_full" in estimator.backend_id
 

@@ -83,7 +83,9 @@ class PreprocessConfig(Config):
     )
     pose_model: str | None = Field(None, description="URL of a MediaPipe Tasks .task pose model; None = bundled")
     cloth_mask_model: str | None = Field(None, description="URL of a ClothUNet checkpoint; None = classical")
-    visibility_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0")
+    visibility_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0 (shoulders and hips: see the torso one)"
+    )
     torso_visibility_threshold: float = Field(
         0.1, ge=0.0, le=1.0, description="Shoulders and hips (what the agnostic needs) are kept down to this "
         "visibility, with it as their confidence, as OpenPose keeps them; below it they are missing (missing_keypoints)"
