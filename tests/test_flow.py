@@ -215,7 +215,7 @@ def test_manifest_rows_carry_provenance_and_timings(run, catalog):
     assert row["sha256"] == hashlib.sha256(data).hexdigest()
     assert row["source_url"].endswith(f"persons/{row['key']}")
     assert (row["source_width"], row["source_height"]) == (768, 1024)
-    assert row["parse_model"] == "geometric-v2" and row["pose_model"]
+    assert row["parse_model"] == "geometric-v3" and row["pose_model"]
     assert row["agnostic_model"] == "hrviton"
     assert len(row["keypoint_confidences"]) == 25
     assert row["persons_detected"] >= 1

@@ -125,8 +125,8 @@ def test_the_default_table_covers_the_eight_parser_classes():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_the_geometric_parser_is_named_in_the_manifest_as_geometric_v2():
-    assert GeometricParser.parser_id == "geometric-v2"
+def test_the_geometric_parser_is_named_in_the_manifest_as_geometric_v3():
+    assert GeometricParser.parser_id == "geometric-v3"
 
 
 @pytest.mark.parametrize("spec", ["yolo:", "schp", ""])

@@ -2,7 +2,8 @@
 
 `tests/fixtures/before_speedup.npz` holds what the code before the speed change produced on the sample
 photos, their mirror images and the demo's photos (see tests/fixtures/make_before_speedup.py). The
-skirt label came after the speed change: it relabels trousers, so skirt (12) is compared as pants (9).
+parse maps are no longer compared with it: parser v3 changed them on purpose, and they are measured
+against the VITON-HD dataset's own maps instead (tests/test_parse_accuracy.py).
 """
 
 from __future__ import annotations
@@ -13,15 +14,10 @@ import numpy as np
 import pytest
 
 from tasks.stages.cloth_mask import cloth_mask_classical
-from tasks.stages.parse_geometric import GeometricParser
 from tasks.stages.pose import PoseEstimator, as_stored
 from tests.stage_photos import guard_photos
-from vitonhd_models.contract import Cihp
 
 BEFORE = Path(__file__).parent / "fixtures" / "before_speedup.npz"
-MIN_AGREEMENT = 0.97  # share of pixels with the same label
-MIN_LABEL_IOU = 0.9  # for every label covering more than LABEL_MIN_SHARE of the image
-LABEL_MIN_SHARE = 0.01
 MIN_MASK_IOU = 0.98
 MAX_KEYPOINT_SHIFT_PX = 1.0
 
@@ -39,13 +35,12 @@ def photos(samples_dir):
 
 @pytest.fixture(scope="module")
 def now(photos) -> dict[str, object]:
-    """The current code's poses and parse maps."""
+    """The current code's poses."""
     found = {}
-    with PoseEstimator() as estimator, GeometricParser() as parser:
+    with PoseEstimator() as estimator:
         for name, ingested in photos["person"].items():
             valid_box = ingested.fit.content_box() if ingested.fit is not None else None
-            pose = as_stored(estimator.estimate(ingested.image, valid_box=valid_box))
-            found[name] = (pose, parser.parse(ingested.image, pose))
+            found[name] = (as_stored(estimator.estimate(ingested.image, valid_box=valid_box)), None)
     return found
 
 
@@ -71,20 +66,6 @@ def test_keypoints_move_by_less_than_a_pixel(before, now):
         assert np.array_equal(old[:, 2] > 0, new[:, 2] > 0), f"{name}: other joints are missing now"
         shift = np.linalg.norm(old[:, :2] - new[:, :2], axis=1).max()
         assert shift < MAX_KEYPOINT_SHIFT_PX, f"{name}: a keypoint moved by {shift:.2f} px"
-
-
-def test_parse_maps_agree_with_todays(before, now):
-    for name, (_, labels) in now.items():
-        old = before[f"parse/{name}"]
-        new = np.where(labels == Cihp.SKIRT, Cihp.PANTS, labels)
-        agreement = float(np.mean(old == new))
-        assert agreement >= MIN_AGREEMENT, f"{name}: {agreement:.2%} of pixels keep their label"
-        for label in np.unique(old):
-            share = float(np.mean(old == label))
-            if label == 0 or share <= LABEL_MIN_SHARE:
-                continue
-            iou = _iou(old == label, new == label)
-            assert iou >= MIN_LABEL_IOU, f"{name}: label {Cihp(label).name} ({share:.1%}) has IoU {iou:.3f}"
 
 
 def test_cloth_masks_agree_with_todays(before, photos):

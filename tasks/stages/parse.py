@@ -2,7 +2,7 @@
 
 Two backends, both returning an (H, W) uint8 map of CIHP ids 0..19:
 
-- `GeometricParser` (`tasks.stages.parse_geometric`, the default, ``parser_id = "geometric-v2"``):
+- `GeometricParser` (`tasks.stages.parse_geometric`, the default, ``parser_id = "geometric-v3"``):
   approximate, built from MediaPipe's own outputs; needs no weights.
 - `YoloParser` (`tasks.stages.parse_yolo`): a YOLOv8-seg model whose classes map to CIHP ids.
 

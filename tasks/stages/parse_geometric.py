@@ -67,11 +67,20 @@ MIXTURE_COMPONENTS = 2  # colours of a top: a plain one, or the two of a print, 
 MIXTURE_MIN_SHARE = 0.15  # a component holds at least this share of the garment's pixels
 
 
+MODEL_MAX_PIXELS = 4000  # a colour model is fitted on at most this many of its region's pixels
+
+
+def _subsample(pixels: np.ndarray) -> np.ndarray:
+    """Every k-th pixel, so that at most MODEL_MAX_PIXELS remain (deterministic)."""
+    step = -(-len(pixels) // MODEL_MAX_PIXELS)
+    return pixels[::step] if step > 1 else pixels
+
+
 class _ColourModel:
     """A Gaussian over Lab pixels, with a variance floor so shading does not break it."""
 
     def __init__(self, pixels_lab: np.ndarray, floor: tuple[float, float, float] = (6.0, 3.0, 3.0)):
-        pixels = pixels_lab.reshape(-1, 3).astype(np.float32)
+        pixels = _subsample(pixels_lab.reshape(-1, 3).astype(np.float32))
         mean = np.median(pixels, axis=0)
         for _ in range(2):  # trim outliers (eyes, lips, prints), then refit
             cov = np.cov(pixels.T) + np.diag(np.square(floor))
@@ -89,7 +98,11 @@ class _ColourModel:
         return _mahalanobis(pixels_lab.reshape(-1, 3), self.mean, self.whitening)
 
     def log_likelihood(self, pixels_lab: np.ndarray) -> np.ndarray:
-        return -0.5 * (np.square(self.distance(pixels_lab)) + self.log_det)
+        return self.log_likelihood_at(self.distance(pixels_lab))
+
+    def log_likelihood_at(self, distance: np.ndarray) -> np.ndarray:
+        """The log-likelihood of pixels at these distances from the model."""
+        return -0.5 * (np.square(distance) + self.log_det)
 
     @property
     def components(self) -> list[_ColourModel]:
@@ -107,7 +120,7 @@ class _Mixture(_ColourModel):
     a pixel's likelihood and distance are those of its closest component."""
 
     def __init__(self, pixels_lab: np.ndarray, min_pixels: float, **kwargs):
-        pixels = pixels_lab.reshape(-1, 3).astype(np.float32)
+        pixels = _subsample(pixels_lab.reshape(-1, 3).astype(np.float32))
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1.0)
         cv2.setRNGSeed(0)
         _, assignment, _ = cv2.kmeans(pixels, MIXTURE_COMPONENTS, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
@@ -698,11 +711,15 @@ def _erode(mask: np.ndarray, pixels: float) -> np.ndarray:
 def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, rivals: Sequence[_ColourModel | None],
                     limit: float) -> np.ndarray:
     """Within `limit` of the skin model and likelier skin than every rival."""
-    is_skin = skin.distance(lab_pixels) <= limit
-    skin_likelihood = skin.log_likelihood(lab_pixels)
+    distance = skin.distance(lab_pixels)
+    is_skin = distance <= limit
+    near = lab_pixels.reshape(-1, 3)[is_skin]  # only those are worth comparing with the rivals
+    skin_likelihood = skin.log_likelihood_at(distance[is_skin])
+    likelier = np.ones(len(near), dtype=bool)
     for rival in rivals:
         if rival is not None:
-            is_skin &= skin_likelihood > rival.log_likelihood(lab_pixels)
+            likelier &= skin_likelihood > rival.log_likelihood(near)
+    is_skin[is_skin] = likelier
     return is_skin
 
 
@@ -799,13 +816,11 @@ def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     """Fill enclosed non-mask specks (a shadow in a hand, a highlight on an arm)."""
     count, components, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
     height, width = mask.shape
-    filled = mask.copy()
-    for index in range(1, count):
-        x, y, w, h, area = stats[index]
-        touches_border = x == 0 or y == 0 or x + w == width or y + h == height
-        if not touches_border and area <= max_area:
-            filled[components == index] = True
-    return filled
+    x, y, w, h, area = (stats[:, i] for i in range(5))
+    touches_border = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    fill = ~touches_border & (area <= max_area)
+    fill[0] = False  # the mask itself
+    return mask | fill[components]
 
 
 # Where the top ends, in torso lengths along the body axis from the shoulders (0) to the hips (1).
@@ -813,6 +828,7 @@ WAIST_SEARCH = (0.45, 1.3)  # the span searched: high-waisted trousers to a long
 WAIST_PRIOR = 0.88  # where it ends when the colours cannot tell (VITON-HD's tops mostly end above the hips)
 WAIST_PRIOR_COST = 0.03  # per row away from the prior, against about one per pixel of colour evidence
 WAIST_BEND_COST = 0.6  # per row the cut moves between neighbouring columns: a hem is a smooth curve
+WAIST_COLUMN_STEP = 2  # columns of the work frame between two cuts the search makes
 WAIST_MIN_SEPARATION = 3.0  # colour models closer than this (Mahalanobis) cannot tell top from bottom
 
 
@@ -850,7 +866,10 @@ def _waist_rows(
     upper_below = np.vstack([upper_below, np.zeros((1, width), np.float32)])
     cut_rows = np.arange(top, bottom + 1, dtype=np.float32)[:, None]
     cost = lower_above + upper_below + WAIST_PRIOR_COST * np.abs(cut_rows - prior[None, :])
-    return top + _smooth_path(cost, WAIST_BEND_COST).astype(np.float32)
+    # Every WAIST_COLUMN_STEP-th column's cut, interpolated between: a hem does not bend faster.
+    columns = np.arange(0, width, WAIST_COLUMN_STEP)
+    path = _smooth_path(cost[:, columns], WAIST_BEND_COST * WAIST_COLUMN_STEP)
+    return top + np.interp(np.arange(width), columns, path).astype(np.float32)
 
 
 def _rows_at_level(skeleton: _Skeleton, level: float, width: int, height: int) -> np.ndarray:
@@ -963,7 +982,11 @@ def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin:
     if hair is not None:
         labels[hair] = Cihp.HAIR
         face_region &= ~hair
-    labels[_fill_holes(_largest(face_region))] = Cihp.FACE
+    rows, cols = np.nonzero(face_region.any(axis=1))[0], np.nonzero(face_region.any(axis=0))[0]
+    if len(rows):  # within the face's box: the cleaning reads a few thousand pixels, not the whole crop
+        box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        face_region[box] = _fill_holes(_largest(face_region[box]))
+        labels[face_region] = Cihp.FACE
 
 
 def _label_neck(
