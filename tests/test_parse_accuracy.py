@@ -9,7 +9,6 @@ below, so that a change that makes the parse worse fails while noise in MediaPip
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
