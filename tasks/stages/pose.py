@@ -6,6 +6,10 @@ Decisions (peers.md §3 lists the choices the MediaPipe -> BODY_25 converters di
 - Neck and MidHip are the midpoints of the shoulders / hips; their confidence is the min of the two parents.
 - A joint below the visibility threshold, or outside the image, is OpenPose's "missing" value 0, 0, 0, so
   the agnostic masks never reach for a hallucinated wrist (contract §0 item 7, peers.md §3 point 3).
+- Except the shoulders and hips, which the agnostic cannot do without: they are kept down to a lower
+  threshold, their low visibility as the confidence, as OpenPose keeps them; a hip just below the bottom
+  edge (a crop at the waist) is written on the last row (`place_joint`). A hip in the padding stays missing.
+- A person the pose model misses gets a second look, on the image padded to a square (SECOND_LOOK_MARGIN).
 - The small toes (20, 23), which MediaPipe lacks, are always 0, 0, 0 (never duplicated, never NaN).
 - Coordinates are float pixels of the image the estimator was given (contract §0 item 3).
 - Several people: the solutions pose graph returns one person per call, so `PoseEstimator` finds people
@@ -130,9 +134,9 @@ BODY25_FROM_LANDMARK = {mp_index: joint for joint, mp_index in BODY25_FROM_MEDIA
 
 DEFAULT_VISIBILITY_THRESHOLD = 0.5
 # The joints the agnostic masks are anchored on (contract §0 item 7; the neck is their midpoint) are kept down to
-# this visibility: OpenPose keeps them with a low confidence too (0.38-0.45 for the hips of every photo in
-# groundtruth/vitonhd), and without them the item is lost. On waist-length crops MediaPipe gives a hip at the
-# lower edge 0.25-0.6, one a torso-tenth past it ~0.1, and the hips of a head-and-shoulders crop 0.00-0.01.
+# this visibility: OpenPose keeps them with a low confidence too (0.38-0.49 for the hips of every photo in
+# groundtruth/vitonhd), and without them the item is lost. On crops of the sample photos MediaPipe gives a hip at
+# the lower edge 0.25-0.6, one up to 100 px past it 0.03-0.4, the hips of a head-and-shoulders crop 0.00-0.01.
 DEFAULT_TORSO_VISIBILITY_THRESHOLD = 0.1
 TORSO_JOINTS = frozenset(AGNOSTIC_REQUIRED_KEYPOINTS) & frozenset(BODY25_FROM_MEDIAPIPE)  # shoulders and hips
 HIPS = (Body25.R_HIP, Body25.L_HIP)
@@ -200,7 +204,7 @@ def mediapipe_to_body25(
     lm = _check_landmarks(landmarks)
     out = np.zeros((BODY25_COUNT, 3), dtype=np.float32)
     box = valid_box if valid_box is not None else (0.0, 0.0, float(width), float(height))
-    written = np.zeros(BODY25_COUNT, dtype=bool)
+    written: dict[Body25, tuple[float, float, float]] = {}
     for joint, mp_index in BODY25_FROM_MEDIAPIPE.items():
         x, y, _, visibility = lm[mp_index]
         threshold = visibility_threshold
@@ -209,12 +213,13 @@ def mediapipe_to_body25(
         placed = place_joint(joint, x, y, width, height, box) if visibility >= threshold else None
         if placed is not None:
             x, y, kept = placed
-            out[joint] = (x, y, min(max(visibility * kept, threshold, 0.0), 1.0))
-            written[joint] = True
+            written[joint] = (x, y, min(max(visibility * kept, threshold, 0.0), 1.0))
     for joint, parents in BODY25_MIDPOINTS.items():
-        a, b = (BODY25_FROM_LANDMARK[mp_index] for mp_index in parents)
-        if written[a] and written[b]:
-            out[joint] = ((out[a, 0] + out[b, 0]) / 2.0, (out[a, 1] + out[b, 1]) / 2.0, min(out[a, 2], out[b, 2]))
+        a, b = (written.get(BODY25_FROM_LANDMARK[mp_index]) for mp_index in parents)
+        if a is not None and b is not None:
+            written[joint] = ((a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0, min(a[2], b[2]))
+    for joint, keypoint in written.items():
+        out[joint] = keypoint
     # The small toes (L_SMALL_TOE, R_SMALL_TOE): no MediaPipe landmark, so they stay 0, 0, 0.
     return out
 
