@@ -291,6 +291,9 @@ class GeometricParser:
         work_skin = _skin_mask(lab, work_parts, models, frame)
         work_waist = _waist_rows(lab, work_parts, work_skeleton, work_axial, models, work_skin)
         work_hair = _hair_region(lab, work_parts, models, work_face, work_skin, work_axial)
+        work_hands = _hand_regions(work_parts, work_skeleton, work_skin)
+        if work_skin is not None:
+            work_skin = _without_sleeve_specks(work_skin, work_parts, work_hands, work_skeleton)
 
         # At full size: those maps upsampled, and the geometry drawn.
         shape = image_rgb.shape[:2]
@@ -319,6 +322,8 @@ class GeometricParser:
         _label_head(labels, parts, face, skin, near_face, hair)
         _label_neck(labels, parts, silhouette, skeleton, face, skin)
         _label_shoes(labels, parts, skin, skeleton)
+        for side, label in (("left", Cihp.LEFT_ARM), ("right", Cihp.RIGHT_ARM)):  # a hand is its arm, never a leg
+            labels[frame.upsample(work_hands[side].astype(np.uint8), cv2.INTER_NEAREST).astype(bool)] = label
         labels[~silhouette] = 0
         if _is_skirt(labels == Cihp.PANTS, skeleton):
             labels[labels == Cihp.PANTS] = Cihp.SKIRT
@@ -651,6 +656,53 @@ def _hand_zone(shape: tuple[int, int], skeleton: _Skeleton, side: str) -> np.nda
     return _distance_to_segment(shape, wrist, tip) <= radius
 
 
+HAND_REACH = 0.16  # shoulder widths around the wrist-to-fingertips line where the hand's skin is looked for
+HAND_CORE = 0.06  # shoulder widths around that line's outer part that are hand whatever their colour
+HAND_CORE_FROM = 0.35  # the core starts this far from the wrist towards the fingertips (the cuff stays a sleeve)
+SLEEVE_SPECK_AREA = 0.03  # in square shoulder widths: arm skin smaller than this and away from the hand is a sleeve
+
+
+def _hand_regions(parts: np.ndarray, skeleton: _Skeleton, skin: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Each hand as CIHP_PGN draws it, a solid blob: the skin around the wrist-to-fingertips line, closed
+    and filled, plus that line's outer part whatever its colour (a shadowed or gloved hand)."""
+    shape = parts.shape
+    sw = skeleton.shoulder_width
+    hands = {}
+    for side in ("left", "right"):
+        hand = np.zeros(shape, dtype=bool)
+        wrist = skeleton.get(_ARM_JOINTS[side][2])
+        if wrist is not None and side in skeleton.hands:
+            tip = skeleton.hands[side]
+            reach = _distance_to_segment(shape, wrist, tip)
+            hand = (reach <= HAND_CORE * sw) & (_distance_to_segment(shape, wrist + HAND_CORE_FROM * (tip - wrist), tip)
+                                                 <= HAND_CORE * sw)
+            if skin is not None:
+                size = 2 * max(1, int(0.03 * sw)) + 1
+                near = cv2.morphologyEx((skin & (reach <= HAND_REACH * sw)).astype(np.uint8), cv2.MORPH_CLOSE,
+                                        cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))).astype(bool)
+                hand |= near
+            hand = _fill_holes(hand) & (parts >= 0)
+        hands[side] = hand
+    return hands
+
+
+def _without_sleeve_specks(skin: np.ndarray, parts: np.ndarray, hands: dict[str, np.ndarray],
+                           skeleton: _Skeleton) -> np.ndarray:
+    """Skin of the arms that touches neither a hand nor the body's other skin and is small is a sleeve's
+    highlight, not an arm."""
+    arms = _in_parts(parts, (_L_ARM, _R_ARM))
+    count, components, stats, _ = cv2.connectedComponentsWithStats(skin.astype(np.uint8), connectivity=8)
+    hand = hands["left"] | hands["right"]
+    keep = np.ones(count, dtype=bool)
+    touching_hand = np.zeros(count, dtype=bool)
+    touching_hand[np.unique(components[hand & skin])] = True
+    in_arms = np.bincount(components[arms].ravel(), minlength=count)
+    small = stats[:, cv2.CC_STAT_AREA] < SLEEVE_SPECK_AREA * skeleton.shoulder_width**2
+    keep &= ~(small & ~touching_hand & (in_arms == stats[:, cv2.CC_STAT_AREA]))  # wholly on an arm
+    keep[0] = False
+    return keep[components]
+
+
 # -- colour models --------------------------------------------------------------------------------
 
 
@@ -680,7 +732,7 @@ def _colour_models(
     core; lower clothes from just below the hips."""
     models = _Models()
     if face is not None:
-        core = _erode(face.mask, 0.12 * face.width)
+        core = _erode(face.mask, 0.12 * face.width) & ~face.forehead  # a fringe may hide the forehead
         models.skin = _fit_model(lab, core, MIN_MODEL_PIXELS * area, floor=(14.0, 3.0, 3.0))
         beyond_face = _distance_to(face.mask) > 0.2 * face.width
         above_chin = np.arange(parts.shape[0])[:, None] < face.chin[1]
@@ -922,7 +974,7 @@ def _label_arms(
     models: _Models,
 ) -> None:
     """Arms (14 = the person's left) and hands: skin only. A sleeve is upper clothes (contract §1.3);
-    what is not skin around a hand lying on the trousers is the trousers."""
+    what is not skin around an arm hanging by the trousers, and looks like them, is the trousers."""
     for part, hand, label in ((_L_ARM, _L_HAND, Cihp.LEFT_ARM), (_R_ARM, _R_HAND, Cihp.RIGHT_ARM)):
         arm = (parts == part) | (parts == hand)
         if skin is None:
@@ -931,7 +983,7 @@ def _label_arms(
         labels[arm & skin] = label
         labels[arm & ~skin] = Cihp.UPPER_CLOTHES
         if models.upper is not None and models.lower is not None:
-            rows, cols = np.nonzero((parts == hand) & ~skin & below_waist)
+            rows, cols = np.nonzero(arm & ~skin & below_waist)
             if len(rows) == 0:
                 continue
             pixels = cv2.cvtColor(np.ascontiguousarray(image_rgb[rows, cols][:, None]), cv2.COLOR_RGB2LAB)[:, 0]
