@@ -824,18 +824,29 @@ def _hair_region(lab: np.ndarray, parts: np.ndarray, models: _Models, face: _Fac
         falling[:] = False  # hair and top look alike: hair over the top cannot be told apart
     below_chin = head & (rows > face.chin[1])
     candidates = falling | below_chin
+    seed = head & ~below_chin
     if skin is not None:
         candidates &= ~skin
-    hair = head & ~below_chin
+        seed &= ~(skin & (_distance_to(face.mask) <= 0.2 * face.width))  # the face's own skin beside the outline
+    hair = seed.copy()
     hair[candidates] = _looks_like_hair(lab[candidates], models)
     hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
     count, components = cv2.connectedComponents(hair.astype(np.uint8), connectivity=8)
-    touching = np.unique(components[head & ~below_chin & hair])
-    hair = _fill_holes(np.isin(components, touching[touching > 0])) & ~face.mask
+    touching = np.unique(components[seed & hair])
+    hair = _fill_holes(np.isin(components, touching[touching > 0])) & ~face.mask & ~_neck_core(face, parts.shape)
     if skin is not None:  # a fringe: what hides the forehead's skin from the outline's top down
         skin_above = np.maximum.accumulate(skin & face.mask, axis=0)
         hair |= face.mask & face.forehead & ~skin_above
     return hair
+
+
+NECK_HALF_WIDTH = 0.3  # face widths either side of the chin: the neck, never hair
+
+
+def _neck_core(face: _Face, shape: tuple[int, int]) -> np.ndarray:
+    """The middle of the neck: below the chin, within NECK_HALF_WIDTH of it."""
+    rows, cols = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
+    return (rows > face.chin[1]) & (np.abs(cols - face.chin[0]) <= NECK_HALF_WIDTH * face.width)
 
 
 def _looks_like_hair(pixels: np.ndarray, models: _Models) -> np.ndarray:
@@ -877,7 +888,7 @@ def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
 
 # Where the top ends, in torso lengths along the body axis from the shoulders (0) to the hips (1).
 WAIST_SEARCH = (0.45, 1.3)  # the span searched: high-waisted trousers to a long top over the hips
-WAIST_PRIOR = 0.88  # where it ends when the colours cannot tell (VITON-HD's tops mostly end above the hips)
+WAIST_PRIOR = 0.8  # where it ends when the colours cannot tell: VITON-HD's tops mostly end well above the hips
 WAIST_PRIOR_COST = 0.03  # per row away from the prior, against about one per pixel of colour evidence
 WAIST_BEND_COST = 0.6  # per row the cut moves between neighbouring columns: a hem is a smooth curve
 WAIST_COLUMN_STEP = 2  # columns of the work frame between two cuts the search makes
@@ -1026,7 +1037,12 @@ def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin:
     if face is None:
         return
     head = parts == _HEAD
+    below_chin = np.arange(parts.shape[0])[:, None] > face.chin[1]
     labels[head] = Cihp.HAIR
+    if hair is not None:  # below the chin, what is not hair is the neck, or a collar
+        neck = head & below_chin & ~hair
+        labels[neck] = Cihp.UPPER_CLOTHES
+        labels[neck & (_neck_core(face, parts.shape) | (skin if skin is not None else False))] = Cihp.TORSO_SKIN
     face_region = face.mask & (parts >= 0)
     if skin is not None:
         above_chin = np.arange(parts.shape[0])[:, None] <= face.chin[1]
