@@ -111,6 +111,50 @@ def test_enclosed_print_is_filled():
     assert mask[180, 120] == 255, "a region enclosed by the garment is garment (holes are filled)"
 
 
+def _arms_at_the_sides() -> tuple[np.ndarray, np.ndarray]:
+    """A long-sleeved top whose sleeves hang beside the torso and touch it at the shoulders and the
+    hem: the truth, and the two background gaps (15x200 px) it encloses between sleeves and torso."""
+    truth = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    cv2.rectangle(truth, (20, 40), (219, 79), 255, -1)  # shoulders
+    cv2.rectangle(truth, (20, 40), (54, 289), 255, -1)  # left sleeve
+    cv2.rectangle(truth, (185, 40), (219, 289), 255, -1)  # right sleeve
+    cv2.rectangle(truth, (70, 40), (169, 289), 255, -1)  # torso
+    cv2.rectangle(truth, (20, 280), (219, 289), 255, -1)  # cuffs touching the hem
+    gaps = np.zeros_like(truth)
+    cv2.rectangle(gaps, (55, 80), (69, 279), 255, -1)
+    cv2.rectangle(gaps, (170, 80), (184, 279), 255, -1)
+    return truth, gaps
+
+
+def _jpeg(image: np.ndarray, quality: int = 90) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.array(Image.open(buffer).convert("RGB"))
+
+
+def test_background_enclosed_by_a_coloured_garment_stays_background():
+    """VITON-HD's masks leave out the background seen between a sleeve and the torso; the hole fill
+    must not put it back."""
+    truth, gaps = _arms_at_the_sides()
+    image = np.full((HEIGHT, WIDTH, 3), 246, dtype=np.uint8)
+    image[truth > 0] = (160, 20, 40)
+    mask = cloth_mask_classical(_jpeg(image))
+    inside_gaps = float((mask[gaps > 0] > 0).mean())
+    assert inside_gaps < 0.2, f"{inside_gaps:.0%} of the background between sleeves and torso is in the mask"
+    iou = _iou(mask, truth > 0)
+    assert iou > 0.9, f"IoU with the painted top is {iou:.3f}, expected > 0.9"
+
+
+def test_a_white_garment_s_enclosed_fabric_stays_in_the_mask_beside_a_dark_label():
+    """White fabric that matches the background stays garment when it is enclosed by white fabric, even
+    with a dark label or button nearby (it raises the local contrast, not the surround's colour)."""
+    image = _paint_shirt((255, 255, 255), (250, 250, 250), (190, 190, 190))
+    cv2.circle(image, (120, 180), 25, (255, 255, 255), -1)  # background-coloured fabric, enclosed
+    cv2.rectangle(image, (100, 140), (140, 150), (20, 20, 20), -1)  # a black label above it
+    mask = cloth_mask_classical(image)
+    assert mask[180, 120] == 255, "white fabric enclosed by a white garment was taken for background"
+
+
 def test_blank_image_has_no_garment():
     with pytest.raises(ItemError) as info:
         cloth_mask_classical(np.full((HEIGHT, WIDTH, 3), 250, dtype=np.uint8))

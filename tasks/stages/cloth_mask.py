@@ -16,9 +16,15 @@ Default (`cloth_mask_classical`): background removal for product shots on plain 
    stays garment when it is closer to the nearby garment colour than to the background. This trims
    the halo that low thresholds and JPEG ringing leave around dark garments. Only the band's pixels
    are computed (colours read at their positions from the half-size image).
+5. Background pockets are taken out again: a sizeable region inside the mask whose pixels all look like
+   the background (colour within the threshold, no edge) and whose surrounding garment contrasts with it
+   is background the fill enclosed (between an arm hanging at the side and the torso, under a strap),
+   which the VITON-HD masks leave out. The band around each pocket is then re-decided as in 4. A white
+   garment's own fabric, close to the background in colour, has no contrasting surround and stays.
 Limits: one garment per image (the largest component wins: a detached belt is dropped); a background
 that is not plain (a gradient, a room) raises the thresholds with the border spread and may lose a
-white garment, or yield NO_GARMENT.
+white garment, or yield NO_GARMENT. A print of exactly the background's colour, larger than a pocket's
+minimum, on a garment of another colour is left out like a pocket.
 
 Option (`UNetClothMasker`): a small U-Net (`vitonhd_models.cloth_unet.ClothUNet`) from a checkpoint
 (a strict state dict), with the same post-processing. PyTorch is imported only when one is configured.
@@ -63,6 +69,10 @@ BAND_RADIUS_FRACTION = 0.012  # ~9 px at 768 wide: the outer band re-decided per
 BAND_RADIUS_MIN = 8  # JPEG ringing spreads up to one 8x8 block from an edge, whatever the image size
 REFINE_MIN_CONTRAST = 10.0  # Lab units between garment and background below which the band is kept as is
 LOCAL_COLOUR_MIN_WEIGHT = 0.05  # below this share of interior pixels nearby, no local garment colour: keep
+POCKET_MIN_AREA_FRACTION = 0.0005  # ~390 px (a 20x20 patch) at 768x1024: the VITON-HD masks' own holes are
+# larger (600 px and up); below it a background-coloured spot is a print's dot or a stray fold, not a pocket
+POCKET_RING_FACTOR = 2  # the surround a pocket's garment colour is read from: 2 band radii (~18 px at 768
+# wide), past the JPEG halo a saturated garment leaves on the background beside it (up to ~1 band radius)
 
 REMAP_MAX_SIDE = 32767  # SHRT_MAX: cv2.remap asserts that every side of its source and maps is below it
 
@@ -115,7 +125,8 @@ def cloth_mask_classical(cloth_rgb: np.ndarray, *, check: bool = True) -> np.nda
         L2gradient=True,
     )
 
-    mask = cv2.bitwise_or(cv2.compare(distance, distance_threshold, cv2.CMP_GT), edges)
+    far = cv2.compare(distance, distance_threshold, cv2.CMP_GT)
+    mask = cv2.bitwise_or(far, edges)
     close_r = max(1, int(round(CLOSE_RADIUS_FRACTION * short_side)))
     open_r = max(1, int(round(OPEN_RADIUS_FRACTION * short_side)))
     band_r = max(BAND_RADIUS_MIN, int(round(BAND_RADIUS_FRACTION * short_side)))
@@ -129,6 +140,14 @@ def cloth_mask_classical(cloth_rgb: np.ndarray, *, check: bool = True) -> np.nda
         mask = _refine_boundary(mask, lab, background, band_r)
         mask = _morph(mask, cv2.MORPH_OPEN, open_r)
         mask = fill_holes(largest_component(mask))
+        # Plain: looks like the background (colour within the threshold, not on or beside an edge).
+        plain = cv2.bitwise_not(cv2.bitwise_or(far, cv2.dilate(edges, np.ones((3, 3), np.uint8))))
+        pockets = background_pockets(mask, plain, lab, background, band_r)
+        if pockets.any():
+            mask = _refine_boundary(cv2.bitwise_and(mask, cv2.bitwise_not(pockets)), lab, background, band_r,
+                                    around=pockets)
+            mask = _morph(mask, cv2.MORPH_OPEN, open_r)
+            mask = fill_holes(largest_component(mask), keep_open=pockets)
     if check:
         check_coverage(mask)
     return mask
@@ -161,17 +180,22 @@ def _border_gradient(lightness8: np.ndarray) -> np.ndarray:
     return np.concatenate([part.reshape(-1) for part in (top, bottom, left, right)])
 
 
-def _refine_boundary(mask: np.ndarray, lab: np.ndarray, background: np.ndarray, band_r: int) -> np.ndarray:
+def _refine_boundary(mask: np.ndarray, lab: np.ndarray, background: np.ndarray, band_r: int,
+                     around: np.ndarray | None = None) -> np.ndarray:
     """Re-decide the pixels of the mask's outer band: garment where closer to the nearby garment colour
     than to the background colour. Trims the halo of JPEG ringing and low thresholds around dark
     garments, and leaves white garments (whose colour is close to the background's) nearly as they are.
 
     `lab` is the colour image at COLOUR_SCALE; the band's pixels read it (and the nearby garment colour,
-    a wide blur of the inner garment's colours) by bilinear interpolation at their own positions."""
+    a wide blur of the inner garment's colours) by bilinear interpolation at their own positions.
+    With `around` (a 0/255 mask), only the band's pixels within band_r of it are re-decided."""
     height, width = mask.shape
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_r + 1, 2 * band_r + 1))
     inner = cv2.erode(mask, kernel)
-    rows, cols = np.nonzero(cv2.bitwise_and(mask, cv2.bitwise_not(inner)))
+    band = cv2.bitwise_and(mask, cv2.bitwise_not(inner))
+    if around is not None:
+        band = cv2.bitwise_and(band, cv2.dilate(around, kernel))
+    rows, cols = np.nonzero(band)
     if len(rows) == 0:
         return mask
     # The nearby garment colour: blur(lab * inner) / blur(inner), a Gaussian of sigma 2 * band_r (full-size
@@ -241,12 +265,57 @@ def _morph(mask: np.ndarray, op: int, radius: int) -> np.ndarray:
     return cv2.morphologyEx(mask, op, kernel)
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Set every background region not connected to the image border to 255."""
+def fill_holes(mask: np.ndarray, keep_open: np.ndarray | None = None) -> np.ndarray:
+    """Set every background region not connected to the image border to 255 (but the regions holding a
+    pixel of `keep_open`, a 0/255 mask)."""
     padded = cv2.copyMakeBorder(cv2.compare(mask, 0, cv2.CMP_GT), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     # Flood the background from the padded corner: it reaches every region that touches the border.
     cv2.floodFill(padded, None, (0, 0), 128)
-    return cv2.compare(padded[1:-1, 1:-1], 128, cv2.CMP_NE)
+    filled = cv2.compare(padded[1:-1, 1:-1], 128, cv2.CMP_NE)
+    if keep_open is None:
+        return filled
+    # The holes (4-connected, as the flood) that hold a pixel to keep open go back to 0.
+    count, labels = cv2.connectedComponents(cv2.bitwise_and(filled, cv2.bitwise_not(mask)), connectivity=4)
+    reopen = np.zeros(count, dtype=bool)
+    reopen[labels[(keep_open > 0) & (mask == 0)]] = True
+    reopen[0] = False
+    filled[reopen[labels]] = 0
+    return filled
+
+
+def background_pockets(mask: np.ndarray, plain: np.ndarray, lab: np.ndarray, background: np.ndarray,
+                       band_r: int) -> np.ndarray:
+    """The background pockets of a (filled) mask, as a 0/255 mask: the 4-connected regions of its `plain`
+    pixels (those that look like the background) that the mask encloses, hold POCKET_MIN_AREA_FRACTION of
+    the image or more, and whose surrounding garment (its non-plain pixels within POCKET_RING_FACTOR band
+    radii, median colour read from `lab`, the image at COLOUR_SCALE) differs from the background by more
+    than REFINE_MIN_CONTRAST."""
+    height, width = mask.shape
+    pockets = np.zeros_like(mask)
+    candidates = cv2.bitwise_and(mask, plain)
+    min_area = POCKET_MIN_AREA_FRACTION * mask.size
+    if cv2.countNonZero(candidates) < min_area:
+        return pockets
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(candidates, connectivity=4)
+    ring_r = POCKET_RING_FACTOR * band_r
+    ring_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_r + 1, 2 * ring_r + 1))
+    for index in 1 + np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area):
+        x, y, w, h = (int(v) for v in stats[index, :4])
+        if x == 0 or y == 0 or x + w == width or y + h == height:
+            continue  # on the frame's edge: beyond it is outside, so not enclosed
+        x0, y0, x1, y1 = max(0, x - ring_r), max(0, y - ring_r), min(width, x + w + ring_r), min(height, y + h + ring_r)
+        region = cv2.compare(labels[y0:y1, x0:x1], int(index), cv2.CMP_EQ)
+        inside = mask[y0:y1, x0:x1]
+        if cv2.countNonZero(cv2.bitwise_and(cv2.dilate(region, np.ones((3, 3), np.uint8)), cv2.bitwise_not(inside))):
+            continue  # beside the outside: the outer band's business (step 4)
+        surround = cv2.bitwise_and(cv2.dilate(region, ring_kernel), cv2.bitwise_not(plain[y0:y1, x0:x1]))
+        ys, xs = np.nonzero(cv2.bitwise_and(surround, inside))
+        if len(xs) == 0:
+            continue
+        colour = np.median(_sample(lab, xs + x0, ys + y0, (width, height)), axis=0)
+        if float(np.linalg.norm(colour - background)) > REFINE_MIN_CONTRAST:
+            pockets[y0:y1, x0:x1] |= region
+    return pockets
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -396,7 +465,7 @@ class UNetClothMasker:
 # The cloth mask stage (declared in tasks/stages/registry.py)
 # ---------------------------------------------------------------------------------------------------
 
-CLASSICAL_MODEL_ID = "classical-v1"
+CLASSICAL_MODEL_ID = "classical-v2"  # v2: background pockets left out (step 5); a new id reruns the stage
 
 
 def _masker(env) -> UNetClothMasker:

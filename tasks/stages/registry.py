@@ -158,7 +158,7 @@ def _agnostic_params(config: PreprocessConfig, weights: Weights) -> dict:
 
 
 def _cloth_mask_params(config: PreprocessConfig, weights: Weights) -> dict:
-    return {"model": weights.cloth_mask.sha256 if weights.cloth_mask else "classical-v1"}
+    return {"model": weights.cloth_mask.sha256 if weights.cloth_mask else cloth_mask.CLASSICAL_MODEL_ID}
 
 
 def _geometric(config: PreprocessConfig) -> bool:
