@@ -292,6 +292,7 @@ class GeometricParser:
         work_waist = _waist_rows(lab, work_parts, work_skeleton, work_axial, models, work_skin)
         work_hair = _hair_region(lab, work_parts, models, work_face, work_skin, work_axial)
         work_hands = _hand_regions(work_parts, work_skeleton, work_skin)
+        work_collar = _collar(lab, work_parts, models, work_skin)
         if work_skin is not None:
             work_skin = _without_sleeve_specks(work_skin, work_parts, work_hands, work_skeleton)
 
@@ -315,11 +316,13 @@ class GeometricParser:
             near_face = distance <= 0.2 * face.width
 
         labels = np.zeros(shape, dtype=np.uint8)
-        _label_torso(labels, parts, skin, below_waist)
+        left_side = _person_left(shape, skeleton)
+        _label_torso(labels, parts, skin, below_waist, face, left_side)
         _label_arms(labels, parts, skin, below_waist, image_rgb, models)
-        _label_legs(labels, parts, skin, below_waist, axial, skeleton)
+        _label_legs(labels, parts, skin, below_waist, axial, skeleton, left_side)
         hair = None if work_hair is None else frame.upsample(work_hair.astype(np.float32), cv2.INTER_LINEAR) > 0.5
-        _label_head(labels, parts, face, skin, near_face, hair)
+        collar = frame.upsample(work_collar.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
+        _label_head(labels, parts, face, skin, near_face, hair, collar)
         _label_neck(labels, parts, silhouette, skeleton, face, skin)
         _label_shoes(labels, parts, skin, skeleton)
         for side, label in (("left", Cihp.LEFT_ARM), ("right", Cihp.RIGHT_ARM)):  # a hand is its arm, never a leg
@@ -849,6 +852,17 @@ def _neck_core(face: _Face, shape: tuple[int, int]) -> np.ndarray:
     return (rows > face.chin[1]) & (np.abs(cols - face.chin[0]) <= NECK_HALF_WIDTH * face.width)
 
 
+def _collar(lab: np.ndarray, parts: np.ndarray, models: _Models, skin: np.ndarray | None) -> np.ndarray:
+    """Head pixels that are no skin and look like the top (a turtleneck, a high collar)."""
+    collar = np.zeros(parts.shape, dtype=bool)
+    if models.upper is None or models.skin is None or skin is None:
+        return collar
+    candidates = (parts == _HEAD) & ~skin
+    pixels = lab[candidates]
+    collar[candidates] = models.upper.log_likelihood(pixels) > models.skin.log_likelihood(pixels)
+    return collar
+
+
 def _looks_like_hair(pixels: np.ndarray, models: _Models) -> np.ndarray:
     """Close to the hair model, and likelier hair than skin or the top."""
     hair_likelihood = models.hair.log_likelihood(pixels)
@@ -967,13 +981,26 @@ def _smooth_path(cost: np.ndarray, bend: float) -> np.ndarray:
 # -- labelling, one function per body part ------------------------------------------------------
 
 
-def _label_torso(labels: np.ndarray, parts: np.ndarray, skin: np.ndarray | None, below_waist: np.ndarray) -> None:
-    """Torso: upper clothes above the waist cut, pants below; bare skin (neckline, midriff) is torso-skin (10)."""
+def _label_torso(labels: np.ndarray, parts: np.ndarray, skin: np.ndarray | None, below_waist: np.ndarray,
+                 face: _Face | None, left_side: np.ndarray) -> None:
+    """Torso: upper clothes above the waist cut, pants below. Its bare skin is torso-skin (10) where it
+    joins the neck (the neckline); other bare skin on it (an arm against the body, a hand on the belly)
+    is the arm of its side."""
     torso = parts == _TORSO
     labels[torso & ~below_waist] = Cihp.UPPER_CLOTHES
     labels[torso & below_waist] = Cihp.PANTS
-    if skin is not None:
-        labels[torso & skin] = Cihp.TORSO_SKIN
+    if skin is None:
+        return
+    bare = torso & skin
+    neckline = bare
+    if face is not None:
+        reach = skin & _in_parts(parts, (_HEAD, _TORSO))
+        count, components = cv2.connectedComponents(reach.astype(np.uint8), connectivity=8)
+        at_neck = np.unique(components[reach & _neck_core(face, parts.shape)])
+        neckline = bare & np.isin(components, at_neck[at_neck > 0])
+    labels[neckline] = Cihp.TORSO_SKIN
+    labels[bare & ~neckline & left_side] = Cihp.LEFT_ARM
+    labels[bare & ~neckline & ~left_side] = Cihp.RIGHT_ARM
 
 
 def _label_arms(
@@ -1002,6 +1029,9 @@ def _label_arms(
             labels[rows[looks_lower], cols[looks_lower]] = Cihp.PANTS
 
 
+LEG_MIN_LEVEL = 1.15  # torso lengths: bare legs start below the hips and the crotch, never at the hip line
+
+
 def _label_legs(
     labels: np.ndarray,
     parts: np.ndarray,
@@ -1009,6 +1039,7 @@ def _label_legs(
     below_waist: np.ndarray,
     axial: np.ndarray,
     skeleton: _Skeleton,
+    left_side: np.ndarray,
 ) -> None:
     """Legs (16 = the person's left): bare skin below the waist; clothes there are pants (9); leg pixels
     above the waist cut belong to the top. Without a skin model: pants from the hips down, bare legs
@@ -1018,9 +1049,26 @@ def _label_legs(
         labels[leg & ~below_waist] = Cihp.UPPER_CLOTHES
         labels[leg & below_waist] = Cihp.PANTS
         if skin is not None:
-            labels[leg & below_waist & skin] = label
+            bare = leg & below_waist & skin
+            labels[bare & (axial > LEG_MIN_LEVEL)] = label
+            high = bare & (axial <= LEG_MIN_LEVEL)  # skin at the hips is a hand or an arm hanging there
+            labels[high & left_side] = Cihp.LEFT_ARM
+            labels[high & ~left_side] = Cihp.RIGHT_ARM
         elif skeleton.get(knee) is not None:
             labels[leg & below_waist & (axial > _axial_of(skeleton, skeleton.get(knee)))] = label
+
+
+def _person_left(shape: tuple[int, int], skeleton: _Skeleton) -> np.ndarray:
+    """Pixels on the person's left of the body axis (the side of the left shoulder; the image's right
+    without one)."""
+    ys, xs = np.arange(shape[0], dtype=np.float32)[:, None], np.arange(shape[1], dtype=np.float32)[None, :]
+    origin = skeleton.mid_shoulder if skeleton.mid_shoulder is not None else np.array([shape[1] / 2, 0.0])
+    across = np.array([skeleton.axis[1], -skeleton.axis[0]])  # the axis turned: points to the image's right
+    side = (xs - origin[0]) * across[0] + (ys - origin[1]) * across[1]
+    left_shoulder = skeleton.get(Body25.L_SHOULDER)
+    if left_shoulder is not None and float(np.dot(left_shoulder - origin, across)) < 0:
+        return side < 0
+    return side >= 0
 
 
 def _axial_of(skeleton: _Skeleton, point: np.ndarray) -> float:
@@ -1030,7 +1078,7 @@ def _axial_of(skeleton: _Skeleton, point: np.ndarray) -> float:
 
 
 def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin: np.ndarray | None,
-                near_face: np.ndarray | None, hair: np.ndarray | None) -> None:
+                near_face: np.ndarray | None, hair: np.ndarray | None, collar: np.ndarray) -> None:
     """Head: the rest of the head, and `hair` wherever it falls, is hair (2); the face (13) is the face
     outline less the fringe over its forehead, plus bare skin just around the outline (`near_face`)
     above the chin (ears, the forehead above the mesh), with no holes (eyes, brows, lips)."""
@@ -1042,7 +1090,8 @@ def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin:
     if hair is not None:  # below the chin, what is not hair is the neck, or a collar
         neck = head & below_chin & ~hair
         labels[neck] = Cihp.UPPER_CLOTHES
-        labels[neck & (_neck_core(face, parts.shape) | (skin if skin is not None else False))] = Cihp.TORSO_SKIN
+        bare = neck & (_neck_core(face, parts.shape) & ~collar | (skin if skin is not None else False))
+        labels[bare] = Cihp.TORSO_SKIN
     face_region = face.mask & (parts >= 0)
     if skin is not None:
         above_chin = np.arange(parts.shape[0])[:, None] <= face.chin[1]
