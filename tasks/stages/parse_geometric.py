@@ -330,7 +330,7 @@ class GeometricParser:
         labels[~silhouette] = 0
         if _is_skirt(labels == Cihp.PANTS, skeleton):
             labels[labels == Cihp.PANTS] = Cihp.SKIRT
-        return labels
+        return _smooth_labels(labels, SMOOTH_SIGMA_PX)
 
     def _face_polygon(self, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton) -> np.ndarray | None:
         """Face Mesh's oval when it belongs to the posed person, else an ellipse from the pose's face
@@ -341,6 +341,30 @@ class GeometricParser:
         if polygon is None:
             polygon = _face_ellipse_from_pose(pose, image_rgb.shape[:2], skeleton)
         return polygon
+
+
+# VITON-HD's maps were parsed at 256x192, upsampled and blurred (contract §1.3): their boundaries are
+# smooth curves, without the pixel-scale ragging colour decisions leave. Ours get the same treatment: each
+# label's share blurred with this sigma (pixels of the 768x1024 image), the likeliest label kept.
+SMOOTH_SIGMA_PX = 10.0
+SMOOTH_STEP = 4  # the blur runs at a quarter of the size: the blurred shares are smooth, so nothing is lost
+
+
+def _smooth_labels(labels: np.ndarray, sigma: float) -> np.ndarray:
+    """Each pixel takes the label with the largest Gaussian-weighted share around it (decided at half
+    the size, where the shares are blurred at a quarter)."""
+    height, width = labels.shape
+    small = (max(1, width // SMOOTH_STEP), max(1, height // SMOOTH_STEP))
+    sampled = labels[::2, ::2]  # every other pixel: the shares are averaged over a quarter-size pixel anyway
+    half = (sampled.shape[1], sampled.shape[0])
+    present = np.flatnonzero(np.bincount(sampled.ravel(), minlength=len(Cihp)))
+    shares = np.empty((len(present), half[1], half[0]), dtype=np.float32)
+    for index, label in enumerate(present):
+        share = cv2.resize((sampled == label).astype(np.float32), small, interpolation=cv2.INTER_AREA)
+        share = cv2.GaussianBlur(share, (0, 0), sigma / SMOOTH_STEP)
+        shares[index] = cv2.resize(share, half, interpolation=cv2.INTER_LINEAR)
+    smoothed = present[np.argmax(shares, axis=0)].astype(labels.dtype)
+    return cv2.resize(smoothed, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
 def _below_rows(frame: _Frame, work_rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
