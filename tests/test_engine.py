@@ -67,13 +67,14 @@ def test_output_paths_are_every_file_the_stages_declare():
 def test_the_default_fingerprints_are_the_ones_existing_datasets_hold():
     """sha256 of {"stage", "version": 1, params} as the v1 planner wrote them: a dataset made before the
     registry must not rerun anything after it (the pose gate is new: it runs once, from the pose sidecars;
-    the geometric parser's v2, with skirts, reruns parse and agnostic once; the pose's torso visibility
-    threshold reruns pose and what follows once, so the photos it refused for their hips are tried again)."""
+    the geometric parser's v2, with skirts, and v3, closer to the dataset's own maps, rerun parse and
+    agnostic once; the pose's torso visibility threshold reruns pose and what follows once, so the photos
+    it refused for their hips are tried again; the classical cloth mask v2 reruns the cloth masks once)."""
     fingerprints = stage_fingerprints(PreprocessConfig(catalog="c", out="o"), Weights())
     assert fingerprints == {
         PERSON: {"ingest": "18c7943c8482b5dd", "pose": "bb73ff87e709ec7b", "pose_gate": "86304020dfacdaac",
-                 "parse": "cab6f8c579108085", "agnostic": "1f994aa8060e8244"},
-        GARMENT: {"ingest": "18c7943c8482b5dd", "cloth_mask": "e49d7e6aad2f3782"},
+                 "parse": "55d7f76477a9d4b3", "agnostic": "1f994aa8060e8244"},
+        GARMENT: {"ingest": "18c7943c8482b5dd", "cloth_mask": "6a0d21abffd2f22e"},
     }
 
 
