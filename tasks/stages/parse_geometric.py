@@ -330,7 +330,9 @@ class GeometricParser:
         labels[~silhouette] = 0
         if _is_skirt(labels == Cihp.PANTS, skeleton):
             labels[labels == Cihp.PANTS] = Cihp.SKIRT
-        return _smooth_labels(labels, SMOOTH_SIGMA_PX)
+        labels = _smooth_labels(labels, SMOOTH_SIGMA_PX)
+        labels[~silhouette] = 0  # smoothing rounds corners off, it never grows the person
+        return labels
 
     def _face_polygon(self, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton) -> np.ndarray | None:
         """Face Mesh's oval when it belongs to the posed person, else an ellipse from the pose's face
@@ -854,7 +856,8 @@ def _hair_region(lab: np.ndarray, parts: np.ndarray, models: _Models, face: _Fac
     seed = head & ~below_chin
     if skin is not None:
         candidates &= ~skin
-        seed &= ~(skin & (_distance_to(face.mask) <= 0.2 * face.width))  # the face's own skin beside the outline
+        beside = (_distance_to(face.mask) <= 0.2 * face.width) & (rows >= face.polygon[:, 1].min())
+        seed &= ~(skin & beside)  # the face's own skin beside the outline (a bare scalp above it stays hair)
     hair = seed.copy()
     hair[candidates] = _looks_like_hair(lab[candidates], models)
     hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
