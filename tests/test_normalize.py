@@ -8,12 +8,17 @@ from __future__ import annotations
 import io
 import json
 import struct
+import subprocess
+import sys
+import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, features
 
+import tasks.stages.normalize as normalize
 from tasks.stages.normalize import (
     FIT_METHODS,
     FitRecord,
@@ -377,3 +382,98 @@ def test_a_non_image_is_reported_as_such_even_after_ultralytics_patched_pil():
     import ultralytics  # noqa: F401  (the import applies the patch)
 
     assert _error_code(b"plain text, not a photo\n" * 4) == errors.NOT_AN_IMAGE
+
+
+# ---------------------------------------------------------------------------------------------------
+# Extreme sources the config admits (64 MP: 24000x200, 200x40000): a canvas or a clear error, never a crash
+# ---------------------------------------------------------------------------------------------------
+
+# Ingest with fit=crop on a WIDTHxHEIGHT source holding PERSON (a photo) in its middle, in a process of its own:
+# a crash in native code (MediaPipe, OpenCV) shows as its exit status instead of killing pytest. Prints the canvas
+# shape and fit, or the ItemError.
+_CROP_INGEST = """
+import io, json, sys
+from types import SimpleNamespace
+from PIL import Image
+from tasks.records.config import PreprocessConfig
+from tasks.stages.model_cache import Weights
+from tasks.stages.normalize import ingest
+from tasks.stages.registry import StageEnv
+from vitonhd_models.errors import ItemError
+
+width, height, person = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+source = Image.new("RGB", (width, height), (235, 235, 235))
+photo = Image.open(person).convert("RGB")
+short = min(width, height)
+photo = photo.resize((short, short * 4 // 3) if width < height else (short * 3 // 4, short))
+source.paste(photo, ((width - photo.width) // 2, (height - photo.height) // 2))
+buffer = io.BytesIO()
+source.save(buffer, "PNG", compress_level=1)
+env = StageEnv(PreprocessConfig(catalog="/nowhere/catalog", out="/nowhere/out", fit="crop"), Weights())
+try:
+    result = ingest(env, SimpleNamespace(source=buffer.getvalue()), person=True)
+    print(json.dumps({"canvas": list(result.image.shape), "fit": result.fit.to_dict()}))
+except ItemError as error:
+    print(json.dumps({"error": error.code, "message": error.message}))
+"""
+
+
+@pytest.mark.parametrize("width, height", [(24000, 200), (200, 40000)])
+def test_crop_of_an_extreme_source_gives_a_canvas_or_a_clear_error_never_a_crash(samples_dir, width, height):
+    person = sorted((samples_dir / "image").glob("*.jpg"))[0]
+    done = subprocess.run([sys.executable, "-c", _CROP_INGEST, str(width), str(height), str(person)],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+    assert done.returncode == 0, (
+        f"ingest (fit=crop) of a {width}x{height} source killed its process ({how}): {done.stderr[-1000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if "error" in result:
+        assert result["error"] not in (errors.STAGE_ERROR, errors.WORKER_CRASHED), f"not a clear error: {result}"
+    else:
+        assert result["canvas"] == list(CANVAS_SHAPE), f"not a canvas: {result}"
+        fit = result["fit"]
+        assert (fit["method"], fit["source_width"], fit["source_height"]) == ("crop", width, height), fit
+
+
+@pytest.mark.parametrize("width, height", [(24000, 200), (200, 40000)])
+def test_pad_of_an_extreme_source_puts_all_of_it_on_the_canvas(width, height):
+    image = np.full((height, width, 3), 235, np.uint8)
+    image[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = (30, 60, 90)
+    out, record = fit_to_canvas(image, "pad")
+    assert out.shape == CANVAS_SHAPE, f"{width}x{height} gave {out.shape}"
+    x0, y0, x1, y1 = record.content_box()
+    assert (x1 - x0, y1 - y0) == ((IMAGE_WIDTH, pytest.approx(200 * IMAGE_WIDTH / 24000, abs=1)) if width > height
+                                  else (pytest.approx(200 * IMAGE_HEIGHT / 40000, abs=1), IMAGE_HEIGHT)), (
+        f"the whole source, scaled to fit: {x0, y0, x1, y1}")
+
+
+def test_a_crop_window_over_the_size_limit_is_built_from_the_reduced_source_with_the_same_placement(monkeypatch):
+    # 3200x300 with a box as wide as the photo: the window is 3520x4693, past the image top and bottom.
+    coarse = np.random.default_rng(5).integers(0, 255, (30, 320, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((3200, 300), Image.Resampling.BICUBIC))
+    box = (0, 0, 3200, 300)
+    direct, direct_fit = fit_to_canvas(image, "crop", person_box=box)
+    monkeypatch.setattr(normalize, "MAX_CROP_WINDOW_PIXELS", 1_000_000)  # the window is 16.5 MP: reduced 2x
+    reduced, reduced_fit = fit_to_canvas(image, "crop", person_box=box)
+    assert reduced_fit == direct_fit, "the placement (the FitRecord) does not depend on how the window is built"
+    difference = np.abs(reduced.astype(int) - direct.astype(int))
+    assert difference.mean() < 0.1 and difference.max() <= 8, (
+        f"the reduced window's canvas differs from the whole one's: mean {difference.mean():.3f}, max {difference.max()}")
+
+
+def test_a_crop_window_reaching_far_past_an_extreme_source_is_not_built_whole():
+    # A box as wide as a 24000x200 source: the window is 26400x35200 (2.8 GB built whole).
+    image = np.full((200, 24000, 3), 235, np.uint8)
+    image[50:150, 2000:22000] = (30, 60, 90)
+    tracemalloc.start()
+    try:
+        out, record = fit_to_canvas(image, "crop", person_box=(0, 0, 24000, 200))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == CANVAS_SHAPE and record.background_rgb == (235, 235, 235), record
+    assert peak < 200_000_000, f"{peak / 1e6:.0f} MB allocated for a 768x1024 canvas"
+    ys, xs = np.nonzero(out.astype(int).sum(axis=2) < 600)  # the dark band, blurred edges included
+    found = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    expected = (*record.to_output(2000, 50), *record.to_output(22000, 150))
+    assert np.abs(np.subtract(found, expected)).max() <= 2, f"the content is at {found}, the fit says {expected}"

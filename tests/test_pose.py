@@ -12,16 +12,21 @@ import pytest
 from tasks.stages.pose import (
     DEFAULT_TORSO_VISIBILITY_THRESHOLD,
     HIP_BELOW_FRAME_MARGIN,
+    MAX_POSE_SIDE,
     SECOND_LOOK_MARGIN,
     PoseEstimator,
     PoseResult,
+    box_from_pose,
     choose_person,
     mediapipe_to_body25,
     openpose_json,
     pad_to_square,
     pose_from_npz_bytes,
+    pose_input_size,
     pose_to_npz_bytes,
     render_body25,
+    scale_box,
+    shrink_for_pose,
     unpad_pose,
 )
 from vitonhd_models.agnostic import GRAY, check_agnostic_keypoints, image_agnostic, parse_agnostic
@@ -655,3 +660,91 @@ def test_unpad_pose_maps_landmarks_and_mask_back_to_the_image_pixels():
     back, back_mask = unpad_pose(landmarks, mask, (9, 4), 48, 30, 40)
     np.testing.assert_allclose(back[0], (10.5, 20.25, -0.2 * 48 / 30, 0.9), rtol=1e-6)
     assert back_mask.shape == (40, 30) and back_mask[20, 10] == 1.0 and back_mask.sum() == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images over MediaPipe's size limit (fit=crop searches the source itself, at any size the config admits)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_pose_input_size_keeps_an_image_within_the_limit_and_shrinks_a_longer_one_to_it():
+    assert pose_input_size(W, H) == (W, H) and pose_input_size(3072, MAX_POSE_SIDE) == (3072, MAX_POSE_SIDE)
+    assert pose_input_size(24000, 200) == (MAX_POSE_SIDE, 34), "aspect kept, longer side at the limit"
+    assert pose_input_size(200, 40000) == (20, MAX_POSE_SIDE)
+    assert pose_input_size(1_000_000, 64) == (MAX_POSE_SIDE, 1), "a side never shrinks to nothing"
+
+
+def test_scale_box_moves_each_edge_outward_to_whole_pixels():
+    assert scale_box((1, 2, 3, 4), (4096, 34), (24000, 200)) == (5, 11, 18, 24), "floor the start, ceil the end"
+    assert scale_box((0, 0, 4096, 34), (4096, 34), (24000, 200)) == (0, 0, 24000, 200), "the whole image stays whole"
+    assert scale_box((143, 0, 577, 1024), (W, H), (W, H)) == (143, 0, 577, 1024), "the same size: the same box"
+
+
+def _seen_sides(estimator, monkeypatch) -> list[tuple[int, int]]:
+    """Every image size the pose graph is handed from now on; one over the limit fails the test instead of
+    reaching MediaPipe (which would kill pytest)."""
+    seen = []
+    run = estimator._solutions_pose
+
+    def checked(image):
+        seen.append(image.shape[:2])
+        assert max(image.shape[:2]) <= 1.2 * MAX_POSE_SIDE + 1, f"MediaPipe was handed {image.shape[:2]}"
+        return run(image)
+
+    monkeypatch.setattr(estimator, "_solutions_pose", checked)
+    return seen
+
+
+@pytest.mark.parametrize("width, height", [(24000, 200), (200, 40000), (1_000_000, 64)])
+def test_the_person_search_on_an_extreme_source_never_hands_mediapipe_a_side_over_the_limit(
+    estimator, monkeypatch, width, height
+):
+    source = np.full((height, width, 3), 235, np.uint8)
+    source[height // 4 : 3 * height // 4, width // 2 - 60 : width // 2 + 60] = (40, 60, 90)  # some content
+    seen = _seen_sides(estimator, monkeypatch)
+    box = estimator.person_box(source)
+    assert seen, "the pose graph ran"
+    if box is not None:
+        x0, y0, x1, y1 = box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, f"box {box} outside the {width}x{height} source"
+
+
+@pytest.fixture(scope="module")
+def photo_and_five_times(sample_images) -> tuple[np.ndarray, np.ndarray]:
+    """A sample photo, and the same photo 5x larger (3840x5120: over MAX_POSE_SIDE)."""
+    photo = next(iter(sample_images.values()))
+    return photo, cv2.resize(photo, (5 * W, 5 * H), interpolation=cv2.INTER_CUBIC)
+
+
+def test_the_person_box_of_a_photo_within_the_limit_is_unchanged(estimator, sample_images, photo_and_five_times):
+    photo = photo_and_five_times[0]
+    at_limit = cv2.resize(photo, (3 * W, 3 * H), interpolation=cv2.INTER_CUBIC)  # 3072x4096: exactly at the limit
+    for name, image in [*sample_images.items(), ("3072x4096", at_limit)]:
+        assert shrink_for_pose(image) is image, f"{name}: an image within the limit is handed over untouched"
+        height, width = image.shape[:2]
+        direct = box_from_pose(estimator.estimate(image), width, height, estimator.visibility_threshold)
+        assert estimator.person_box(image) == direct, f"{name}: the box is the one computed on the image itself"
+
+
+def test_the_person_box_of_a_photo_over_the_limit_is_found_shrunk_and_given_in_its_pixels(
+    estimator, photo_and_five_times, monkeypatch
+):
+    photo, large = photo_and_five_times
+    expected = np.array(estimator.person_box(photo)) * 5
+    seen = _seen_sides(estimator, monkeypatch)
+    box = estimator.person_box(large)
+    assert seen and all(max(shape) <= MAX_POSE_SIDE for shape in seen), f"MediaPipe was handed {seen}"
+    assert box is not None and 0 <= box[0] < box[2] <= 5 * W and 0 <= box[1] < box[3] <= 5 * H, f"box {box}"
+    assert np.abs(np.array(box) - expected).max() <= 3 * 5, f"box {box} vs 5x the photo's {expected.tolist()}"
+
+
+def test_a_pose_estimated_on_a_photo_over_the_limit_is_the_shrunk_photos_in_its_pixels(estimator,
+                                                                                       photo_and_five_times):
+    large = photo_and_five_times[1]
+    shrunk = shrink_for_pose(large)
+    assert shrunk.shape[:2] == (MAX_POSE_SIDE, 3072), f"shrunk to {shrunk.shape[:2]}"
+    result, seen = estimator.estimate(large), estimator.estimate(shrunk)
+    np.testing.assert_allclose(result.landmarks_px[:, :2], seen.landmarks_px[:, :2] * 1.25, rtol=1e-5, atol=1e-3,
+                               err_msg="the landmarks MediaPipe found on the shrunk photo, scaled to the photo's pixels")
+    assert result.segmentation.shape == large.shape[:2], "the mask is as large as the photo"
+    assert result.persons_detected == seen.persons_detected == 1

@@ -225,6 +225,15 @@ def estimate_background_rgb(image_rgb: np.ndarray) -> tuple[int, int, int]:
 FIT_METHODS = ("pad", "crop")
 CANVAS_ASPECT = IMAGE_WIDTH / IMAGE_HEIGHT  # 3:4, width over height
 CROP_MARGIN_FRACTION = 0.05  # room around the person box (of its larger side): no limb touches the edge
+# A crop window that reaches past the image is built whole (the image on its background colour) and then
+# resampled. A person box as wide as a very wide source needs a window 4/3 of that width tall (26400x35200, 2.8 GB,
+# for a 24000-px box; terabytes at the 64 MP limit's 1,000,000x64), which kills the worker or fails for memory.
+# Past this many pixels (768 MB; a 64 MP photo up to about 2.4:1 or 1:4 stays under it: its result is as before) only
+# the part of the image the window reads is used, reduced k times (k x k blocks averaged) so the window is
+# at most CROP_REDUCED_WINDOW canvases wide: still more than half that, so Lanczos shrinks it onto the canvas as
+# before, and the mapping stays exactly `source / k`, so the FitRecord is unchanged.
+MAX_CROP_WINDOW_PIXELS = 256_000_000
+CROP_REDUCED_WINDOW = 4
 
 
 @dataclass(frozen=True)
@@ -362,17 +371,62 @@ def _fit_crop(
     if background is None:
         out = _resize(image_rgb, (IMAGE_WIDTH, IMAGE_HEIGHT), (left, top, left + win_w, top + win_h))
     else:
-        pad_l = int(np.ceil(max(0.0, -left)))
-        pad_t = int(np.ceil(max(0.0, -top)))
-        pad_r = int(np.ceil(max(0.0, left + win_w - width)))
-        pad_b = int(np.ceil(max(0.0, top + win_h - height)))
-        big = np.empty((height + pad_t + pad_b, width + pad_l + pad_r, 3), dtype=np.uint8)
-        big[:] = background
-        big[pad_t : pad_t + height, pad_l : pad_l + width] = image_rgb
-        box = (left + pad_l, top + pad_t, left + pad_l + win_w, top + pad_t + win_h)
-        out = _resize(big, (IMAGE_WIDTH, IMAGE_HEIGHT), box)
+        out = _resize_past_the_image(image_rgb, (left, top, win_w, win_h), background)
     record = FitRecord("crop", float(scale), -left * scale, -top * scale, width, height, background)
     return out, record
+
+
+def _resize_past_the_image(
+    image_rgb: np.ndarray, window: tuple[float, float, float, float], background: tuple[int, int, int]
+) -> np.ndarray:
+    """Resample a window (left, top, width, height in source pixels) that reaches past the image to the canvas:
+    the image on the background colour, built whole, then resampled (`_under_window` where that is too big)."""
+    height, width = image_rgb.shape[:2]
+    pad_l, pad_t, pad_r, pad_b = _pads(window, width, height)
+    if (height + pad_t + pad_b) * (width + pad_l + pad_r) > MAX_CROP_WINDOW_PIXELS:
+        image_rgb, window = _under_window(image_rgb, window, background)
+        height, width = image_rgb.shape[:2]
+        pad_l, pad_t, pad_r, pad_b = _pads(window, width, height)
+    left, top, win_w, win_h = window
+    big = np.empty((height + pad_t + pad_b, width + pad_l + pad_r, 3), dtype=np.uint8)
+    big[:] = background
+    big[pad_t : pad_t + height, pad_l : pad_l + width] = image_rgb
+    box = (left + pad_l, top + pad_t, left + pad_l + win_w, top + pad_t + win_h)
+    return _resize(big, (IMAGE_WIDTH, IMAGE_HEIGHT), box)
+
+
+def _under_window(
+    image_rgb: np.ndarray, window: tuple[float, float, float, float], background: tuple[int, int, int]
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The part of the image the window's resampling reads (the window and the filter's reach), reduced k times
+    so the window is at most CROP_REDUCED_WINDOW canvases wide, and the window in that part's pixels."""
+    left, top, win_w, win_h = window
+    height, width = image_rgb.shape[:2]
+    k = max(1, int(np.ceil(win_w / (CROP_REDUCED_WINDOW * IMAGE_WIDTH))))
+    reach = int(np.ceil(3.0 * max(1.0, win_w / IMAGE_WIDTH))) + k + 1  # Lanczos reads 3 pixels past each edge
+    x0, y0 = max(0, int(np.floor(left)) - reach), max(0, int(np.floor(top)) - reach)
+    x1, y1 = min(width, int(np.ceil(left + win_w)) + reach), min(height, int(np.ceil(top + win_h)) + reach)
+    part = image_rgb[y0:y1, x0:x1]
+    window = (left - x0, top - y0, win_w, win_h)
+    if k == 1:
+        return part, window
+    reduced = np.asarray(Image.fromarray(np.ascontiguousarray(part), mode="RGB").reduce(k), dtype=np.float32)
+    # PIL averages a partial last block over the pixels it has; the block stands for k x k pixels, the missing ones
+    # background, so the reduced image is exactly `part / k`.
+    rest_y, rest_x, colour = (y1 - y0) % k, (x1 - x0) % k, np.asarray(background, dtype=np.float32)
+    if rest_x:
+        reduced[:, -1] = (reduced[:, -1] * rest_x + colour * (k - rest_x)) / k
+    if rest_y:
+        reduced[-1] = (reduced[-1] * rest_y + colour * (k - rest_y)) / k
+    left, top, win_w, win_h = window
+    return np.clip(np.rint(reduced), 0, 255).astype(np.uint8), (left / k, top / k, win_w / k, win_h / k)
+
+
+def _pads(window: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+    """Whole pixels of background a window needs left, top, right and bottom of a width x height image."""
+    left, top, win_w, win_h = window
+    return (int(np.ceil(max(0.0, -left))), int(np.ceil(max(0.0, -top))),
+            int(np.ceil(max(0.0, left + win_w - width))), int(np.ceil(max(0.0, top + win_h - height))))
 
 
 def _resize(

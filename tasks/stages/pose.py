@@ -10,6 +10,8 @@ Decisions (peers.md §3 lists the choices the MediaPipe -> BODY_25 converters di
   threshold, their low visibility as the confidence, as OpenPose keeps them; a hip just below the bottom
   edge (a crop at the waist) is written on the last row (`place_joint`). A hip in the padding stays missing.
 - A person the pose model misses gets a second look, on the image padded to a square (SECOND_LOOK_MARGIN).
+- MediaPipe never sees a side over MAX_POSE_SIDE (past OpenCV's 32,767-pixel remap limit, or a 2 GiB square, it
+  kills the process): a larger image, a source `fit=crop` searches, is shrunk first and the result scaled back.
 - The small toes (20, 23), which MediaPipe lacks, are always 0, 0, 0 (never duplicated, never NaN).
 - Coordinates are float pixels of the image the estimator was given (contract §0 item 3).
 - Several people: the solutions pose graph returns one person per call, so `PoseEstimator` finds people
@@ -357,8 +359,59 @@ TASKS_MAX_POSES = MAX_PERSONS
 # past both sides, and the landmark model's "a pose is present" score can fall under the 0.5 the graph asks:
 # 0.37 on VITON-HD's 00802_00, 0.90 padded to a square, 0.36 downscaled to half. Only a miss pays for it.
 SECOND_LOOK_MARGIN = 0.1
+# MediaPipe never sees an image with a side longer than this: a larger one is shrunk first (`pose_input_size`)
+# and what is found is scaled back to its pixels. `fit=crop` searches the decoded source for the person, at any
+# size the config admits (64 MP: 24000x200 and 200x40000 alike), and past a limit MediaPipe kills the process
+# rather than fail: its graph warps the image into the models' inputs with OpenCV's remap, which aborts past
+# 32,767 pixels a side (200x40000 did), and the second look's square, 1.2 times the longer side, segfaults once it
+# passes 2 GiB (24000x200 did: a 28800x28800 square; 24000x24000 runs). The detector sees 224x224 and the landmark
+# model 256x256 whatever the input, so a person search loses nothing at 4096, and the second look's square stays
+# under 5,000 px (72 MB). An image within the limit (every canvas, ordinary photos) is passed on untouched.
+MAX_POSE_SIDE = 4096
 
 Box = tuple[int, int, int, int]
+
+
+def pose_input_size(width: int, height: int) -> tuple[int, int]:
+    """The (width, height) MediaPipe is given for an image of this size: the same within MAX_POSE_SIDE, else
+    shrunk, aspect ratio kept, so the longer side is MAX_POSE_SIDE (each side at least one pixel)."""
+    longer = max(width, height)
+    if longer <= MAX_POSE_SIDE:
+        return width, height
+    return (max(1, (width * MAX_POSE_SIDE + longer // 2) // longer),
+            max(1, (height * MAX_POSE_SIDE + longer // 2) // longer))
+
+
+def shrink_for_pose(image: np.ndarray) -> np.ndarray:
+    """The image as MediaPipe may see it (`pose_input_size`): the array itself when it is within the limit."""
+    height, width = image.shape[:2]
+    size = pose_input_size(width, height)
+    if size == (width, height):
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def scale_box(box: Box, from_size: tuple[int, int], to_size: tuple[int, int]) -> Box:
+    """A pixel box (x1/y1 exclusive) on an image of `from_size` (width, height), on the same image at `to_size`:
+    each edge moved outward to a whole pixel, so the box holds all it held (the same box at the same size)."""
+    (from_w, from_h), (to_w, to_h) = from_size, to_size
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return (x0 * to_w // from_w, y0 * to_h // from_h, -(-x1 * to_w // from_w), -(-y1 * to_h // from_h))
+
+
+def enlarge_pose(
+    landmarks: np.ndarray, segmentation: np.ndarray | None, from_size: tuple[int, int], to_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A pose found on the image shrunk to `from_size` (width, height), in the pixels of the image at `to_size`:
+    landmarks scaled per axis (z is relative to the width, so it stays), the mask resized."""
+    (from_w, from_h), (to_w, to_h) = from_size, to_size
+    lm = np.array(landmarks, dtype=np.float32, copy=True)
+    lm[:, 0] *= to_w / from_w
+    lm[:, 1] *= to_h / from_h
+    if segmentation is not None:
+        segmentation = cv2.resize(np.asarray(segmentation, dtype=np.float32), (to_w, to_h),
+                                  interpolation=cv2.INTER_LINEAR)
+    return lm, segmentation
 
 
 def person_score(box: Box, width: int, height: int) -> float:
@@ -600,13 +653,14 @@ class PoseEstimator:
 
         `valid_box` is where the photo lies on a padded canvas (joints outside it are missing).
         A person missed on the first look gets a second one, on the image padded to a square
-        (SECOND_LOOK_MARGIN). Raises ItemError(NO_PERSON) when neither finds a pose.
+        (SECOND_LOOK_MARGIN). An image with a side over MAX_POSE_SIDE is searched shrunk to it (results
+        still in its own pixels). Raises ItemError(NO_PERSON) when neither finds a pose.
         """
         image = _check_image(image_rgb)
         if self._pose is None and self._landmarker is None:
             raise RuntimeError("PoseEstimator is closed")
         height, width = image.shape[:2]
-        people = self._find_people_tasks(image) if self._landmarker is not None else self._find_people(image)
+        people = self._people(image)
         if not people:
             raise ItemError(NO_PERSON, "the pose model found no person in the image")
         boxes = [_landmark_box(lm, width, height, self.visibility_threshold) or (0, 0, 0, 0) for lm, _ in people]
@@ -633,16 +687,34 @@ class PoseEstimator:
     def person_box(self, image_rgb: np.ndarray) -> Box | None:
         """(x0, y0, x1, y1) box of the chosen person (x1/y1 exclusive), or None when there is no person."""
         image = _check_image(image_rgb)
+        # Searched on the image shrunk to MAX_POSE_SIDE (as `estimate` would), and boxed there too: the mask is
+        # never enlarged to a source's size only to be boxed. The box is scaled back outward to whole pixels.
+        small = shrink_for_pose(image)
         try:
-            result = self.estimate(image)
+            result = self.estimate(small)
         except ItemError as exc:
             if exc.code == NO_PERSON:
                 return None
             raise
         height, width = image.shape[:2]
-        return box_from_pose(result, width, height, self.visibility_threshold)
+        small_height, small_width = small.shape[:2]
+        box = box_from_pose(result, small_width, small_height, self.visibility_threshold)
+        if box is None or small is image:
+            return box
+        return scale_box(box, (small_width, small_height), (width, height))
 
     # -- backends -------------------------------------------------------------------------------
+    def _people(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Every person found, in the image's pixels. The only way in to MediaPipe: an image over MAX_POSE_SIDE
+        is searched shrunk, and what is found enlarged back (`enlarge_pose`)."""
+        small = shrink_for_pose(image)
+        people = self._find_people_tasks(small) if self._landmarker is not None else self._find_people(small)
+        if small is image:
+            return people
+        height, width = image.shape[:2]
+        from_size = (small.shape[1], small.shape[0])
+        return [enlarge_pose(landmarks, segmentation, from_size, (width, height)) for landmarks, segmentation in people]
+
     def _solutions_pose(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
         height, width = image.shape[:2]
         result = self._pose.process(image)
