@@ -1,15 +1,16 @@
 """The geometric parser backend (the default): an approximate CIHP map from MediaPipe's own outputs.
 
 It needs no weights: the person silhouette comes from MediaPipe Pose's segmentation, the face from
-MediaPipe Face Mesh, and body parts from the BODY_25 skeleton. Colour models (skin from the face,
-upper and lower clothes from the middle of the torso and from just below the hips) decide skin
-against sleeve, bare leg against trousers and where the top ends. `parser_id` says it is approximate.
+MediaPipe Face Mesh, and body parts from the BODY_25 skeleton and MediaPipe's hand landmarks. Colour
+models (skin from the face below the forehead, hair from the head around it, the top from the chest as
+a two-colour mixture, the bottom from just below the hips) decide skin against sleeve, hair against
+face and clothes, and where the top ends. It follows the conventions of the dataset's own CIHP_PGN maps
+(bench/accuracy.py measures it against them): hands belong to their arms, long hair is one region, the
+neck and neckline are torso-skin (10), sleeves are the top. `parser_id` says it is approximate.
 
-Within the person's box, what is costly (the partition into body parts by distance fields, the
-colour models and the skin mask) is decided at half the size (WORK_SCALE), a quarter of the pixels;
-the labels are then drawn at full size from those maps upsampled, with every boundary the geometry
-draws (face outline, neck, waist line, shoes, silhouette) at full resolution. VITON-HD's own maps were
-parsed at 256x192 and upsampled (contract §1.3).
+Everything is decided within the person's box at WORK_SCALE (VITON-HD's own maps were parsed at
+256x192, a quarter, and upsampled and blurred: contract §1.3); the labels are smoothed the way theirs
+were and brought to full size, where the silhouette cuts them.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ _MP_RIGHT_HAND = (MP_RIGHT_WRIST, MP_RIGHT_PINKY, MP_RIGHT_INDEX, MP_RIGHT_THUMB
 # Part ids of the internal partition of the silhouette (not CIHP ids).
 _HEAD, _TORSO, _L_ARM, _R_ARM, _L_LEG, _R_LEG, _L_HAND, _R_HAND = range(8)
 
-WORK_SCALE = 0.5  # parts, colours and skin are decided at half the size
+WORK_SCALE = 0.375  # parts, colours, skin and labels are decided at 3/8 of the size (288x384 for the canvas)
 CROP_MARGIN_PX = 16  # the box: around the silhouette, the keypoints and the face, in pixels of the image
 # In pixels at full size; the work frame scales lengths by WORK_SCALE and areas by its square.
 SKIN_CLEAN_RADIUS_PX = 4  # the opening and closing that clean specks off the skin mask
@@ -196,10 +197,12 @@ class _Face:
 class GeometricParser:
     """Approximate CIHP parsing from MediaPipe's own outputs (no trained parser needed).
 
-    Labels: 13 face (Face Mesh oval), 2 hair (head silhouette outside the face), 10 neck/torso
-    skin, 5 upper clothes, 14/15 arms (skin only; sleeves count as upper clothes), 9 pants or 12
-    skirt (no gap between the legs down to a hem above the ankles), 16/17 legs (bare skin below the
-    hips), 18/19 shoes (near visible feet). Never labels a pixel outside the person silhouette.
+    Labels: 13 face (the Face Mesh oval and the skin beside it, less a fringe, without holes), 2 hair
+    (one region around the head: over the forehead, the shoulders and the top), 10 torso-skin (the
+    neck and the neckline only), 5 upper clothes, 14/15 arms (their skin, and each hand whole; sleeves
+    are upper clothes), 9 pants or 12 skirt (no gap between the legs down to a hem above the ankles),
+    16/17 legs (bare skin below the hips), 18/19 shoes (near visible feet). Never labels a pixel
+    outside the person silhouette.
     Dresses, coats, hats, scarves, gloves, socks and sunglasses are not told apart (they land in the
     nearest of the labels above).
 
@@ -264,11 +267,11 @@ class GeometricParser:
         x0, y0, x1, y1 = frame.box
         crop = frame.at_full_size()
         labels[y0:y1, x0:x1] = self._label(
-            frame, crop, crop.crop(image_rgb), pose, skeleton, polygon,
+            frame, crop.crop(image_rgb), pose, skeleton, polygon,
             None if silhouette is None else crop.crop(silhouette))
         return labels
 
-    def _label(self, frame: _Frame, crop: _Frame, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton,
+    def _label(self, frame: _Frame, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton,
                polygon: np.ndarray | None, silhouette: np.ndarray | None) -> np.ndarray:
         """The labels of the box (`image_rgb`, `silhouette`: the box at full size; `skeleton`, `polygon`:
         pixels of the whole image)."""
@@ -296,42 +299,26 @@ class GeometricParser:
         if work_skin is not None:
             work_skin = _without_sleeve_specks(work_skin, work_parts, work_hands, work_skeleton)
 
-        # At full size: those maps upsampled, and the geometry drawn.
-        shape = image_rgb.shape[:2]
-        skeleton = skeleton.scaled(crop)
-        face = None if polygon is None else _face_from_polygon(crop.points(polygon), shape)
-        parts = frame.upsample(work_parts, cv2.INTER_NEAREST)
-        skin = None
-        if work_skin is not None:
-            skin = (frame.upsample(work_skin.astype(np.float32), cv2.INTER_LINEAR) > 0.5).astype(np.uint8)
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-            skin = cv2.morphologyEx(skin, cv2.MORPH_OPEN, kernel).astype(bool)
+        # The labels, at WORK_SCALE too, then smoothed (as the dataset's maps were) and brought to full size.
+        near_face = None if work_face is None else _distance_to(work_face.mask) <= 0.2 * work_face.width
+        below_waist = np.arange(work_shape[0])[:, None] >= work_waist[None, :]
+        left_side = _person_left(work_shape, work_skeleton)
+        labels = np.zeros(work_shape, dtype=np.uint8)
+        _label_torso(labels, work_parts, work_skin, below_waist, work_face, left_side)
+        _label_arms(labels, work_parts, work_skin, below_waist, lab, models)
+        _label_legs(labels, work_parts, work_skin, below_waist, work_axial, work_skeleton, left_side)
+        _label_head(labels, work_parts, work_face, work_skin, near_face, work_hair, work_collar)
+        _label_neck(labels, work_parts, work_silhouette, work_skeleton, work_face, work_skin)
+        _label_shoes(labels, work_parts, work_skin, work_skeleton)
+        for side, label in (("left", Cihp.LEFT_ARM), ("right", Cihp.RIGHT_ARM)):  # a hand is its arm, never a leg
+            labels[work_hands[side]] = label
+        labels[~work_silhouette] = 0
+        if _is_skirt(labels == Cihp.PANTS, work_skeleton):
+            labels[labels == Cihp.PANTS] = Cihp.SKIRT
+        labels = frame.upsample(_smooth_labels(labels, SMOOTH_SIGMA_PX * frame.scale), cv2.INTER_NEAREST)
         if silhouette is None:
             silhouette = frame.upsample(work_silhouette.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
-        axial = _axial(shape, skeleton)
-        below_waist = _below_rows(frame, work_waist, shape)
-        near_face = None
-        if work_face is not None and skin is not None:
-            distance = frame.upsample(_distance_to(work_face.mask), cv2.INTER_LINEAR) / frame.scale
-            near_face = distance <= 0.2 * face.width
-
-        labels = np.zeros(shape, dtype=np.uint8)
-        left_side = _person_left(shape, skeleton)
-        _label_torso(labels, parts, skin, below_waist, face, left_side)
-        _label_arms(labels, parts, skin, below_waist, image_rgb, models)
-        _label_legs(labels, parts, skin, below_waist, axial, skeleton, left_side)
-        hair = None if work_hair is None else frame.upsample(work_hair.astype(np.float32), cv2.INTER_LINEAR) > 0.5
-        collar = frame.upsample(work_collar.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
-        _label_head(labels, parts, face, skin, near_face, hair, collar)
-        _label_neck(labels, parts, silhouette, skeleton, face, skin)
-        _label_shoes(labels, parts, skin, skeleton)
-        for side, label in (("left", Cihp.LEFT_ARM), ("right", Cihp.RIGHT_ARM)):  # a hand is its arm, never a leg
-            labels[frame.upsample(work_hands[side].astype(np.uint8), cv2.INTER_NEAREST).astype(bool)] = label
-        labels[~silhouette] = 0
-        if _is_skirt(labels == Cihp.PANTS, skeleton):
-            labels[labels == Cihp.PANTS] = Cihp.SKIRT
-        labels = _smooth_labels(labels, SMOOTH_SIGMA_PX)
-        labels[~silhouette] = 0  # smoothing rounds corners off, it never grows the person
+        labels[~silhouette] = 0  # the outline at full size; smoothing rounds corners off, never grows the person
         return labels
 
     def _face_polygon(self, image_rgb: np.ndarray, pose: PoseResult, skeleton: _Skeleton) -> np.ndarray | None:
@@ -349,33 +336,20 @@ class GeometricParser:
 # smooth curves, without the pixel-scale ragging colour decisions leave. Ours get the same treatment: each
 # label's share blurred with this sigma (pixels of the 768x1024 image), the likeliest label kept.
 SMOOTH_SIGMA_PX = 10.0
-SMOOTH_STEP = 4  # the blur runs at a quarter of the size: the blurred shares are smooth, so nothing is lost
 
 
 def _smooth_labels(labels: np.ndarray, sigma: float) -> np.ndarray:
-    """Each pixel takes the label with the largest Gaussian-weighted share around it (decided at half
-    the size, where the shares are blurred at a quarter)."""
+    """Each pixel takes the label with the largest Gaussian-weighted share around it (`sigma` in pixels
+    of `labels`; the shares are blurred at half its size)."""
     height, width = labels.shape
-    small = (max(1, width // SMOOTH_STEP), max(1, height // SMOOTH_STEP))
-    sampled = labels[::2, ::2]  # every other pixel: the shares are averaged over a quarter-size pixel anyway
-    half = (sampled.shape[1], sampled.shape[0])
-    present = np.flatnonzero(np.bincount(sampled.ravel(), minlength=len(Cihp)))
-    shares = np.empty((len(present), half[1], half[0]), dtype=np.float32)
+    small = (max(1, width // 2), max(1, height // 2))
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(Cihp)))
+    shares = np.empty((len(present), height, width), dtype=np.float32)
     for index, label in enumerate(present):
-        share = cv2.resize((sampled == label).astype(np.float32), small, interpolation=cv2.INTER_AREA)
-        share = cv2.GaussianBlur(share, (0, 0), sigma / SMOOTH_STEP)
-        shares[index] = cv2.resize(share, half, interpolation=cv2.INTER_LINEAR)
-    smoothed = present[np.argmax(shares, axis=0)].astype(labels.dtype)
-    return cv2.resize(smoothed, (width, height), interpolation=cv2.INTER_NEAREST)
-
-
-def _below_rows(frame: _Frame, work_rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels at full size on or below a per-column row of the work frame."""
-    height, width = shape
-    xs = (np.arange(width) + 0.5) * frame.size[0] / width - 0.5
-    rows = np.interp(xs, np.arange(len(work_rows)), work_rows)
-    rows_full = (rows + 0.5) * height / frame.size[1] - 0.5
-    return np.arange(height)[:, None] >= rows_full[None, :]
+        share = cv2.resize((labels == label).astype(np.float32), small, interpolation=cv2.INTER_AREA)
+        share = cv2.GaussianBlur(share, (0, 0), sigma / 2)
+        shares[index] = cv2.resize(share, (width, height), interpolation=cv2.INTER_LINEAR)
+    return present[np.argmax(shares, axis=0)].astype(labels.dtype)
 
 
 def _segmentation(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
@@ -1035,7 +1009,7 @@ def _label_arms(
     parts: np.ndarray,
     skin: np.ndarray | None,
     below_waist: np.ndarray,
-    image_rgb: np.ndarray,
+    lab: np.ndarray,
     models: _Models,
 ) -> None:
     """Arms (14 = the person's left) and hands: skin only. A sleeve is upper clothes (contract §1.3);
@@ -1051,7 +1025,7 @@ def _label_arms(
             rows, cols = np.nonzero(arm & ~skin & below_waist)
             if len(rows) == 0:
                 continue
-            pixels = cv2.cvtColor(np.ascontiguousarray(image_rgb[rows, cols][:, None]), cv2.COLOR_RGB2LAB)[:, 0]
+            pixels = lab[rows, cols]
             looks_lower = models.lower.log_likelihood(pixels) > models.upper.log_likelihood(pixels)
             labels[rows[looks_lower], cols[looks_lower]] = Cihp.PANTS
 
