@@ -830,8 +830,7 @@ def _hair_region(lab: np.ndarray, parts: np.ndarray, models: _Models, face: _Fac
     seed = head & ~below_chin
     if skin is not None:
         candidates &= ~skin
-        beside = (_distance_to(face.mask) <= 0.2 * face.width) & (rows >= face.polygon[:, 1].min())
-        seed &= ~(skin & beside)  # the face's own skin beside the outline (a bare scalp above it stays hair)
+        seed &= ~(skin & (_distance_to(face.mask) <= 0.2 * face.width))  # the face's own skin beside the outline
     hair = seed.copy()
     hair[candidates] = _looks_like_hair(lab[candidates], models)
     hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
