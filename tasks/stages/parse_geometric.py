@@ -922,6 +922,8 @@ def _waist_rows(
     colours do not tell (alike models, no evidence), the cut is the prior's line."""
     height, width = parts.shape
     prior = _rows_at_level(skeleton, WAIST_PRIOR, width, height)
+    if skeleton.get(Body25.L_HIP) is None and skeleton.get(Body25.R_HIP) is None:
+        prior = np.maximum(prior, height)  # no hip in the photo: no bottom either, unless the colours show one
     if models.upper is None or models.lower is None or models.upper.separation(models.lower) <= WAIST_MIN_SEPARATION:
         return prior
     low, high = WAIST_SEARCH
