@@ -294,7 +294,7 @@ class GeometricParser:
         work_skin = _skin_mask(lab, work_parts, models, frame)
         work_waist = _waist_rows(lab, work_parts, work_skeleton, work_axial, models, work_skin)
         work_hair = _hair_region(lab, work_parts, models, work_face, work_skin, work_axial)
-        work_hands = _hand_regions(work_parts, work_skeleton, work_skin)
+        work_hands = _hand_regions(work_parts, work_skeleton, work_skin, lab, models)
         work_collar = _collar(lab, work_parts, models, work_skin)
         if work_skin is not None:
             work_skin = _without_sleeve_specks(work_skin, work_parts, work_hands, work_skeleton)
@@ -665,9 +665,11 @@ HAND_CORE_FROM = 0.35  # the core starts this far from the wrist towards the fin
 SLEEVE_SPECK_AREA = 0.03  # in square shoulder widths: arm skin smaller than this and away from the hand is a sleeve
 
 
-def _hand_regions(parts: np.ndarray, skeleton: _Skeleton, skin: np.ndarray | None) -> dict[str, np.ndarray]:
+def _hand_regions(parts: np.ndarray, skeleton: _Skeleton, skin: np.ndarray | None, lab: np.ndarray,
+                  models: _Models) -> dict[str, np.ndarray]:
     """Each hand as CIHP_PGN draws it, a solid blob: the skin around the wrist-to-fingertips line, closed
-    and filled, plus that line's outer part whatever its colour (a shadowed or gloved hand)."""
+    and filled, plus that line's outer part unless it looks like a garment (a shadowed hand is hand, one
+    in a pocket is the pocket)."""
     shape = parts.shape
     sw = skeleton.shoulder_width
     hands = {}
@@ -679,6 +681,14 @@ def _hand_regions(parts: np.ndarray, skeleton: _Skeleton, skin: np.ndarray | Non
             reach = _distance_to_segment(shape, wrist, tip)
             hand = (reach <= HAND_CORE * sw) & (_distance_to_segment(shape, wrist + HAND_CORE_FROM * (tip - wrist), tip)
                                                  <= HAND_CORE * sw)
+            if models.skin is not None:
+                pixels = lab[hand]
+                skin_likelihood = models.skin.log_likelihood(pixels)
+                garment = np.zeros(len(pixels), dtype=bool)
+                for model in (models.upper, models.lower):
+                    if model is not None:
+                        garment |= model.log_likelihood(pixels) > skin_likelihood
+                hand[hand] = ~garment
             if skin is not None:
                 size = 2 * max(1, int(0.03 * sw)) + 1
                 near = cv2.morphologyEx((skin & (reach <= HAND_REACH * sw)).astype(np.uint8), cv2.MORPH_CLOSE,
