@@ -2,8 +2,9 @@
 in ../shared/groundtruth/vitonhd: the floor it must keep, as bench/accuracy.py measures it.
 
 The figures are the 13 groups of contract §1.4 (what the networks read), pooled over the persons.
-Parser v3 measured 0.83 mean IoU over the 7 headline groups here (v2: 0.795); the floors sit a little
-below, so that a change that makes the parse worse fails while noise in MediaPipe does not.
+Parser v3 measured 0.886 mean IoU over the 7 headline groups here, its lowest group 0.81 (v2: 0.795
+and 0.67); the floors sit a little below, so that a change that makes the parse worse fails while noise
+in MediaPipe does not.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 from accuracy import GROUP_NAMES, HEADLINE_GROUPS, Overlap, group_map, read_parse, their_parse_path  # noqa: E402
 
 GROUNDTRUTH = PROJECT_ROOT.parent / "shared" / "groundtruth" / "vitonhd"
-MIN_MEAN_IOU = 0.81  # over the 7 headline groups (background, hair, face, upper, bottom, arms)
-MIN_GROUP_IOU = 0.68  # for each of them
+MIN_MEAN_IOU = 0.86  # over the 7 headline groups (background, hair, face, upper, bottom, arms)
+MIN_GROUP_IOU = 0.76  # for each of them
 
 
 @pytest.fixture(scope="module")
