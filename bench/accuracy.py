@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.machine import log  # noqa: E402
-from vitonhd_models.contract import CIHP_TO_GROUP13, Body25, Cihp  # noqa: E402
+from vitonhd_models.contract import CIHP_TO_GROUP13, MASK_THRESHOLD, Body25, Cihp  # noqa: E402
 
 DEFAULT_GROUNDTRUTH = Path(__file__).resolve().parent.parent.parent / "shared" / "groundtruth" / "vitonhd"
 GROUP_NAMES = ("background", "hair", "face", "upper", "bottom", "left_arm", "right_arm", "left_leg",
@@ -48,7 +48,6 @@ GROUP_NAMES = ("background", "hair", "face", "upper", "bottom", "left_arm", "rig
 HEADLINE_GROUPS = tuple(range(7))  # background .. right_arm: what the VITON-HD generator sees most
 BODY_JOINTS = tuple(range(15))  # BODY_25 0..14: nose to left ankle (no eyes, ears, feet)
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)  # in torso lengths
-MASK_THRESHOLD = 128  # a few released masks were re-saved with 16 grey levels
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -73,6 +72,7 @@ def read_keypoints(path: Path) -> np.ndarray | None:
 def read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
+    # As the loaders read it (a few released masks were re-saved with 16 grey levels).
     return np.asarray(Image.open(path).convert("L")) >= MASK_THRESHOLD
 
 

@@ -43,6 +43,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
+from tasks.stages.binary_masks import fill_holes, largest_component
 from tasks.stages.normalize import border_pixels, border_strip_width, encode_jpeg
 from vitonhd_models.errors import NO_GARMENT, ItemError
 
@@ -265,24 +266,6 @@ def _morph(mask: np.ndarray, op: int, radius: int) -> np.ndarray:
     return cv2.morphologyEx(mask, op, kernel)
 
 
-def fill_holes(mask: np.ndarray, keep_open: np.ndarray | None = None) -> np.ndarray:
-    """Set every background region not connected to the image border to 255 (but the regions holding a
-    pixel of `keep_open`, a 0/255 mask)."""
-    padded = cv2.copyMakeBorder(cv2.compare(mask, 0, cv2.CMP_GT), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    # Flood the background from the padded corner: it reaches every region that touches the border.
-    cv2.floodFill(padded, None, (0, 0), 128)
-    filled = cv2.compare(padded[1:-1, 1:-1], 128, cv2.CMP_NE)
-    if keep_open is None:
-        return filled
-    # The holes (4-connected, as the flood) that hold a pixel to keep open go back to 0.
-    count, labels = cv2.connectedComponents(cv2.bitwise_and(filled, cv2.bitwise_not(mask)), connectivity=4)
-    reopen = np.zeros(count, dtype=bool)
-    reopen[labels[(keep_open > 0) & (mask == 0)]] = True
-    reopen[0] = False
-    filled[reopen[labels]] = 0
-    return filled
-
-
 def background_pockets(mask: np.ndarray, plain: np.ndarray, lab: np.ndarray, background: np.ndarray,
                        band_r: int) -> np.ndarray:
     """The background pockets of a (filled) mask, as a 0/255 mask: the 4-connected regions of its `plain`
@@ -316,15 +299,6 @@ def background_pockets(mask: np.ndarray, plain: np.ndarray, lab: np.ndarray, bac
         if float(np.linalg.norm(colour - background)) > REFINE_MIN_CONTRAST:
             pockets[y0:y1, x0:x1] |= region
     return pockets
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest 8-connected foreground component (all zeros stays all zeros)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.compare(mask, 0, cv2.CMP_GT), connectivity=8)
-    if count <= 1:
-        return np.zeros(mask.shape, dtype=np.uint8)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return cv2.compare(labels, largest, cv2.CMP_EQ)
 
 
 def check_coverage(mask: np.ndarray) -> float:

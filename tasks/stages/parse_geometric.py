@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from tasks.stages.binary_masks import fill_holes, largest_component
 from tasks.stages.pose import (
     MP_LEFT_EAR,
     MP_LEFT_INDEX,
@@ -694,7 +695,7 @@ def _hand_regions(parts: np.ndarray, skeleton: _Skeleton, skin: np.ndarray | Non
                 near = cv2.morphologyEx((skin & (reach <= HAND_REACH * sw)).astype(np.uint8), cv2.MORPH_CLOSE,
                                         cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))).astype(bool)
                 hand |= near
-            hand = _fill_holes(hand) & (parts >= 0)
+            hand = (fill_holes(hand) > 0) & (parts >= 0)
         hands[side] = hand
     return hands
 
@@ -779,13 +780,17 @@ def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, rivals: Sequence
     distance = skin.distance(lab_pixels)
     is_skin = distance <= limit
     near = lab_pixels.reshape(-1, 3)[is_skin]  # only those are worth comparing with the rivals
-    skin_likelihood = skin.log_likelihood_at(distance[is_skin])
-    likelier = np.ones(len(near), dtype=bool)
+    is_skin[is_skin] = _likelier(skin.log_likelihood_at(distance[is_skin]), near, rivals)
+    return is_skin
+
+
+def _likelier(likelihood: np.ndarray, pixels: np.ndarray, rivals: Sequence[_ColourModel | None]) -> np.ndarray:
+    """Where `likelihood` (the pixels' log-likelihood under one model) beats every rival model's."""
+    wins = np.ones(len(pixels), dtype=bool)
     for rival in rivals:
         if rival is not None:
-            likelier &= skin_likelihood > rival.log_likelihood(near)
-    is_skin[is_skin] = likelier
-    return is_skin
+            wins &= likelihood > rival.log_likelihood(pixels)
+    return wins
 
 
 def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models, frame: _Frame) -> np.ndarray | None:
@@ -806,7 +811,7 @@ def _skin_mask(lab: np.ndarray, parts: np.ndarray, models: _Models, frame: _Fram
     cleaned = cv2.morphologyEx(skin.astype(np.uint8), cv2.MORPH_OPEN, kernel)
     cleaned = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, kernel).astype(bool)
     image_area = frame.full_shape[0] * frame.full_shape[1] * frame.scale**2
-    return _fill_small_holes(cleaned, max_area=0.002 * image_area) & (parts >= 0)
+    return (fill_holes(cleaned, max_area=0.002 * image_area) > 0) & (parts >= 0)
 
 
 HAIR_REACH = 0.75  # torso lengths below the shoulders that hair falling over the clothes may reach
@@ -846,7 +851,7 @@ def _hair_region(lab: np.ndarray, parts: np.ndarray, models: _Models, face: _Fac
     hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
     count, components = cv2.connectedComponents(hair.astype(np.uint8), connectivity=8)
     touching = np.unique(components[seed & hair])
-    hair = _fill_holes(np.isin(components, touching[touching > 0])) & ~face.mask & ~_neck_core(face, parts.shape)
+    hair = (fill_holes(np.isin(components, touching[touching > 0])) > 0) & ~face.mask & ~_neck_core(face, parts.shape)
     if skin is not None:  # a fringe: what hides the forehead's skin from the outline's top down
         skin_above = np.maximum.accumulate(skin & face.mask, axis=0)
         hair |= face.mask & face.forehead & ~skin_above
@@ -869,45 +874,15 @@ def _collar(lab: np.ndarray, parts: np.ndarray, models: _Models, skin: np.ndarra
         return collar
     candidates = (parts == _HEAD) & ~skin
     pixels = lab[candidates]
-    collar[candidates] = models.upper.log_likelihood(pixels) > models.skin.log_likelihood(pixels)
+    collar[candidates] = _likelier(models.upper.log_likelihood(pixels), pixels, (models.skin,))
     return collar
 
 
 def _looks_like_hair(pixels: np.ndarray, models: _Models) -> np.ndarray:
     """Close to the hair model, and likelier hair than skin or the top."""
-    hair_likelihood = models.hair.log_likelihood(pixels)
-    looks = models.hair.distance(pixels) <= HAIR_MAX_DISTANCE
-    for rival in (models.skin, models.upper):
-        if rival is not None:
-            looks &= hair_likelihood > rival.log_likelihood(pixels)
-    return looks
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count <= 2:
-        return mask.astype(bool)
-    return components == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """The mask with every region it encloses filled: what a flood of the background from outside the
-    frame does not reach."""
-    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
-    flood = np.zeros((outside.shape[0] + 2, outside.shape[1] + 2), np.uint8)
-    cv2.floodFill(outside, flood, (0, 0), 2, flags=4)
-    return outside[1:-1, 1:-1] != 2
-
-
-def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
-    """Fill enclosed non-mask specks (a shadow in a hand, a highlight on an arm)."""
-    count, components, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
-    height, width = mask.shape
-    x, y, w, h, area = (stats[:, i] for i in range(5))
-    touches_border = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
-    fill = ~touches_border & (area <= max_area)
-    fill[0] = False  # the mask itself
-    return mask | fill[components]
+    distance = models.hair.distance(pixels)
+    likelier = _likelier(models.hair.log_likelihood(pixels), pixels, (models.skin, models.upper))
+    return (distance <= HAIR_MAX_DISTANCE) & likelier
 
 
 # Where the top ends, in torso lengths along the body axis from the shoulders (0) to the hips (1).
@@ -1114,7 +1089,7 @@ def _label_head(labels: np.ndarray, parts: np.ndarray, face: _Face | None, skin:
     rows, cols = np.nonzero(face_region.any(axis=1))[0], np.nonzero(face_region.any(axis=0))[0]
     if len(rows):  # within the face's box: the cleaning reads a few thousand pixels, not the whole crop
         box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        face_region[box] = _fill_holes(_largest(face_region[box]))
+        face_region[box] = fill_holes(largest_component(face_region[box])) > 0
         labels[face_region] = Cihp.FACE
 
 
