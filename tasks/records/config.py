@@ -64,6 +64,12 @@ class Config(BaseModel):
 DEFAULT_SHARD_SIZE = 64
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; bigger headers are treated as decompression bombs
 DEFAULT_MAX_SOURCE_BYTES = 64 * 2**20  # a real catalog photo is a few MB; a 64 MB one is not read
+DEFAULT_VISIBILITY_THRESHOLD = 0.5  # joints MediaPipe sees less surely than this are OpenPose's 0, 0, 0
+# The joints the agnostic masks are anchored on (contract §0 item 7; the neck is their midpoint) are kept down to
+# this visibility: OpenPose keeps them with a low confidence too (0.38-0.49 for the hips of every photo in
+# groundtruth/vitonhd), and without them the item is lost. On crops of the sample photos MediaPipe gives a hip at
+# the lower edge 0.25-0.6, one up to 100 px past it 0.03-0.4, the hips of a head-and-shoulders crop 0.00-0.01.
+DEFAULT_TORSO_VISIBILITY_THRESHOLD = 0.1
 DEFAULT_PARSE_BATCH_SIZE = 8  # images per YOLO call: most of a GPU's throughput at a few GB of memory
 
 
@@ -84,10 +90,10 @@ class PreprocessConfig(Config):
     pose_model: str | None = Field(None, description="URL of a MediaPipe Tasks .task pose model; None = bundled")
     cloth_mask_model: str | None = Field(None, description="URL of a ClothUNet checkpoint; None = classical")
     visibility_threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0 (shoulders and hips: see the torso one)"
+        DEFAULT_VISIBILITY_THRESHOLD, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0 (shoulders and hips: see the torso one)"
     )
     torso_visibility_threshold: float = Field(
-        0.1, ge=0.0, le=1.0, description="Shoulders and hips (what the agnostic needs) are kept down to this "
+        DEFAULT_TORSO_VISIBILITY_THRESHOLD, ge=0.0, le=1.0, description="Shoulders and hips (what the agnostic needs) are kept down to this "
         "visibility, with it as their confidence, as OpenPose keeps them; below it they are missing (missing_keypoints)"
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Larger images are rejected as bombs")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from tasks.records.config import DEFAULT_TORSO_VISIBILITY_THRESHOLD, DEFAULT_VISIBILITY_THRESHOLD
 from vitonhd_models.agnostic import TORSO_HIP_ELLIPSE_HALF_HEIGHT_R, VITONHD_R
 from vitonhd_models.contract import (
     AGNOSTIC_REQUIRED_KEYPOINTS,
@@ -134,12 +135,6 @@ BODY25_MIDPOINTS: dict[Body25, tuple[int, int]] = {
 }
 BODY25_FROM_LANDMARK = {mp_index: joint for joint, mp_index in BODY25_FROM_MEDIAPIPE.items()}
 
-DEFAULT_VISIBILITY_THRESHOLD = 0.5
-# The joints the agnostic masks are anchored on (contract §0 item 7; the neck is their midpoint) are kept down to
-# this visibility: OpenPose keeps them with a low confidence too (0.38-0.49 for the hips of every photo in
-# groundtruth/vitonhd), and without them the item is lost. On crops of the sample photos MediaPipe gives a hip at
-# the lower edge 0.25-0.6, one up to 100 px past it 0.03-0.4, the hips of a head-and-shoulders crop 0.00-0.01.
-DEFAULT_TORSO_VISIBILITY_THRESHOLD = 0.1
 TORSO_JOINTS = frozenset(AGNOSTIC_REQUIRED_KEYPOINTS) & frozenset(BODY25_FROM_MEDIAPIPE)  # shoulders and hips
 HIPS = (Body25.R_HIP, Body25.L_HIP)
 # A hip MediaPipe puts just below the photo's bottom edge (a crop at the waist) is moved onto the last row, up to
