@@ -110,14 +110,15 @@ class _ColourModel:
     def components(self) -> list[_ColourModel]:
         return [self]
 
-    def separation(self, other: _ColourModel | _Mixture) -> float:
-        """How far apart two models are: the smaller of each mean's distance under the other model (of
-        the closest two components)."""
-        return float(min(min(b.distance(a.mean[None])[0], a.distance(b.mean[None])[0])
-                         for a in self.components for b in other.components))
+
+def _separation(first: _ColourModel | _Mixture, second: _ColourModel | _Mixture) -> float:
+    """How far apart two models are: the smaller of each mean's distance under the other model (of the
+    closest two components)."""
+    return float(min(min(b.distance(a.mean[None])[0], a.distance(b.mean[None])[0])
+                     for a in first.components for b in second.components))
 
 
-class _Mixture(_ColourModel):
+class _Mixture:
     """Up to MIXTURE_COMPONENTS Gaussians over a garment's pixels (two-tone tops, stripes, prints):
     a pixel's likelihood and distance are those of its closest component."""
 
@@ -724,7 +725,7 @@ def _without_sleeve_specks(skin: np.ndarray, parts: np.ndarray, hands: dict[str,
 class _Models:
     skin: _ColourModel | None = None
     hair: _ColourModel | None = None
-    upper: _ColourModel | None = None
+    upper: _Mixture | None = None
     lower: _ColourModel | None = None
 
 
@@ -774,7 +775,7 @@ def _erode(mask: np.ndarray, pixels: float) -> np.ndarray:
     return cv2.erode(mask.astype(np.uint8), kernel, iterations=max(int(pixels), 1)).astype(bool)
 
 
-def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, rivals: Sequence[_ColourModel | None],
+def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, rivals: Sequence[_ColourModel | _Mixture | None],
                     limit: float) -> np.ndarray:
     """Within `limit` of the skin model and likelier skin than every rival."""
     distance = skin.distance(lab_pixels)
@@ -784,7 +785,8 @@ def _closer_to_skin(lab_pixels: np.ndarray, skin: _ColourModel, rivals: Sequence
     return is_skin
 
 
-def _likelier(likelihood: np.ndarray, pixels: np.ndarray, rivals: Sequence[_ColourModel | None]) -> np.ndarray:
+def _likelier(likelihood: np.ndarray, pixels: np.ndarray, rivals: Sequence[_ColourModel | _Mixture | None]
+              ) -> np.ndarray:
     """Where `likelihood` (the pixels' log-likelihood under one model) beats every rival model's."""
     wins = np.ones(len(pixels), dtype=bool)
     for rival in rivals:
@@ -838,7 +840,7 @@ def _hair_region(lab: np.ndarray, parts: np.ndarray, models: _Models, face: _Fac
     rows = np.arange(parts.shape[0])[:, None]
     head = (parts == _HEAD) & ~face.mask
     falling = _in_parts(parts, (_TORSO, _L_ARM, _R_ARM)) & _hair_zone(face, axial)
-    if models.upper is not None and models.hair.separation(models.upper) <= HAIR_MIN_SEPARATION:
+    if models.upper is not None and _separation(models.hair, models.upper) <= HAIR_MIN_SEPARATION:
         falling[:] = False  # hair and top look alike: hair over the top cannot be told apart
     below_chin = head & (rows > face.chin[1])
     candidates = falling | below_chin
@@ -909,7 +911,7 @@ def _waist_rows(
     prior = _rows_at_level(skeleton, WAIST_PRIOR, width, height)
     if skeleton.get(Body25.L_HIP) is None and skeleton.get(Body25.R_HIP) is None:
         prior = np.maximum(prior, height)  # no hip in the photo: no bottom either, unless the colours show one
-    if models.upper is None or models.lower is None or models.upper.separation(models.lower) <= WAIST_MIN_SEPARATION:
+    if models.upper is None or models.lower is None or _separation(models.upper, models.lower) <= WAIST_MIN_SEPARATION:
         return prior
     low, high = WAIST_SEARCH
     band = _in_parts(parts, (_TORSO, _L_LEG, _R_LEG)) & (axial > low) & (axial < high)
