@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import time
+import uuid
 from pathlib import Path
 
+import pytest
+
+from tasks.infra.errors import StorageNotFoundError
 from tasks.infra.store import Store
 from tasks.infra.weight_cache import local_file
 
@@ -142,3 +148,121 @@ def test_a_secret_from_fsspecs_own_configuration_is_masked_in_messages(monkeypat
     Store("s3://bucket/root")
     message = redact("denied for AKIDFROMCONFIG01 with secret-from-fsspec-config")
     assert "secret-from-fsspec-config" not in message and "AKIDFROMCONFIG01" not in message, message
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditional writes: one winner decided by the storage (locally and on S3); check-then-act elsewhere
+
+
+@pytest.fixture(params=["local", "s3", "memory"])
+def any_store(request, tmp_path) -> Store:
+    """A local root, a root on the S3 server, and fsspec's in-memory filesystem standing for every other."""
+    if request.param == "local":
+        return Store(str(tmp_path / "root"))
+    if request.param == "memory":
+        return Store(f"memory://conditional-{uuid.uuid4().hex}")
+    bucket = request.getfixturevalue("s3")
+    return Store(bucket.url("root"), bucket.storage_options)
+
+
+def test_the_storage_decides_conditional_writes_locally_and_on_s3_only(any_store):
+    assert any_store.conditional_writes == (any_store.is_local or any_store.is_s3)
+
+
+def test_create_exclusive_writes_only_where_nothing_is(any_store):
+    tag = any_store.create_exclusive("_work/lease.json", b"first")
+    assert tag is not None and any_store.read_tagged("_work/lease.json") == (b"first", tag)
+    assert any_store.create_exclusive("_work/lease.json", b"second") is None, "it overwrote an existing file"
+    assert any_store.read_bytes("_work/lease.json") == b"first"
+
+
+def test_replace_if_replaces_only_the_content_whose_tag_it_is_given(any_store):
+    old = any_store.create_exclusive("lease.json", b"old")
+    new = any_store.replace_if("lease.json", b"new", old)
+    assert new is not None and new != old and any_store.read_tagged("lease.json") == (b"new", new)
+    assert any_store.replace_if("lease.json", b"stale writer", old) is None, "a stale tag replaced newer content"
+    assert any_store.read_bytes("lease.json") == b"new"
+    any_store.remove("lease.json")
+    assert any_store.replace_if("lease.json", b"gone", new) is None, "replace_if recreated a removed file"
+    assert not any_store.exists("lease.json")
+
+
+def test_remove_if_removes_only_the_content_whose_tag_it_is_given(any_store):
+    old = any_store.create_exclusive("lease.json", b"old")
+    new = any_store.replace_if("lease.json", b"new", old)
+    assert not any_store.remove_if("lease.json", old), "a stale tag removed newer content"
+    assert any_store.read_bytes("lease.json") == b"new"
+    assert any_store.remove_if("lease.json", new) and not any_store.exists("lease.json")
+    assert not any_store.remove_if("lease.json", new), "removing a missing file should say it removed nothing"
+
+
+def test_a_missing_file_has_no_tag(any_store):
+    with pytest.raises(StorageNotFoundError):
+        any_store.read_tagged("nope.json")
+
+
+def test_conditional_writes_leave_no_temporary_file_and_only_a_hidden_lock_beside_the_file(tmp_path):
+    store = Store(str(tmp_path))
+    tag = store.create_exclusive("_work/lease.json", b"one")
+    assert store.create_exclusive("_work/lease.json", b"two") is None
+    store.remove_if("_work/lease.json", store.replace_if("_work/lease.json", b"three", tag))
+    assert sorted(os.listdir(tmp_path / "_work")) == [".lease.json.lock"]
+
+
+def test_a_local_create_whose_temporary_vanished_before_its_link_writes_it_again(tmp_path, monkeypatch):
+    # What a sweep removing it (a writer stalled for longer than the sweep's margin) looks like to the writer.
+    store, real_link, calls = Store(str(tmp_path)), os.link, []
+
+    def link_after_a_sweep(src, dst):
+        calls.append(src)
+        if len(calls) == 1:
+            os.remove(src)
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_after_a_sweep)
+    assert store.create_exclusive("lease.json", b"whole") is not None
+    assert len(calls) == 2 and store.read_bytes("lease.json") == b"whole"
+    assert os.listdir(tmp_path) == ["lease.json"], "a temporary file was left behind"
+
+
+def test_a_filesystem_without_hard_links_falls_back_to_check_then_write(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = Store(str(tmp_path))
+    assert store.create_exclusive("lease.json", b"whole") is not None and store.read_bytes("lease.json") == b"whole"
+    assert not store.conditional_writes, "the caller must learn that nothing was decided (and read back)"
+    assert store.create_exclusive("lease.json", b"other") is None
+
+
+def test_remove_temporaries_takes_only_those_last_modified_before_the_given_time(tmp_path):
+    store, now = Store(str(tmp_path)), time.time()
+    old, recent = tmp_path / f".a.jpg.{'a' * 32}.tmp", tmp_path / f".b.jpg.{'b' * 32}.tmp"
+    for path, age in ((old, 600), (recent, 60)):
+        path.write_bytes(b"partial")
+        os.utime(path, (now - age, now - age))
+    assert store.remove_temporaries(modified_before=now - 300) == 1
+    assert not old.exists() and recent.exists()
+
+
+def test_the_s3_listing_does_not_import_the_store():
+    import ast
+
+    from tasks.infra import s3_listing
+
+    tree = ast.parse(Path(s3_listing.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "tasks.infra.store" not in imported, "tasks.infra.store imports s3_listing: the circle is back"
+
+
+def test_remove_temporaries_spares_those_of_the_named_file(tmp_path):
+    store, old = Store(str(tmp_path)), time.time() - 600
+    spared, other = tmp_path / "_work" / f".lease.json.{'a' * 32}.tmp", tmp_path / "_work" / f".plan.json.{'b' * 32}.tmp"
+    for path in (spared, other):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"partial")
+        os.utime(path, (old, old))
+    assert store.remove_temporaries(spare="_work/lease.json") == 1
+    assert spared.exists() and not other.exists()

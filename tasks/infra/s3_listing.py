@@ -1,34 +1,33 @@
 """The S3 listing the Store streams: `list_objects_v2` page by page (continuation tokens), never a whole
-bucket in memory, in the order every filesystem lists in; and botocore's timestamps parsed fast for it."""
+bucket in memory, in the order every filesystem lists in; and botocore's timestamps parsed fast for it.
+
+It knows nothing of the `Store`: the Store hands it a `PageFetcher` (one `list_objects_v2` request,
+retried its way) and a function naming an object's URL.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tasks.infra.file_info import FileInfo, modified_seconds
-
-if TYPE_CHECKING:
-    from tasks.infra.store import Store
 
 log = logging.getLogger("vitonprep.storage")
 
 DEFAULT_PAGE_SIZE = 1000  # keys per S3 listing request (S3's own maximum)
 
+PageFetcher = Callable[[dict[str, Any]], dict[str, Any]]  # list_objects_v2's keyword arguments -> one page
 
-def s3_pages(
-    store: Store, operation: str, base: str, bucket: str, prefix: str, page_size: int, delimiter: str = ""
-) -> Iterator[dict[str, Any]]:
+
+def s3_pages(fetch: PageFetcher, bucket: str, prefix: str, page_size: int, delimiter: str = "") -> Iterator[dict[str, Any]]:
     """The `list_objects_v2` pages under `prefix`, fetched one at a time as they are consumed."""
-    store.call(operation, base, store.fs.connect)
-    _fast_timestamps(store.fs)
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
     if delimiter:
         kwargs["Delimiter"] = delimiter
     while True:
-        page = store.call_s3(operation, base, "list_objects_v2", **kwargs)
+        page = fetch(dict(kwargs))
         yield page
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
@@ -36,17 +35,21 @@ def s3_pages(
         kwargs["ContinuationToken"] = token
 
 
-def list_s3_folder(store: Store, base: str, bucket: str, prefix: str, strip: int, page_size: int) -> Iterator[FileInfo]:
-    """Every file below `prefix`: the folder's files (in S3's order, which is by name), then each subfolder's."""
+def list_s3_folder(
+    fetch: PageFetcher, url_of: Callable[[str], str], bucket: str, prefix: str, strip: int, page_size: int
+) -> Iterator[FileInfo]:
+    """Every file below `prefix`: the folder's files (in S3's order, which is by name), then each subfolder's.
+
+    `url_of` names an object (`bucket/key`) as a URL; `strip` characters are cut from each key."""
     subfolders: list[str] = []
-    for page in s3_pages(store, "list", base, bucket, prefix, page_size, delimiter="/"):
+    for page in s3_pages(fetch, bucket, prefix, page_size, delimiter="/"):
         for entry in page.get("Contents", []):
             name = entry["Key"][len(prefix) :]
             if not name or name.startswith("."):
                 continue  # the folder's own marker object, hidden names
             yield FileInfo(
                 key=entry["Key"][strip:],
-                url=store.fs.unstrip_protocol(f"{bucket}/{entry['Key']}"),
+                url=url_of(f"{bucket}/{entry['Key']}"),
                 size=int(entry.get("Size") or 0),
                 modified=modified_seconds(entry),
                 etag=entry.get("ETag") or None,
@@ -56,7 +59,7 @@ def list_s3_folder(store: Store, base: str, bucket: str, prefix: str, strip: int
                 subfolders.append(common["Prefix"])
     # S3 sorts them with their "/" ("sub-x/" < "sub/"); by name ("sub" < "sub-x") as local does
     for sub in sorted(subfolders, key=lambda prefix: prefix[:-1]):
-        yield from list_s3_folder(store, base, bucket, sub, strip, page_size)
+        yield from list_s3_folder(fetch, url_of, bucket, sub, strip, page_size)
 
 
 def parse_timestamp(value: Any) -> Any:
@@ -75,7 +78,7 @@ def parse_timestamp(value: Any) -> Any:
     return botocore_parse_timestamp(value)
 
 
-def _fast_timestamps(fs: Any) -> None:
+def install_fast_timestamps(fs: Any) -> None:
     """Give the filesystem's botocore session our timestamp parser (once; parsers are made per response)."""
     session = getattr(fs, "session", None)
     if session is None or getattr(session, "_vitonprep_timestamps", False):

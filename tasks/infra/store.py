@@ -7,6 +7,10 @@ Everything is a URL. A local path is a URL without a scheme. No other module ope
 - Writes are atomic: a local file goes to a hidden temporary name and is renamed into place; an object
   store gets one PUT. Local reads take regular files below the root only (no FIFO, device, or symlink
   out of the root).
+- Conditional writes (`create_exclusive`, `replace_if`, `remove_if`, on a content's tag from
+  `read_tagged`) have one winner decided by the storage where it can decide (`conditional_writes`):
+  locally a hard link that fails when the name exists, and a compare-and-swap under an `flock`; on S3
+  `If-None-Match: *` / `If-Match: <ETag>`. Elsewhere they check, then act.
 - Listings are streamed (S3 page by page: `tasks.infra.s3_listing`); every filesystem lists in the same
   order. No `Store` repr or error message carries a secret (`tasks.infra.redaction`).
 """
@@ -14,6 +18,8 @@ Everything is a URL. A local path is a URL without a scheme. No other module ope
 from __future__ import annotations
 
 import errno as errno_codes
+import fcntl
+import hashlib
 import json
 import os
 import posixpath
@@ -22,9 +28,11 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import fsspec
+from fsspec.asyn import sync
 from fsspec.implementations.local import LocalFileSystem
 
 from tasks.infra.errors import (
@@ -33,6 +41,7 @@ from tasks.infra.errors import (
     NotARegularFileError,
     OutsideRootError,
     RetryPolicy,
+    StorageError,
     StorageNotFoundError,
     UnsafePathError,
     storage_error,
@@ -41,7 +50,7 @@ from tasks.infra.errors import (
 from tasks.infra.file_info import FileInfo, modified_seconds
 from tasks.infra.options import S3_PROTOCOLS, resolve_storage_options
 from tasks.infra.redaction import redact, register_secrets
-from tasks.infra.s3_listing import DEFAULT_PAGE_SIZE, list_s3_folder, s3_pages
+from tasks.infra.s3_listing import DEFAULT_PAGE_SIZE, PageFetcher, install_fast_timestamps, list_s3_folder, s3_pages
 
 T = TypeVar("T")
 
@@ -63,6 +72,15 @@ def unsafe_relative_reason(rel: str) -> str | None:
 
 TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what `Store.write_bytes` writes before renaming
 TEMPORARY_PREFIX = 200  # of the target's name in its temporary name: 200 + 38 stays under NAME_MAX 255
+COMMIT_ATTEMPTS = 3  # a local write whose temporary vanished before its rename (swept) writes it again
+CONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})  # S3: another won
+NOT_IMPLEMENTED = frozenset({"NotImplemented", "501"})  # an S3-compatible server without conditional requests
+NO_HARD_LINKS = frozenset({errno_codes.EPERM, errno_codes.EOPNOTSUPP, errno_codes.ENOTSUP, errno_codes.ENOSYS})
+
+
+def content_tag(data: bytes) -> str:
+    """The tag of content on stores without ETags: its SHA-256."""
+    return hashlib.sha256(data).hexdigest()
 
 
 class Store:
@@ -86,6 +104,9 @@ class Store:
         self.is_s3 = fsspec.utils.get_protocol(url) in S3_PROTOCOLS and hasattr(self.fs, "call_s3")
         if self.is_s3:
             self.fs.retries = 1  # s3fs's own retry loop: off, this Store retries (see tasks.infra.errors)
+        # Whether create_exclusive / replace_if / remove_if have one winner decided by the storage; turns
+        # False when it shows it cannot (a filesystem without hard links, an S3 server without conditions).
+        self.conditional_writes = self.is_local or self.is_s3
 
     def __repr__(self) -> str:
         return f"Store({redact(self.url)!r})"
@@ -188,24 +209,205 @@ class Store:
         if not self.is_local:
             self.call("write", target, lambda: self.fs.pipe_file(target, data))
             return target
-        self.call("write", target, lambda: self._write_local(target, data))
+        self.call("write", target, lambda: self._commit_local(target, data, os.replace))
         return target
 
-    def _write_local(self, target: str, data: bytes) -> None:
+    def _local_folder(self, target: str, operation: str) -> tuple[str, str]:
         folder, name = posixpath.split(target)
         os.makedirs(folder, exist_ok=True)
-        _check_below(os.path.realpath(folder), self._real_root(), "write", folder)  # a symlinked folder
-        tmp = posixpath.join(folder, f".{name[:TEMPORARY_PREFIX]}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        _check_below(os.path.realpath(folder), self._real_root(), operation, folder)  # a symlinked folder
+        return folder, name
+
+    def _commit_local(self, target: str, data: bytes, commit: Callable[[str, str], None]) -> None:
+        """`data` into a hidden temporary beside `target`, then `commit(temporary, target)` (os.replace:
+        overwrite; os.link: only if `target` does not exist). The temporary never outlives the call; one
+        removed before its commit (a sweep that judged it orphaned) is written again."""
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            folder, name = self._local_folder(target, "write")
+            tmp = posixpath.join(folder, f".{name[:TEMPORARY_PREFIX]}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                commit(tmp, target)
+                return
+            except FileNotFoundError:
+                if os.path.exists(tmp) or attempt == COMMIT_ATTEMPTS:
+                    raise
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
 
     def write_text(self, rel: str, text: str) -> str:
         return self.write_bytes(rel, text.encode("utf-8"))
+
+    # -- Conditional writes: for records that several runs may race to write (the dataset's lease) --
+
+    def read_tagged(self, rel: str) -> tuple[bytes, str]:
+        """`rel`'s content and its tag, what `replace_if` and `remove_if` compare: the ETag on S3, the
+        SHA-256 of the content elsewhere. A missing `rel` raises `StorageNotFoundError`."""
+        target = self.path(rel)
+        if not self.is_s3:
+            data = self.read_bytes(rel)
+            return data, content_tag(data)
+        bucket, key = self._bucket_key(target)
+
+        async def get() -> tuple[bytes, str]:  # one GET: the body and the ETag of the same version
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            try:
+                return await response["Body"].read(), response["ETag"]
+            finally:
+                response["Body"].close()
+
+        return self.call("read", target, lambda: sync(self.fs.loop, get))
+
+    def create_exclusive(self, rel: str, data: bytes) -> str | None:
+        """Write `data` at `rel` only if nothing is there; returns its tag, or None when something was.
+
+        Locally the content goes to a private temporary that is hard-linked to `rel` (the link fails if
+        `rel` exists), so of racing creators exactly one wins and no reader sees a partial file. On S3
+        one PUT with `If-None-Match: *`. Elsewhere (and where the storage showed it cannot decide:
+        `conditional_writes` is then False) a check, then a write: two creators may both succeed, and a
+        caller needing one winner reads back.
+        """
+        target = self.path(rel)
+        if self.is_local and self.conditional_writes:
+            try:
+                created = self.call("create", target, lambda: self._create_local(target, data))
+            except StorageError as error:
+                if not self._no_hard_links(error):
+                    raise
+                self.conditional_writes = False  # a filesystem without hard links: check, then write
+            else:
+                return content_tag(data) if created else None
+        if self.is_s3 and self.conditional_writes:
+            bucket, key = self._bucket_key(target)
+            answer = self._s3_conditional("create", target, "put_object", Bucket=bucket, Key=key, Body=data,
+                                          IfNoneMatch="*")
+            if answer is not _UNSUPPORTED:
+                return None if answer is None else answer["ETag"]
+        if self.exists(rel):
+            return None
+        return self._write_tagged(rel, data)
+
+    def replace_if(self, rel: str, data: bytes, tag: str) -> str | None:
+        """Replace `rel` with `data` only if its content still has `tag`; returns the new tag, or None
+        when `rel` has another content or is gone.
+
+        Locally the compare and the rename happen under an `flock` on a hidden `.<name>.lock` beside
+        `rel` (released by the kernel if the process dies); on S3 one PUT with `If-Match: <ETag>`;
+        elsewhere a read, then a write.
+        """
+        target = self.path(rel)
+        if self.is_local:
+            return self.call("replace", target, lambda: self._replace_local(target, data, tag))
+        if self.is_s3 and self.conditional_writes:
+            bucket, key = self._bucket_key(target)
+            answer = self._s3_conditional("replace", target, "put_object", Bucket=bucket, Key=key, Body=data,
+                                          IfMatch=tag)
+            if answer is not _UNSUPPORTED:
+                return None if answer is None else answer["ETag"]
+        if self._current_tag(rel) != tag:
+            return None
+        return self._write_tagged(rel, data)
+
+    def remove_if(self, rel: str, tag: str) -> bool:
+        """Delete `rel` only if its content still has `tag`; whether it did (a missing `rel`: False).
+
+        Locally under the same `flock` as `replace_if`; on S3 one DELETE with `If-Match`; elsewhere a
+        read, then a delete.
+        """
+        target = self.path(rel)
+        if self.is_local:
+            return self.call("remove", target, lambda: self._remove_local(target, tag))
+        if self.is_s3 and self.conditional_writes:
+            bucket, key = self._bucket_key(target)
+            answer = self._s3_conditional("remove", target, "delete_object", Bucket=bucket, Key=key, IfMatch=tag)
+            if answer is not _UNSUPPORTED:
+                return answer is not None
+        if self._current_tag(rel) != tag:
+            return False
+        self.remove(rel)
+        return True
+
+    def _current_tag(self, rel: str) -> str | None:
+        try:
+            return self.read_tagged(rel)[1]
+        except StorageNotFoundError:
+            return None
+
+    def _write_tagged(self, rel: str, data: bytes) -> str:
+        if not self.is_s3:
+            self.write_bytes(rel, data)
+            return content_tag(data)
+        target = self.path(rel)
+        bucket, key = self._bucket_key(target)
+        answer = self.call_s3("write", target, "put_object", Bucket=bucket, Key=key, Body=data)
+        self.fs.invalidate_cache(target)
+        return answer["ETag"]
+
+    def _s3_conditional(self, operation: str, target: str, method: str, **kwargs: Any) -> Any:
+        """One conditional S3 request: its answer; None when its condition failed (412, or 409: a
+        concurrent conditional write, which another run won); `_UNSUPPORTED` (and `conditional_writes`
+        off from then on) when the server does not implement conditions. A missing key: None too."""
+        try:
+            answer = self.call_s3(operation, target, method, **kwargs)
+        except StorageNotFoundError as error:
+            if error.code == "NoSuchBucket":
+                raise
+            return None
+        except StorageError as error:
+            if error.code in CONDITION_FAILED:
+                return None
+            if error.code not in NOT_IMPLEMENTED:
+                raise
+            self.conditional_writes = False
+            return _UNSUPPORTED
+        finally:
+            self.fs.invalidate_cache(target)
+        return answer
+
+    @staticmethod
+    def _no_hard_links(error: StorageError) -> bool:
+        cause = error.__cause__ or error.__context__
+        return isinstance(cause, OSError) and cause.errno in NO_HARD_LINKS and not isinstance(cause, StorageError)
+
+    def _create_local(self, target: str, data: bytes) -> bool:
+        try:
+            self._commit_local(target, data, os.link)
+        except FileExistsError:
+            return False
+        return True
+
+    @contextmanager
+    def _local_lock(self, target: str) -> Iterator[None]:
+        """An exclusive `flock` on the hidden `.<name>.lock` beside `target` (kept: removing a lock file races)."""
+        folder, name = self._local_folder(target, "lock")
+        fd = os.open(posixpath.join(folder, f".{name[:TEMPORARY_PREFIX]}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _local_tag(self, target: str) -> str | None:
+        try:
+            return content_tag(_read_regular_file(target, None, self._real_root()))
+        except FileNotFoundError:
+            return None
+
+    def _replace_local(self, target: str, data: bytes, tag: str) -> str | None:
+        with self._local_lock(target):
+            if self._local_tag(target) != tag:
+                return None
+            self._commit_local(target, data, os.replace)
+            return content_tag(data)
+
+    def _remove_local(self, target: str, tag: str) -> bool:
+        with self._local_lock(target):
+            if self._local_tag(target) != tag:
+                return False
+            os.remove(target)
+            return True
 
     def remove(self, rel: str) -> None:
         """Delete `rel` if it exists."""
@@ -220,23 +422,30 @@ class Store:
         except FileNotFoundError:
             pass
 
-    def remove_temporaries(self, folder: str = "", min_age_s: float = 0.0) -> int:
+    def remove_temporaries(self, folder: str = "", min_age_s: float = 0.0, modified_before: float | None = None,
+                           spare: str | None = None) -> int:
         """Delete the temporary files interrupted local writes left below `folder`; returns how many.
 
-        Only our own names (`.<name>.<32 hex>.tmp`) older than `min_age_s` seconds are touched. Object
-        stores have none: a PUT is atomic and leaves nothing behind, so nothing is listed there.
+        Only our own names (`.<name>.<32 hex>.tmp`) older than `min_age_s` seconds, and last modified
+        before the epoch time `modified_before` when given, are touched; never those of the file `spare`
+        (relative to the root). Object stores have none: a PUT is atomic and leaves nothing behind, so
+        nothing is listed there.
         """
         if not self.is_local:
             return 0
         base = self.path(folder) if folder else self.root
         removed, now = 0, time.time()
+        cutoff = now - min_age_s if modified_before is None else min(now - min_age_s, modified_before)
+        spared = posixpath.split(self.path(spare)) if spare else None
         for dirpath, _, names in os.walk(base):
             for name in names:
                 if not TEMPORARY_NAME.fullmatch(name):
                     continue
+                if spared and dirpath == spared[0] and name[1:-37] == spared[1][:TEMPORARY_PREFIX]:
+                    continue
                 path = os.path.join(dirpath, name)
                 try:
-                    if now - os.path.getmtime(path) >= min_age_s:
+                    if os.path.getmtime(path) <= cutoff:
                         os.remove(path)
                         removed += 1
                 except FileNotFoundError:  # its writer finished or removed it meanwhile
@@ -250,7 +459,7 @@ class Store:
             bucket, key = self._bucket_key(base)
             prefix = f"{key.rstrip('/')}/" if key else ""
             names = []
-            for page in s3_pages(self, "list", base, bucket, prefix, DEFAULT_PAGE_SIZE, delimiter="/"):
+            for page in s3_pages(self._page_fetcher("list", base), bucket, prefix, DEFAULT_PAGE_SIZE, delimiter="/"):
                 names += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
                 names += [c["Key"][len(prefix) :] for c in page.get("Contents", [])]
             return sorted(name for name in names if name and not name.startswith("."))
@@ -275,8 +484,23 @@ class Store:
         if self.is_s3:
             bucket, key = self._bucket_key(base)
             prefix = f"{key.strip('/')}/" if key else ""
-            return list_s3_folder(self, base, bucket, prefix, len(prefix), page_size)
+            return list_s3_folder(self._page_fetcher("list", base), self.fs.unstrip_protocol, bucket, prefix,
+                                  len(prefix), page_size)
         return self._list_tree(base)
+
+    def _page_fetcher(self, operation: str, base: str) -> PageFetcher:
+        """One `list_objects_v2` request per call, retried; the client is connected at the first."""
+        connected = False
+
+        def fetch(kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal connected
+            if not connected:
+                self.call(operation, base, self.fs.connect)
+                install_fast_timestamps(self.fs)
+                connected = True
+            return self.call_s3(operation, base, "list_objects_v2", **kwargs)
+
+        return fetch
 
     def _list_tree(self, base: str) -> Iterator[FileInfo]:
         """Depth first through `fs.ls`: the folders on the current path in memory, no more."""
@@ -317,6 +541,9 @@ class Store:
         tag = info.get("ETag") or info.get("etag") or info.get("VersionId") or info.get("version_id")
         return json.dumps({"size": info.get("size"), "tag": tag, "modified": None if tag else modified_seconds(info)},
                           sort_keys=True, default=str)
+
+
+_UNSUPPORTED = object()  # what `_s3_conditional` answers when the server implements no conditions
 
 
 def _check_below(real: str, root: str, operation: str, path: str) -> None:
