@@ -211,8 +211,8 @@ def build_catalog(groundtruth: Path, catalog: Path) -> None:
 def run_preprocess(catalog: Path, out: Path) -> dict[tuple[str, str], str]:
     """`vitonprep preprocess --catalog catalog --out out` as the CLI runs it (split test); returns the
     failed items' (kind, stem) -> "stage: error code"."""
-    from flows.cli.preprocess import run_flow
-    from tasks.records.config import PreprocessConfig
+    from flows.local import run_flow
+    from tasks.stages.registry import PreprocessConfig
 
     config = PreprocessConfig(catalog=str(catalog), out=str(out), split="test")
     summary = run_flow(config, show_progress=False)

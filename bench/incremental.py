@@ -45,8 +45,8 @@ def main() -> int:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.cli.preprocess import run_flow
-    from tasks.records.config import PreprocessConfig
+    from flows.local import run_flow
+    from tasks.stages.registry import PreprocessConfig
 
     work = Path(tempfile.mkdtemp(prefix="vitonprep-incremental-"))
     results = []

@@ -181,7 +181,8 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
     store.list_files = lambda folder="", page_size_=page_size: original(folder, page_size=page_size_)  # type: ignore[method-assign]
     if name == "plan":
         from tasks.engine.plan import plan_catalog, stage_fingerprints
-        from tasks.records.config import PreprocessConfig, Selection
+        from tasks.records.config import Selection
+        from tasks.stages.registry import PreprocessConfig
 
         fingerprints = stage_fingerprints(PreprocessConfig(catalog=CATALOG, out=f"s3://{BUCKET}/dataset"))
         listed, works = plan_catalog(

@@ -8,7 +8,7 @@ PREFECT_HOME in a temporary folder, analytics and UI off), points this process a
 1. per shard: runs a flow with exactly the task graph of `flows/preprocess.py:process` -- one task run
    per shard (`tasks.engine.shard_task.shard_task`'s signature and options: `tasks.infra.runtime.TASK_OPTIONS`, retries,
    NO_CACHE, persist_result=False, the run named after the shard), mapped with `.map` under
-   `ThreadPoolTaskRunner(max_workers=2)`, collected with `flows.preprocess.collect_shards` (as_completed
+   `ThreadPoolTaskRunner(max_workers=2)`, collected with `flows.runs.collect_shards` (as_completed
    plus a progress artifact updated per shard) and the two summary artifacts at the end -- for each shard
    count S in --shards. The tasks do no work: they return the manifest rows a real shard returns for
    --shard-size placeholder items (real `WorkItem`s, a real `PreprocessConfig` and `ShardRun` as
@@ -119,12 +119,11 @@ def bench_flow():
     from prefect.runtime import flow_run
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.preprocess import collect_shards
+    from flows.runs import collect_shards
     from tasks.engine.shard import ShardRun
     from tasks.infra.runtime import TASK_OPTIONS
-    from tasks.records.config import PreprocessConfig
     from tasks.stages.model_cache import Weights
-    from tasks.stages.registry import stages_for
+    from tasks.stages.registry import PreprocessConfig, stages_for
 
     @task(name="shard", task_run_name="{shard}", **TASK_OPTIONS)
     def shard_task(config, run, shard, works):

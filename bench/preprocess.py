@@ -59,10 +59,10 @@ def build_catalog(samples: Path, root: Path, repeat: int) -> tuple[list[Path], l
 
 
 def run_flow(catalog: Path, out: Path, workers: int, shard_size: int, runner: str) -> dict:
-    from flows.cli.preprocess import run_flow as run_like_the_cli
+    from flows.local import run_flow as run_like_the_cli
     from tasks.infra.store import Store
-    from tasks.records.config import PreprocessConfig
     from tasks.records.manifest import item_view, read_run
+    from tasks.stages.registry import PreprocessConfig
 
     started = time.perf_counter()
     if runner == "no-prefect":
@@ -101,9 +101,8 @@ def run_engine_alone(catalog: Path, out: Path, workers: int, shard_size: int) ->
     from tasks.infra.runtime import SHARDS_IN_FLIGHT
     from tasks.infra.store import Store
     from tasks.records.catalog import GARMENT, PERSON, detect_catalog_layout, list_items, plan_shards
-    from tasks.records.config import PreprocessConfig, Selection
-    from tasks.stages.model_cache import resolve_weights
-    from tasks.stages.registry import stage_fingerprints
+    from tasks.records.config import Selection
+    from tasks.stages.registry import PreprocessConfig, resolve_weights, stage_fingerprints
 
     config = PreprocessConfig(catalog=str(catalog), out=str(out), shard_size=shard_size, workers=workers)
     for future in [worker_pool(workers).submit(prepare_models, config)[0] for _ in range(workers)]:
@@ -141,10 +140,9 @@ def _floor_worker(paths: list[tuple[str, str]], barrier, results) -> None:
 
     from tasks.engine.workers import prepare_models
     from tasks.records.catalog import CatalogItem, WorkItem
-    from tasks.records.config import PreprocessConfig
     from tasks.stages.model_cache import Weights
     from tasks.stages.normalize import Ingested, decode_image, decode_rgb, encode_jpeg, fit_to_canvas
-    from tasks.stages.registry import StageEnv, StageInput, active_stages
+    from tasks.stages.registry import PreprocessConfig, StageEnv, StageInput, active_stages
 
     config = PreprocessConfig(catalog="-", out="-")
     env = StageEnv(config, Weights())
@@ -163,7 +161,7 @@ def _floor_worker(paths: list[tuple[str, str]], barrier, results) -> None:
         values = {"ingest": Ingested(decode_rgb(jpeg), fit, jpeg)}
         compute["ingest"].append(t1 - t0)
         encode["ingest"].append(time.perf_counter() - t1)
-        for stage in active_stages(config, kind)[1:]:
+        for stage in [s for s in active_stages(config, kind) if s.name != "ingest"]:  # ingested above
             t0 = time.perf_counter()
             [value] = stage.run(env, [StageInput(work, {name: values[name] for name in stage.reads})])
             if isinstance(value, BaseException):
@@ -217,9 +215,8 @@ def run_loop(persons: list[Path], garments: list[Path], out: Path) -> float:
     from tasks.engine.workers import SOURCE, Job, prepare_models, run_job
     from tasks.infra.store import Store
     from tasks.records.catalog import CatalogItem, WorkItem
-    from tasks.records.config import PreprocessConfig
     from tasks.stages.model_cache import Weights
-    from tasks.stages.registry import stages_for
+    from tasks.stages.registry import PreprocessConfig, stages_for
 
     config = PreprocessConfig(catalog="-", out=str(out), workers=0)
     store = Store(str(out))

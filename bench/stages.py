@@ -56,9 +56,8 @@ def measure(samples: Path, repeat: int) -> dict:
 
     from tasks.engine.workers import prepare_models
     from tasks.records.catalog import CatalogItem, WorkItem
-    from tasks.records.config import PreprocessConfig
     from tasks.stages.model_cache import Weights
-    from tasks.stages.registry import StageEnv, StageInput, active_stages
+    from tasks.stages.registry import PreprocessConfig, StageEnv, StageInput, active_stages
 
     cv2.setNumThreads(1)
     canvases = load_canvases(samples)
@@ -84,7 +83,7 @@ def measure(samples: Path, repeat: int) -> dict:
                         timed("face_mesh", bare_mesh.process, ingested.image)
                     item = WorkItem(CatalogItem(kind, f"{name}.jpg", f"{name}.jpg", "-", 0, name), frozenset())
                     values = {"ingest": ingested}
-                    for stage in active_stages(config, kind)[1:]:
+                    for stage in [s for s in active_stages(config, kind) if s.name != "ingest"]:  # ingested above
                         inputs = [StageInput(item, {read: values[read] for read in stage.reads})]
                         [value] = timed(f"{stage.name} run", stage.run, env, inputs)
                         if isinstance(value, BaseException):

@@ -175,7 +175,7 @@ def dataset_root(config: BenchConfig) -> Iterator[Store]:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.preprocess import preprocess
-    from tasks.records.config import PreprocessConfig
+    from tasks.stages.registry import PreprocessConfig
     from tests.tryon_dataset import build_catalog
 
     work = Path(tempfile.mkdtemp(prefix="vitonprep-bench-tryon-"))

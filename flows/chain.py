@@ -24,7 +24,8 @@ from prefect.runtime import flow_run
 
 from tasks.infra.redaction import redact
 from tasks.infra.store import Store
-from tasks.records.config import PreprocessConfig, RunPolicy
+from tasks.records.config import RunPolicy
+from tasks.stages.registry import PreprocessConfig
 from vitonhd_models import contract
 
 TRAIN_MARKER = "train-started.json"  # under _work/<split>/: the pair count when training last started

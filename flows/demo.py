@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from flows.local import run_flow
 from tasks.infra.store import Store
 from tasks.stages.contact_sheet import dataset_contact_sheet
 from vitonhd_models import contract
@@ -74,9 +75,9 @@ def build_demo_catalog(catalog: Store) -> None:
 
 
 def run_demo(out_dir: str = "demo-output", workers: int | None = None, show_progress: bool = True) -> dict[str, Any]:
-    from flows.cli.preprocess import run_flow
-    from tasks.records.config import PreprocessConfig, RunPolicy
+    from tasks.records.config import RunPolicy
     from tasks.records.manifest import item_view, read_run
+    from tasks.stages.registry import PreprocessConfig
 
     out_dir = os.path.abspath(out_dir)
     catalog = Store(os.path.join(out_dir, "catalog"))

@@ -21,8 +21,9 @@ from flows.report import RunProgress
 from tasks.engine.plan import child_run_id, work_list_path, write_work_list
 from tasks.infra.store import Store
 from tasks.records.catalog import WorkItem
-from tasks.records.config import PreprocessConfig, Selection
+from tasks.records.config import Selection
 from tasks.records.manifest import read_run
+from tasks.stages.registry import PreprocessConfig
 
 CHILD_DEPLOYMENT = "preprocess/shard-range"
 POLL_S = 2.0  # how often the parent asks the API about its children

@@ -9,22 +9,20 @@ then the pairs file, the run summary and the UI artifacts.
 from __future__ import annotations
 
 import time
-import uuid
-from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import chain, fanout
-from flows.report import RunProgress, announce_run, log_failed_items, publish, run_parameter
+from flows.report import announce_run, log_failed_items, publish, run_parameter
+from flows.runs import collect_shards, new_run_id
 from tasks.engine.paired_cloth import PairingWork, apply_pairings, plan_pairings
+from tasks.engine.pairs import pairs_of, write_pairs
 from tasks.engine.plan import (
     OutputListing,
     apply_refusals,
@@ -34,6 +32,7 @@ from tasks.engine.plan import (
     refuse_collisions,
     split_work,
 )
+from tasks.engine.run_summary import failure_reason, ok_listed, shards_failure, summarise
 from tasks.engine.shard import ShardRun
 from tasks.engine.shard_task import shard_task
 from tasks.engine.workers import warm_up, workers_of
@@ -44,27 +43,20 @@ from tasks.infra.store import Store
 from tasks.records.catalog import (
     GARMENT,
     PERSON,
+    CatalogLayout,
     WorkItem,
     detect_catalog_layout,
     list_items,
     plan_shards,
     read_worn_pairs,
-    unworn_pairs,
 )
 from tasks.records.config import (
-    PreprocessConfig,
     RunPolicy,
     Selection,
 )
-from tasks.records.manifest import ok_items, read_current, write_summary
-from tasks.stages.model_cache import resolve_weights
-from tasks.stages.registry import ALL_STAGES, stage_fingerprints, stages_for
-from vitonhd_models import contract
-
-
-def new_run_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+from tasks.records.manifest import read_current, write_summary
+from tasks.stages.model_cache import Weights
+from tasks.stages.registry import PreprocessConfig, check_weights, resolve_weights, stage_fingerprints
 
 
 class RunFailed(RuntimeError):
@@ -132,21 +124,20 @@ def preprocess_part(config: PreprocessConfig, work_list: str, full_refresh: bool
         return Failed(message=f"Failed: {failure}", data=failure)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
-    """One full run: what it was given and what it resolved before planning."""
+    """What a full run plans from: its id, the catalog (its layout and worn pairs) and the selection over
+    it, the dataset and split it writes, and the weights and stage fingerprints its stages run with."""
 
-    config: PreprocessConfig
-    selection: Selection
-    policy: RunPolicy
     run_id: str
-    started: float  # perf_counter
     catalog: Store
-    out: Store
-    layout: Any
+    layout: CatalogLayout
     worn_pairs: list[tuple[str, str]]
-    weights: Any
-    fingerprints: dict
+    selection: Selection
+    out: Store
+    split: str
+    weights: Weights
+    fingerprints: dict[str, dict[str, str]]
 
 
 @dataclass
@@ -163,19 +154,11 @@ class Plan:
         return len(self.works[PERSON]) + len(self.works[GARMENT])
 
 
-def check_parser_weights(config: PreprocessConfig, weights: Any) -> None:
-    """A YOLO checkpoint that would run code when loaded stops the run before anything is processed."""
-    if weights.parser is not None:
-        from tasks.stages.parse_yolo import check_weights
-
-        check_weights(weights.parser.path, config.trust_weights)
-
-
 def plan_run(run: Run) -> Plan:
     """List the catalog and the dataset's output folders, diff them against the manifest's current view."""
-    current = read_current(run.out, run.config.split)
+    current = read_current(run.out, run.split)
     index = index_current(current)
-    outputs = OutputListing(run.out, run.config.split) if not run.selection.full_refresh else None
+    outputs = OutputListing(run.out, run.split) if not run.selection.full_refresh else None
     listed, works = plan_catalog(
         {kind: list_items(run.catalog, run.layout, kind) for kind in (PERSON, GARMENT)}, index, run.fingerprints,
         run.selection, outputs=outputs,
@@ -195,85 +178,113 @@ def run_preprocess(config: PreprocessConfig, selection: Selection, policy: RunPo
     catalog = Store(config.catalog, config.storage_options)
     layout = detect_catalog_layout(catalog)
     weights = resolve_weights(config)
-    check_parser_weights(config, weights)
-    run = Run(config, selection, policy, new_run_id(), started, catalog,
-              Store(config.out, config.storage_options), layout,
-              read_worn_pairs(catalog, layout),  # a broken pairs file fails the run before any image
-              weights, stage_fingerprints(config, weights))
+    check_weights(config, weights)
+    run = Run(run_id=new_run_id(), catalog=catalog, layout=layout,
+              worn_pairs=read_worn_pairs(catalog, layout),  # a broken pairs file fails the run before any image
+              selection=selection, out=Store(config.out, config.storage_options), split=config.split,
+              weights=weights, fingerprints=stage_fingerprints(config, weights))
     plan = plan_run(run)
     # With no item to process, the paired cloth may still be due (a dataset made before it existed):
     # worked out here once, and kept for the finish unless processing changes the current view.
     pairing = None if plan.planned else pairing_work(run, plan.current, plan.listed)
     busy = plan.planned or bool(pairing[0])
-    lease = DatasetLease(run.out, run.run_id, wait_s=config.lease_wait_s) if busy else nullcontext()
-    with lease:
-        if busy and lease.waited:  # the run we waited for may have done some of it
+    lease = DatasetLease(run.out, run.run_id, wait_s=config.lease_wait_s)
+    with lease if busy else nullcontext():
+        if lease.waited:  # the run we waited for may have done some of it
             plan, pairing = plan_run(run), None
-        if plan.planned:
-            leftovers = run.out.remove_temporaries(min_age_s=time.time() - lease.taken)
-            if leftovers:
-                logger.info("removed %d partial files left by an interrupted run", leftovers)
-        return finish_run(run, plan, logger, pairing)
+        leftovers = lease.remove_orphaned_temporaries()  # held or not: only what no live run can own
+        if leftovers:
+            logger.info("removed %d partial files left by an interrupted run", leftovers)
+        done = process_plan(config, policy, run, plan, logger)
+        return finish_run(config, policy, run, plan, done, started, logger, pairing)
 
 
-def finish_run(run: Run, plan: Plan, logger: Any, pairing: tuple | None = None) -> dict[str, Any]:
-    """Process the plan (here or in child runs), then write the pairs and the summary, publish, chain."""
-    config, selection, policy, run_id, out = run.config, run.selection, run.policy, run.run_id, run.out
-    listed, works, current, planned = plan.listed, plan.works, plan.current, plan.planned
+@dataclass
+class Processed:
+    """What processing a plan left: the finished shards' rows, the child runs (part -> flow run id), those
+    that did not complete (flow run id -> state) and the shard tasks that failed."""
+
+    rows: list[dict[str, Any]]
+    children: dict[str, str] = field(default_factory=dict)
+    unfinished: dict[str, str] = field(default_factory=dict)
+    failed_shards: list[dict[str, str]] = field(default_factory=list)
+
+
+def process_plan(config: PreprocessConfig, policy: RunPolicy, run: Run, plan: Plan, logger: Any) -> Processed:
+    """The plan's items: one task run per shard here or, from a deployment with more than
+    `policy.items_per_child_run` of them, child runs of the shard-range deployment (`flows.fanout`)."""
+    listed, works, planned = plan.listed, plan.works, plan.planned
     logger.info(
         "run %s: %d of %d persons and %d of %d garments to process (%s layout)",
-        run_id, len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]), run.layout.name,
+        run.run_id, len(works[PERSON]), len(listed[PERSON]), len(works[GARMENT]), len(listed[GARMENT]),
+        run.layout.name,
     )
-    children: dict[str, str] = {}
-    failed_shards: list[dict[str, str]] = []
     fan_out = bool(policy.items_per_child_run) and planned > policy.items_per_child_run
     if fan_out and not fanout.in_deployment():
         logger.info("%d items exceed items_per_child_run %d, but this run is not a deployment's (no workers "
                     "to share with): processing them all here", planned, policy.items_per_child_run)
         fan_out = False
-    if fan_out:
-        parts = split_work(works, policy.items_per_child_run)
-        logger.info("run %s: splitting %d items into %d child runs of %s",
-                    run_id, planned, len(parts), fanout.CHILD_DEPLOYMENT)
-        children = fanout.start_children(config, selection, parts, run_id)
-        states = fanout.wait_for_children(children, logger)
-        rows = fanout.children_rows(config, children)
-        unfinished = {children[i]: state for i, state in states.items() if state != "Completed"}
-    else:
-        rows, failed_shards = process(config, ShardRun(run_id, run.fingerprints, run.weights), works, logger)
-        unfinished = {}
+    if not fan_out:
+        rows, failed_shards = process(config, ShardRun(run.run_id, run.fingerprints, run.weights), works, logger)
+        return Processed(rows, failed_shards=failed_shards)
+    parts = split_work(works, policy.items_per_child_run)
+    logger.info("run %s: splitting %d items into %d child runs of %s",
+                run.run_id, planned, len(parts), fanout.CHILD_DEPLOYMENT)
+    children = fanout.start_children(config, run.selection, parts, run.run_id)
+    states = fanout.wait_for_children(children, logger)
+    rows = fanout.children_rows(config, children)
+    return Processed(rows, children, unfinished={children[i]: state for i, state in states.items()
+                                                 if state != "Completed"})
 
-    if rows or children:  # else the view read at the start still holds, and so does its pairing
-        current, pairing = read_current(out, config.split), None
-    pairing, ok, pairs = pairing or pairing_work(run, current, listed)
-    write_pairs(out, config.split, pairs)
-    paired = apply_pairings(out, config.split, run_id, pairing, current, ok)
-    summary = summarise(config, selection, run_id, rows, listed, works, ok, pairs, time.perf_counter() - run.started)
+
+def finish_run(
+    config: PreprocessConfig, policy: RunPolicy, run: Run, plan: Plan, done: Processed, started: float, logger: Any,
+    pairing: tuple | None = None,
+) -> dict[str, Any]:
+    """After processing: the pairs and the paired cloth, the summary and its verdict, the chained runs,
+    the UI artifacts; a run judged Failed raises `RunFailed` with its summary."""
+    current = plan.current
+    if done.rows or done.children:  # else the view read at the start still holds, and so does its pairing
+        current, pairing = read_current(run.out, run.split), None
+    pairing, ok, pairs = pairing or pairing_work(run, current, plan.listed)
+    write_pairs(run.out, run.split, pairs)
+    paired = apply_pairings(run.out, run.split, run.run_id, pairing, current, ok)
+    summary = summarise(config, run.selection, run.run_id, str(flow_run.get_id() or ""), done.rows, plan.listed,
+                        plan.works, ok, pairs, time.perf_counter() - started)
     summary["paired_cloth"] = paired
-    summary["child_runs"] = sorted(children.values())
-    summary["failed_shards"] = failed_shards
-    failure = failure_reason(summary, policy.max_failed_fraction, unfinished)
+    summary["child_runs"] = sorted(done.children.values())
+    summary["failed_shards"] = done.failed_shards
+    failure = failure_reason(summary, policy.max_failed_fraction, done.unfinished)
     if failure is None:
-        new_garments = sorted({row["stem"] for row in rows if row["kind"] == GARMENT and row["stem"]}
-                              & set(ok[GARMENT].values()))
-        summary["started"] = {
-            "tryon": chain.start_tryon(policy, config, new_garments, sorted(ok[PERSON].values()), logger),
-            "train": chain.start_train(policy, config, len(pairs), logger),
-        }
-    if planned or children or paired["rows"]:  # an unchanged catalog's run writes nothing
-        write_summary(out, config.split, run_id, summary)
+        summary["started"] = start_chained(config, policy, done.rows, ok, pairs, logger)
+    if plan.planned or done.children or paired["rows"]:  # an unchanged catalog's run writes nothing
+        write_summary(run.out, run.split, run.run_id, summary)
     log_failed_items(summary["failed"], logger)
-    publish(summary, out, rows, current, keyed=True, failure=failure)
+    publish(summary, run.out, done.rows, current, keyed=True, failure=failure)
     logger.info(
         "run %s: processed %d persons (%d failed) and %d garments (%d failed) in %.1f s; the dataset holds "
         "%d persons and %d garments",
-        run_id, summary["persons"]["total"], summary["persons"]["error"], summary["garments"]["total"],
+        run.run_id, summary["persons"]["total"], summary["persons"]["error"], summary["garments"]["total"],
         summary["garments"]["error"], summary["seconds"], len(ok[PERSON]), len(ok[GARMENT]),
     )
     if failure is not None:
-        logger.error("run %s failed: %s", run_id, failure)
+        logger.error("run %s failed: %s", run.run_id, failure)
         raise RunFailed(failure, summary)
     return summary
+
+
+def start_chained(
+    config: PreprocessConfig, policy: RunPolicy, rows: list[dict[str, Any]], ok: dict[str, dict[str, str]],
+    pairs: list[tuple[str, str]], logger: Any,
+) -> dict[str, Any]:
+    """What comes next (`flows.chain`): try-on for the garments this run made usable, training after
+    enough pairs; what each started, or None."""
+    new_garments = sorted({row["stem"] for row in rows if row["kind"] == GARMENT and row["stem"]}
+                          & set(ok[GARMENT].values()))
+    return {
+        "tryon": chain.start_tryon(policy, config, new_garments, sorted(ok[PERSON].values()), logger),
+        "train": chain.start_train(policy, config, len(pairs), logger),
+    }
 
 
 def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> dict[str, Any]:
@@ -285,7 +296,7 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     part = read_work_list(out, work_list)
     run_id = part.run_id
     weights = resolve_weights(config)
-    check_parser_weights(config, weights)
+    check_weights(config, weights)
     fingerprints = stage_fingerprints(config, weights)
     index = index_current(read_current(out, config.split))
     listed, works = plan_catalog(part.items, index, fingerprints, selection,
@@ -296,7 +307,8 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     rows, failed_shards = process(config, ShardRun(run_id, fingerprints, weights), works, logger)
     current = read_current(out, config.split)
     ok = ok_listed(current, listed)
-    summary = summarise(config, selection, run_id, rows, listed, works, ok, [], time.perf_counter() - started)
+    summary = summarise(config, selection, run_id, str(flow_run.get_id() or ""), rows, listed, works, ok, [],
+                        time.perf_counter() - started)
     summary["work_list"] = work_list
     summary["failed_shards"] = failed_shards
     write_summary(out, config.split, run_id, summary)
@@ -306,12 +318,6 @@ def run_part(config: PreprocessConfig, selection: Selection, work_list: str) -> 
     if failed_shards:  # the parent sees this run Failed and says so; the other shards' rows stand
         raise RunFailed(shards_failure(failed_shards), summary)
     return summary
-
-
-def ok_listed(current, listed: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-    """Per kind, key -> stem of the listed items whose every stage is ok in the current view."""
-    return {kind: {k: s for k, s in ok_items(current, kind, stages_for(kind)).items() if k in listed[kind]}
-            for kind in (PERSON, GARMENT)}
 
 
 def process(
@@ -332,150 +338,9 @@ def process(
     return collect_shards(dict(zip(futures, (name for name, _ in shards))), logger)
 
 
-def collect_shards(futures: dict, logger: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Wait for every shard, reporting progress as each lands; a failed shard never stops the others."""
-    progress = RunProgress(len(futures), "Shards finished")
-    rows: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    for future in as_completed(list(futures)):
-        result = future.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            reason = redact(f"{type(result).__name__}: {result}")
-            failed.append({"shard": futures[future], "error": reason})
-            logger.error("shard %s failed: %s", futures[future], reason)
-        else:
-            rows.extend(result)
-        progress.advance()
-    return rows, sorted(failed, key=lambda failure: failure["shard"])
-
-
-def shards_failure(failed: list[dict[str, str]]) -> str:
-    """Why a run with failed shard tasks ends Failed (their items get no rows: the next run does them)."""
-    count = f"{len(failed)} shard{'' if len(failed) == 1 else 's'}"
-    shown = "; ".join(f"{failure['shard']}: {failure['error']}" for failure in failed[:3])
-    return f"{count} failed after their retries, their items are left for the next run: {shown}"
-
-
-def failure_reason(summary: dict[str, Any], max_failed_fraction: float, unfinished: dict[str, str]) -> str | None:
-    """Why the run ends Failed (child runs or shards that did not complete, too many failed items), or None."""
-    if summary.get("failed_shards"):
-        return shards_failure(summary["failed_shards"])
-    if unfinished:
-        listed = ", ".join(f"{run} {state}" for run, state in sorted(unfinished.items()))
-        return f"{len(unfinished)} of {len(summary['child_runs'])} child runs did not complete: {listed}"
-    processed = summary["persons"]["total"] + summary["garments"]["total"]
-    failed = summary["persons"]["error"] + summary["garments"]["error"]
-    if processed and failed / processed > max_failed_fraction:
-        codes = ", ".join(f"{code} {count}" for code, count in sorted(summary["errors"].items()))
-        return (f"{failed} of {processed} items failed ({failed / processed:.1%} > max_failed_fraction "
-                f"{max_failed_fraction:.1%}): {codes}")
-    return None
-
-
-def collect(futures: list, description: str = "Shards finished") -> list[dict[str, Any]]:
-    """Wait for every shard's rows, reporting progress (a progress artifact, the CLI's bar) as each lands."""
-    progress = RunProgress(len(futures), description)
-    rows: list[dict[str, Any]] = []
-    for future in as_completed(futures):
-        rows.extend(future.result())
-        progress.advance()
-    return rows
-
-
-def pairs_of(
-    config: PreprocessConfig, layout, worn_pairs: list[tuple[str, str]], ok: dict[str, dict[str, str]]
-) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Who wears what (person stem -> garment stem) and the split's pairs, over everything the dataset
-    holds: train pairs each person with what they wear (`worn_pairs`: the catalog's, by key), test with
-    a garment they don't."""
-    worn = {}
-    for person_key, garment_key in worn_pairs:
-        if person_key in ok[PERSON] and garment_key in ok[GARMENT]:
-            worn[ok[PERSON][person_key]] = ok[GARMENT][garment_key]
-    if layout.name == "vitonhd" and layout.pairs_file is None:
-        # VITON-HD's own convention: image/X.jpg wears cloth/X.jpg.
-        garment_stems = set(ok[GARMENT].values())
-        worn = {stem: stem for stem in ok[PERSON].values() if stem in garment_stems}
-    if config.split == "train":
-        pairs = sorted(worn.items())
-    else:
-        pairs = unworn_pairs(list(ok[PERSON].values()), list(ok[GARMENT].values()), worn)
-    return worn, pairs
-
-
-def write_pairs(out: Store, split: str, pairs: list[tuple[str, str]]) -> None:
-    """`<out>/<split>_pairs.txt`, rewritten only when its content changes."""
-    lines = "".join(f"{contract.person_image_name(p)} {contract.cloth_image_name(g)}\n" for p, g in pairs)
-    name = contract.pairs_file_name(split)
-    if not out.exists(name) or out.read_text(name) != lines:  # object stores bill and notify every PUT
-        out.write_text(name, lines)
-
-
 def pairing_work(run: Run, current, listed: dict[str, dict[str, str]]) -> tuple[PairingWork, dict, list]:
     """The paired cloth each usable person should have (`tasks.engine.paired_cloth`), against what the dataset holds."""
     ok = ok_listed(current, listed)
-    worn, pairs = pairs_of(run.config, run.layout, run.worn_pairs, ok)
-    pairing = plan_pairings(run.out, run.config.split, current, ok, worn, pairs, listed[GARMENT])
+    worn, pairs = pairs_of(run.split, run.layout, run.worn_pairs, ok)
+    pairing = plan_pairings(run.out, run.split, current, ok, worn, pairs, listed[GARMENT])
     return pairing, ok, pairs
-
-
-def summarise(
-    config: PreprocessConfig,
-    selection: Selection,
-    run_id: str,
-    rows: list[dict],
-    listed: dict[str, dict[str, str]],
-    works: dict[str, list[WorkItem]],
-    ok: dict[str, dict[str, str]],
-    pairs: list,
-    seconds: float,
-) -> dict[str, Any]:
-    """What this run did (processed, failed, per stage) and what the dataset now holds."""
-    failed: dict[tuple[str, str], dict] = {}
-    processed: dict[str, set[str]] = {PERSON: set(), GARMENT: set()}
-    for row in rows:
-        processed[row["kind"]].add(row["key"])
-        if row["status"] == "error":
-            failed.setdefault((row["kind"], row["key"]), row)
-
-    def counts(kind: str) -> dict[str, int]:
-        errors = sum(1 for (k, _) in failed if k == kind)
-        return {"total": len(processed[kind]), "ok": len(processed[kind]) - errors, "error": errors}
-
-    stage_stats = {}
-    for stage in ALL_STAGES:
-        mine = [row for row in rows if row["stage"] == stage]
-        if mine:
-            total_ms = sum(row["ms"] or 0.0 for row in mine)
-            stage_stats[stage] = {
-                "items": len(mine),
-                "error": sum(row["status"] == "error" for row in mine),
-                "mean_ms": total_ms / len(mine),
-                "total_ms": total_ms,
-            }
-    n_processed = len(processed[PERSON]) + len(processed[GARMENT])
-    return {
-        "run_id": run_id,
-        "flow_run_id": str(flow_run.get_id() or ""),
-        "catalog": redact(config.catalog),
-        "out": redact(config.out),
-        "split": config.split,
-        "parser": config.parser,
-        "agnostic_recipe": config.agnostic_recipe,
-        "selection": selection.model_dump(mode="json"),
-        "listed": {"persons": len(listed[PERSON]), "garments": len(listed[GARMENT])},
-        "planned": {"persons": len(works[PERSON]), "garments": len(works[GARMENT])},
-        "persons": counts(PERSON),
-        "garments": counts(GARMENT),
-        "errors": dict(Counter(row["error_code"] for row in failed.values())),
-        "failed": [
-            {"kind": kind, "key": key, "stage": row["stage"], "error_code": row["error_code"],
-             "error_message": row["error_message"], "source": redact(row.get("source_url") or "")}
-            for (kind, key), row in sorted(failed.items())
-        ],
-        "stages": stage_stats,
-        "dataset": {"persons": len(ok[PERSON]), "garments": len(ok[GARMENT]), "pairs": len(pairs)},
-        "pairs": len(pairs),
-        "seconds": seconds,
-        "images_per_second": n_processed / seconds if seconds > 0 else 0.0,
-    }

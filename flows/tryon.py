@@ -24,8 +24,8 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.preprocess import collect, new_run_id
 from flows.report import run_parameter
+from flows.runs import collect, new_run_id
 from tasks.engine.tryon import (
     CONTACT_SHEET_NAME,
     OK,

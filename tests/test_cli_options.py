@@ -11,12 +11,12 @@ from flows.cli import build_parser
 from flows.cli.common import model_from_args
 from tasks.records.config import (
     ParserTrainConfig,
-    PreprocessConfig,
     RunPolicy,
     Selection,
     TrainConfig,
     TryOnConfig,
 )
+from tasks.stages.registry import PreprocessConfig
 from tasks.tools.parser_dataset import ParserDatasetConfig
 
 

@@ -91,7 +91,8 @@ def test_flow_parameters_all_have_descriptions_for_the_ui():
 
 def test_the_typed_configuration_is_the_flows_parameters():
     """One source of every default: each flow takes its models, not their fields one by one."""
-    from tasks.records.config import ParserTrainConfig, PreprocessConfig, RunPolicy, Selection, TrainConfig, TryOnConfig
+    from tasks.records.config import ParserTrainConfig, RunPolicy, Selection, TrainConfig, TryOnConfig
+    from tasks.stages.registry import PreprocessConfig
 
     expected = {
         "flows.preprocess.preprocess": {"config": PreprocessConfig, "selection": Selection, "policy": RunPolicy},

@@ -29,10 +29,18 @@ from tasks.engine.shard import ShardRun, process_shard, read_source, schedule_of
 from tasks.engine.workers import SOURCE, Job, prepare_models, run_job, worker_pool
 from tasks.infra.store import Store
 from tasks.records.catalog import GARMENT, PERSON, WorkItem, detect_catalog_layout, list_items
-from tasks.records.config import PreprocessConfig, Selection
+from tasks.records.config import Selection
 from tasks.records.manifest import manifest_part_path, read_run
-from tasks.stages.model_cache import Weights, resolve_weights
-from tasks.stages.registry import STAGES, active_stages, output_paths, stage_fingerprints, stages_for
+from tasks.stages.model_cache import Weights
+from tasks.stages.registry import (
+    STAGES,
+    PreprocessConfig,
+    active_stages,
+    output_paths,
+    resolve_weights,
+    stage_fingerprints,
+    stages_for,
+)
 from vitonhd_models import contract, errors
 from vitonhd_models.errors import ItemError
 
@@ -94,7 +102,8 @@ def test_the_yolo_parser_runs_over_batches_between_the_per_item_stages():
     segments = segments_of(config, PERSON)
     assert [(s.names, s.batch_size) for s in segments] == [
         (("ingest", "pose", "pose_gate"), None), (("parse",), 16), (("agnostic",), None)]
-    assert [s.reads for s in active_stages(config, PERSON)][3] == ("ingest",), "YOLO reads no pose"
+    [parse] = [stage for stage in active_stages(config, PERSON) if stage.name == "parse"]
+    assert parse.reads == ("ingest",), "YOLO reads no pose"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +534,7 @@ def test_the_unet_cloth_mask_option_runs_in_the_worker_processes(hostile_catalog
     rows = run_pass(config, run, "garment-00000", works[GARMENT])
     row = rows["04469_00.jpg", "cloth_mask"]
     assert row["status"] == "ok", row["error_message"]
-    assert row["model"].startswith("cloth_unet.pt@sha256:" + run.weights.cloth_mask.sha256[:12])
+    assert row["model"].startswith("cloth_unet.pt@sha256:" + run.weights.of("cloth_mask").sha256[:12])
     assert 0.05 < row["cloth_mask_coverage"] < 0.9, row["cloth_mask_coverage"]
 
 

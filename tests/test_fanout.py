@@ -75,7 +75,8 @@ def test_a_retried_preprocess_run_starts_the_same_tryon_only_once(registered, tm
     from prefect.logging import get_logger
 
     from flows.chain import start_tryon
-    from tasks.records.config import PreprocessConfig, RunPolicy
+    from tasks.records.config import RunPolicy
+    from tasks.stages.registry import PreprocessConfig
 
     config = PreprocessConfig(catalog=str(tmp_path / "catalog"), out=str(tmp_path / "dataset"))
     policy = RunPolicy(tryon_deployment=registered["tryon"])
@@ -107,7 +108,8 @@ def test_no_new_garments_start_no_tryon(tmp_path):
     from prefect.logging import get_logger
 
     from flows.chain import start_tryon
-    from tasks.records.config import PreprocessConfig, RunPolicy
+    from tasks.records.config import RunPolicy
+    from tasks.stages.registry import PreprocessConfig
 
     config = PreprocessConfig(catalog=str(tmp_path), out=str(tmp_path))
     assert start_tryon(RunPolicy(tryon_deployment="tryon/bulk"), config, [], ["p1"], get_logger("test")) is None
@@ -119,7 +121,8 @@ def test_training_starts_when_enough_new_pairs_arrived_and_counts_from_there(reg
     from prefect.logging import get_logger
 
     from flows.chain import start_train
-    from tasks.records.config import PreprocessConfig, RunPolicy
+    from tasks.records.config import RunPolicy
+    from tasks.stages.registry import PreprocessConfig
 
     config = PreprocessConfig(catalog=str(tmp_path / "catalog"), out=str(tmp_path / "dataset"), split="train")
     policy = RunPolicy(train_deployment=registered["train"], train_min_new_pairs=10)
@@ -151,3 +154,33 @@ def test_a_deployment_name_must_be_flow_slash_deployment():
 
     with pytest.raises(ValidationError, match="<flow>/<deployment>"):
         RunPolicy(tryon_deployment="bulk")
+
+
+def test_a_deployment_run_over_the_limit_hands_its_items_to_child_runs(monkeypatch):
+    import logging
+    from types import SimpleNamespace
+
+    from flows import fanout
+    from flows.preprocess import Plan, Processed, Run, process_plan
+    from tasks.records.config import RunPolicy, Selection
+    from tasks.stages.registry import PreprocessConfig
+
+    handed: list[dict] = []
+
+    def start_children(config, selection, parts, run_id):
+        handed.extend(parts)
+        return {f"flow-run-{i}": f"{run_id}-p{i:04d}" for i in range(1, len(parts) + 1)}
+
+    monkeypatch.setattr(fanout, "in_deployment", lambda: True)
+    monkeypatch.setattr(fanout, "start_children", start_children)
+    monkeypatch.setattr(fanout, "wait_for_children",
+                        lambda children, logger: {"flow-run-1": "Completed", "flow-run-2": "Crashed"})
+    monkeypatch.setattr(fanout, "children_rows", lambda config, children: [{"key": "a child's row"}])
+    run = Run(run_id="r", catalog=None, layout=SimpleNamespace(name="catalog"), worn_pairs=[], selection=Selection(),
+              out=None, split="test", weights=None, fingerprints={})
+    plan = Plan(current=None, index={}, listed={PERSON: {}, GARMENT: {}}, works=works(3, 1))
+    done = process_plan(PreprocessConfig(catalog="/catalog", out="/dataset"), RunPolicy(items_per_child_run=2), run,
+                        plan, logging.getLogger("test"))
+    assert [len(part[PERSON]) + len(part[GARMENT]) for part in handed] == [2, 2]
+    assert done == Processed(rows=[{"key": "a child's row"}], children={"flow-run-1": "r-p0001", "flow-run-2": "r-p0002"},
+                             unfinished={"r-p0002": "Crashed"})

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from tasks.infra.store import Store
-from tasks.records.config import PreprocessConfig, RunPolicy
+from tasks.records.config import RunPolicy
 from tasks.records.manifest import item_view, read_run
+from tasks.stages.registry import PreprocessConfig
 from vitonhd_models import contract
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.records.config import PreprocessConfig, RunPolicy
+from tasks.records.config import RunPolicy
+from tasks.stages.registry import PreprocessConfig
 
 pytestmark = pytest.mark.slow
 

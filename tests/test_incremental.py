@@ -11,8 +11,9 @@ import pyarrow.compute as pc
 import pytest
 
 from tasks.infra.store import Store
-from tasks.records.config import PreprocessConfig, RunPolicy, Selection
+from tasks.records.config import RunPolicy, Selection
 from tasks.records.manifest import read_all, read_current, read_run
+from tasks.stages.registry import PreprocessConfig
 
 pytestmark = pytest.mark.slow
 

@@ -19,12 +19,11 @@ import pytest
 from PIL import Image, features
 
 import tasks.stages.normalize as normalize
+from tasks.stages.image_codec import encode_jpeg, encode_png
 from tasks.stages.normalize import (
     FIT_METHODS,
     FitRecord,
     decode_image,
-    encode_jpeg,
-    encode_png,
     estimate_background_rgb,
     fit_to_canvas,
 )
@@ -395,10 +394,9 @@ _CROP_INGEST = """
 import io, json, sys
 from types import SimpleNamespace
 from PIL import Image
-from tasks.records.config import PreprocessConfig
 from tasks.stages.model_cache import Weights
 from tasks.stages.normalize import ingest
-from tasks.stages.registry import StageEnv
+from tasks.stages.registry import PreprocessConfig, StageEnv
 from vitonhd_models.errors import ItemError
 
 width, height, person = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tasks.infra.store import Store
-from tasks.records.config import PreprocessConfig, RunPolicy, Selection
+from tasks.records.config import RunPolicy, Selection
 from tasks.records.manifest import read_current, read_run
+from tasks.stages.registry import PreprocessConfig
 
 pytestmark = pytest.mark.slow
 

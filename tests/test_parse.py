@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.records.config import PreprocessConfig
 from tasks.stages.parse import (
     DEFAULT_YOLO_CLASS_TO_CIHP,
     YOLO_CLASS_NAMES,
@@ -23,6 +22,7 @@ from tasks.stages.parse import (
     encode_parse_png,
 )
 from tasks.stages.parse_yolo import composite_instances_on_device
+from tasks.stages.registry import PreprocessConfig
 from tests.yolo_weights import TINY_IMGSZ as _TINY
 from vitonhd_models.contract import CIHP_NUM_LABELS, Body25, Cihp, cihp_palette_flat
 

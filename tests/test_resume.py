@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from tasks.infra.store import Store
-from tasks.records.config import PreprocessConfig
 from tasks.records.manifest import read_all, read_current
-from tasks.stages.registry import output_paths, stages_for
+from tasks.stages.registry import PreprocessConfig, output_paths, stages_for
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -26,7 +26,8 @@ from tasks.infra.options import resolve_storage_options
 from tasks.infra.redaction import redact
 from tasks.infra.store import Store
 from tasks.infra.weight_cache import local_file
-from tasks.records.config import PreprocessConfig, RunPolicy
+from tasks.records.config import RunPolicy
+from tasks.stages.registry import PreprocessConfig
 from tests.s3 import Bucket, FaultProxy, clear_s3fs_caches
 
 FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)  # real backoff, short waits
@@ -145,9 +146,7 @@ def test_model_weights_come_from_s3_as_a_cached_local_copy(s3, tmp_path):
 
 
 def test_new_weights_at_the_same_url_are_downloaded_again_and_change_the_fingerprint(s3, tmp_path, monkeypatch):
-    from tasks.records.config import PreprocessConfig
-    from tasks.stages.model_cache import resolve_weights
-    from tasks.stages.registry import stage_fingerprints
+    from tasks.stages.registry import PreprocessConfig, resolve_weights, stage_fingerprints
 
     monkeypatch.setenv("HOME", str(tmp_path))  # the weight cache lives under ~/.cache
     config = PreprocessConfig(catalog="c", out="o", cloth_mask_model=s3.url("models/cloth.pt"),
@@ -156,8 +155,8 @@ def test_new_weights_at_the_same_url_are_downloaded_again_and_change_the_fingerp
     first = resolve_weights(config)
     s3.put("models/cloth.pt", b"weights, second version")
     second = resolve_weights(config)
-    assert Path(second.cloth_mask.path).read_bytes() == b"weights, second version"
-    assert not Path(first.cloth_mask.path).exists(), "the copy of the replaced object should be gone"
+    assert Path(second.of("cloth_mask").path).read_bytes() == b"weights, second version"
+    assert not Path(first.of("cloth_mask").path).exists(), "the copy of the replaced object should be gone"
     assert stage_fingerprints(config, first)["garment"]["cloth_mask"] != stage_fingerprints(config, second)["garment"]["cloth_mask"]
 
 
@@ -480,7 +479,8 @@ def test_a_key_with_an_empty_segment_is_refused_and_the_bucket_it_names_is_never
 def test_a_credential_in_storage_options_is_refused_with_where_to_put_it(options):
     from pydantic import ValidationError
 
-    from tasks.records.config import PreprocessConfig, TrainConfig
+    from tasks.records.config import TrainConfig
+    from tasks.stages.registry import PreprocessConfig
 
     for make in (lambda: PreprocessConfig(catalog="c", out="o", storage_options=options),
                  lambda: TrainConfig(dataset="d", stage="gmm", out="o", storage_options=options)):
@@ -490,7 +490,7 @@ def test_a_credential_in_storage_options_is_refused_with_where_to_put_it(options
 
 
 def test_ordinary_storage_options_are_kept():
-    from tasks.records.config import PreprocessConfig
+    from tasks.stages.registry import PreprocessConfig
 
     options = {"endpoint_url": "http://minio:9000", "profile": "catalog", "anon": False,
                "client_kwargs": {"region_name": "eu-west-1"}, "config_kwargs": {"retries": {"max_attempts": 3}}}

@@ -23,10 +23,9 @@ from tasks.infra.errors import StorageUnavailableError
 from tasks.infra.runtime import is_infrastructure_error
 from tasks.infra.store import Store
 from tasks.records.catalog import GARMENT, CatalogItem, Refusal, WorkItem, stem_for_key
-from tasks.records.config import PreprocessConfig
 from tasks.records.manifest import manifest_part_path, read_run
 from tasks.stages.model_cache import Weights
-from tasks.stages.registry import output_paths, stage_fingerprints, stages_for
+from tasks.stages.registry import PreprocessConfig, output_paths, stage_fingerprints, stages_for
 from vitonhd_models import errors
 
 RUN_ID = "20261201T000000Z-finish"

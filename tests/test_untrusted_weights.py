@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.records.config import PreprocessConfig
+from tasks.stages.registry import PreprocessConfig
 
 
 class Payload:

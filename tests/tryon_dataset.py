@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tasks.infra.store import Store
-from tasks.records.config import PreprocessConfig
+from tasks.stages.registry import PreprocessConfig
 
 
 def mirrored(data: bytes) -> bytes:

@@ -4,65 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
-from flows.cli.common import add_model_arguments, add_output_arguments, model_from_args, progress_bar, stdout_for_json
+from flows.cli.common import add_model_arguments, add_output_arguments, model_from_args, stdout_for_json
+from flows.local import run_flow
 
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    from tasks.records.config import PreprocessConfig, RunPolicy, Selection
+    from tasks.records.config import RunPolicy, Selection
+    from tasks.stages.registry import PreprocessConfig
 
     add_model_arguments(parser, PreprocessConfig, "what to make")
     add_model_arguments(parser, Selection, "which items (a backfill)")
     add_model_arguments(parser, RunPolicy, "run policy (exit 1 and a Failed run above max-failed-fraction)")
     add_output_arguments(parser)
-
-
-class RunLink(logging.Handler):
-    """Prints the run's UI page on stderr as it starts, when the run goes to a configured Prefect server
-    (the temporary server of a run without one is gone when the command ends: no link then)."""
-
-    def __init__(self, ui_url: str):
-        super().__init__()
-        self.ui_url, self.page = ui_url, None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from flows.report import flow_run_page
-
-        self.page = flow_run_page(self.ui_url, record.flow_run_id)
-        print(f"watch the run at {self.page}", file=sys.stderr, flush=True)
-
-
-def configured_ui_url() -> str | None:
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    return settings.ui_url if settings.api.url else None
-
-
-def run_flow(config, show_progress: bool = True, **groups: Any) -> dict[str, Any]:
-    """The preprocess flow on `config` and the other parameter groups given (`selection`, `policy`)."""
-    from flows.preprocess import preprocess
-    from flows.report import progress_logger, run_logger
-    from tasks.engine.workers import warm_up
-
-    warm_up(config)  # the worker processes start while Prefect starts its temporary API server
-    ui_url = configured_ui_url()
-    link = RunLink(ui_url) if ui_url else None
-    if link is not None:
-        run_logger.addHandler(link)
-        run_logger.setLevel(logging.INFO)
-    try:
-        with progress_bar(progress_logger, show_progress, "preprocess"):
-            summary = preprocess(config, **groups)
-    finally:
-        if link is not None:
-            run_logger.removeHandler(link)
-    if link is not None and link.page:
-        summary = {**summary, "ui_url": link.page}
-    return summary
 
 
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -89,7 +45,8 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from flows.preprocess import RunFailed
-    from tasks.records.config import PreprocessConfig, RunPolicy, Selection
+    from tasks.records.config import RunPolicy, Selection
+    from tasks.stages.registry import PreprocessConfig
 
     config, selection, policy = (model_from_args(model, args) for model in (PreprocessConfig, Selection, RunPolicy))
     try:

@@ -57,10 +57,9 @@ from tasks.infra.errors import (
 from tasks.infra.store import Store
 from tasks.infra.weight_cache import sha256_hex
 from tasks.records.catalog import WorkItem
-from tasks.records.config import PreprocessConfig
 from tasks.records.manifest import manifest_part_path, write_part
 from tasks.stages.model_cache import Weights
-from tasks.stages.registry import Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
+from tasks.stages.registry import PreprocessConfig, Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
 from vitonhd_models import errors
 from vitonhd_models.errors import ItemError
 

@@ -13,7 +13,7 @@ from prefect import task
 from tasks.engine.shard import ShardRun, process_shard
 from tasks.infra.runtime import TASK_OPTIONS
 from tasks.records.catalog import WorkItem
-from tasks.records.config import PreprocessConfig
+from tasks.stages.registry import PreprocessConfig
 
 
 @task(name="shard", task_run_name="{shard}", **TASK_OPTIONS)

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.records.catalog import WorkItem
-from tasks.records.config import PreprocessConfig
 from tasks.stages.model_cache import Weights
-from tasks.stages.registry import KINDS, Stage, StageEnv, StageInput, active_stages
+from tasks.stages.registry import KINDS, PreprocessConfig, Stage, StageEnv, StageInput, active_stages
 from vitonhd_models import errors
 from vitonhd_models.errors import ItemError
 

@@ -64,76 +64,31 @@ class Config(BaseModel):
 DEFAULT_SHARD_SIZE = 64
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; bigger headers are treated as decompression bombs
 DEFAULT_MAX_SOURCE_BYTES = 64 * 2**20  # a real catalog photo is a few MB; a 64 MB one is not read
-DEFAULT_VISIBILITY_THRESHOLD = 0.5  # joints MediaPipe sees less surely than this are OpenPose's 0, 0, 0
-# The joints the agnostic masks are anchored on (contract §0 item 7; the neck is their midpoint) are kept down to
-# this visibility: OpenPose keeps them with a low confidence too (0.38-0.49 for the hips of every photo in
-# groundtruth/vitonhd), and without them the item is lost. On crops of the sample photos MediaPipe gives a hip at
-# the lower edge 0.25-0.6, one up to 100 px past it 0.03-0.4, the hips of a head-and-shoulders crop 0.00-0.01.
-DEFAULT_TORSO_VISIBILITY_THRESHOLD = 0.1
-DEFAULT_PARSE_BATCH_SIZE = 8  # images per YOLO call: most of a GPU's throughput at a few GB of memory
 
 
-class PreprocessConfig(Config):
-    """Everything a preprocess run needs. Defaults run offline on the bundled models."""
+class RunConfig(Config):
+    """The fields of a preprocess run that are no one stage's: where, which split, how the work is cut.
+
+    `tasks.stages.registry.PreprocessConfig`, the flows' parameter, is this model with the settings of
+    every registered stage (each stage declares its fields, defaults and descriptions in its own module).
+    """
 
     catalog: str = Field(description="Catalog root URL: persons/ + garments/ (+ pairs.csv), or image/ + cloth/")
     out: str = Field(description="Dataset root URL; outputs go under {out}/{split}/")
     split: Literal["test", "train"] = Field("test", description="Dataset split to write")
     shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1, description="Images per task run")
-    parser: str = Field("geometric", description="'geometric' (bundled, approximate) or 'yolo:{weights URL}'")
-    fit: Literal["pad", "crop"] = Field(
-        "pad", description="How other aspect ratios reach 768x1024: pad with the background, or crop around the person"
-    )
-    agnostic_recipe: Literal["hrviton", "vitonhd"] = Field(
-        "hrviton", description="Clothing-agnostic image recipe: HR-VITON get_agnostic or VITON-HD get_img_agnostic"
-    )
-    pose_model: str | None = Field(None, description="URL of a MediaPipe Tasks .task pose model; None = bundled")
-    cloth_mask_model: str | None = Field(None, description="URL of a ClothUNet checkpoint; None = classical")
-    visibility_threshold: float = Field(
-        DEFAULT_VISIBILITY_THRESHOLD, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0 (shoulders and hips: see the torso one)"
-    )
-    torso_visibility_threshold: float = Field(
-        DEFAULT_TORSO_VISIBILITY_THRESHOLD, ge=0.0, le=1.0, description="Shoulders and hips (what the agnostic needs) are kept down to this "
-        "visibility, with it as their confidence, as OpenPose keeps them; below it they are missing (missing_keypoints)"
-    )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Larger images are rejected as bombs")
-    max_torso_tilt_deg: float = Field(
-        45.0, ge=0.0, le=180.0, description="Persons whose torso leans further from upright are refused (not_upright)"
-    )
-    max_other_person_scale: float = Field(
-        0.5, ge=0.0, description="Photos where another person is at least this size (box area) of the chosen one "
-        "are refused (several_persons)"
-    )
     max_source_bytes: int = Field(
         DEFAULT_MAX_SOURCE_BYTES, ge=1, description="Larger source files are rejected without being read"
     )
     workers: int | None = Field(
         None, ge=0, description="Worker processes for the CPU stages; None = one per core, 0 = in the task's own process"
     )
-    parse_batch_size: int = Field(DEFAULT_PARSE_BATCH_SIZE, ge=1, description="Images per YOLO parser call")
     lease_wait_s: float = Field(
         0.0, ge=0.0, description="How long to wait for another run on the same dataset to finish (0: stop at once)"
     )
-    trust_weights: bool = Field(
-        False, description="Load the YOLO parser's .pt weights as Ultralytics does, code in them included (trusted files only)"
-    )
     storage_options: StorageOptions = Field(default_factory=dict)
     storage_secret_block: SecretBlockName = None
-
-    @field_validator("parser")
-    @classmethod
-    def _parser_spec(cls, value: str) -> str:
-        if value == "geometric" or (value.startswith("yolo:") and len(value) > len("yolo:")):
-            return value
-        raise ValueError("parser must be 'geometric' or 'yolo:<weights URL>'")
-
-    @property
-    def parser_backend(self) -> str:
-        return self.parser.split(":", 1)[0]
-
-    @property
-    def parser_weights_url(self) -> str | None:
-        return self.parser.split(":", 1)[1] if self.parser.startswith("yolo:") else None
 
 
 class Selection(Config):

@@ -3,10 +3,29 @@ person's parse map, keypoints and image, encoded as the dataset's files."""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Literal
 
+import numpy as np
+from pydantic import Field
+
+from tasks.records.config import Config
+from tasks.stages.image_codec import encode_jpeg
+from tasks.stages.model_cache import ModelFile
+from tasks.stages.parse import encode_parse_png
 from vitonhd_models.agnostic import image_agnostic, parse_agnostic
 from vitonhd_models.contract import JPEG_QUALITY
+
+
+class AgnosticSettings(Config):
+    """The agnostic stage's fields of `PreprocessConfig`."""
+
+    agnostic_recipe: Literal["hrviton", "vitonhd"] = Field(
+        "hrviton", description="Clothing-agnostic image recipe: HR-VITON get_agnostic or VITON-HD get_img_agnostic"
+    )
+
+
+def agnostic_params(config, weights: ModelFile | None) -> dict:
+    return {"recipe": config.agnostic_recipe}
 
 
 def make_agnostic(env, item) -> tuple[np.ndarray, np.ndarray]:
@@ -19,9 +38,6 @@ def make_agnostic(env, item) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_agnostic(value: tuple[np.ndarray, np.ndarray]) -> tuple[bytes, ...]:
-    from tasks.stages.normalize import encode_jpeg
-    from tasks.stages.parse import encode_parse_png
-
     parse_free, image_free = value
     return encode_parse_png(parse_free), encode_jpeg(image_free, quality=JPEG_QUALITY)
 

@@ -1,7 +1,8 @@
 """Model weights, resolved and hashed once per run; models, loaded once per process and thread.
 
-`resolve_weights` turns the configured weight URLs into local files (downloaded once into the
-weight cache) and their sha256: the stage fingerprints use the hashes, the stages the paths. The
+`Weights` is the run's weight files by stage name: `tasks.stages.registry.resolve_weights` turns the
+weight URL each stage declares into a local file (downloaded once into the weight cache) and its
+sha256: the stage fingerprints use the hashes, the stages the paths (`env.weights.of("pose")`). The
 flow resolves them once per run and hands the result to every shard, so no shard hashes a file.
 
 `cached` keeps built models for the life of the process, keyed by what decides them (a weights
@@ -12,12 +13,11 @@ thread-safe, and a worker process runs its jobs on one thread, so there it is on
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tasks.infra.weight_cache import file_sha256, local_file
-from tasks.records.config import PreprocessConfig
 
 T = TypeVar("T")
 
@@ -33,30 +33,18 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class Weights:
-    """The run's weight files (None: the stage's bundled default)."""
+    """The run's weight files, by stage name. A stage without one runs its bundled default, so `Weights()`
+    is a run on the bundled defaults."""
 
-    pose: ModelFile | None = None
-    parser: ModelFile | None = None
-    cloth_mask: ModelFile | None = None
+    files: Mapping[str, ModelFile] = field(default_factory=dict)
+
+    def of(self, stage: str) -> ModelFile | None:
+        return self.files.get(stage)
 
 
 def resolve_model_file(url: str, storage_options: dict[str, Any]) -> ModelFile:
     path = local_file(url, storage_options)
     return ModelFile(url=url, path=path, sha256=file_sha256(path))
-
-
-def resolve_weights(config: PreprocessConfig) -> Weights:
-    """Every configured weight URL as a local file with its sha256 (one download and one hash each)."""
-    options = config.storage_options
-
-    def resolve(url: str | None) -> ModelFile | None:
-        return resolve_model_file(url, options) if url else None
-
-    return Weights(
-        pose=resolve(config.pose_model),
-        parser=resolve(config.parser_weights_url),
-        cloth_mask=resolve(config.cloth_mask_model),
-    )
 
 
 _local = threading.local()

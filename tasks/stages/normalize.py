@@ -23,11 +23,16 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from pydantic import Field
 
+from tasks.records.config import Config
+from tasks.stages.image_codec import decode_rgb, encode_jpeg
+from tasks.stages.model_cache import ModelFile
+from tasks.stages.pose import person_locator
 from vitonhd_models.contract import IMAGE_HEIGHT, IMAGE_WIDTH, JPEG_QUALITY
 from vitonhd_models.errors import (
     DECOMPRESSION_BOMB,
@@ -460,57 +465,21 @@ def _check_rgb(image_rgb: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Encoding (deterministic: no timestamps, no EXIF, no ICC; the same array gives the same bytes)
-# ---------------------------------------------------------------------------------------------------
-
-
-def encode_jpeg(image_rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    """Encode an (H, W, 3) RGB or (H, W) greyscale uint8 array as baseline JPEG, no metadata."""
-    pil = _array_to_pil(image_rgb, allow=("RGB", "L"))
-    buffer = io.BytesIO()
-    pil.save(buffer, format="JPEG", quality=int(quality), optimize=False, progressive=False)
-    return buffer.getvalue()
-
-
-def encode_png(array: np.ndarray, palette: Sequence[int] | None = None) -> bytes:
-    """Encode a uint8 array as PNG: (H, W) -> L (or P with `palette`, a flat RGB list), (H, W, 3) -> RGB,
-    (H, W, 4) -> RGBA. No tIME or text chunks, fixed compression."""
-    pil = _array_to_pil(array, allow=("L", "RGB", "RGBA"))
-    if palette is not None:
-        if pil.mode != "L":
-            raise ValueError("a palette needs a 2-D index array")
-        pil = pil.copy()
-        pil.putpalette(list(palette))  # turns the L image into P with these colours
-    buffer = io.BytesIO()
-    pil.save(buffer, format="PNG", optimize=False, compress_level=6)
-    return buffer.getvalue()
-
-
-def _array_to_pil(array: np.ndarray, allow: tuple[str, ...]) -> Image.Image:
-    if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 array, got {getattr(array, 'dtype', type(array))}")
-    if array.ndim == 2:
-        mode = "L"
-    elif array.ndim == 3 and array.shape[2] == 3:
-        mode = "RGB"
-    elif array.ndim == 3 and array.shape[2] == 4:
-        mode = "RGBA"
-    else:
-        raise ValueError(f"cannot encode an array of shape {array.shape}")
-    if mode not in allow:
-        raise ValueError(f"cannot encode a {mode} array of shape {array.shape} here; allowed {allow}")
-    return Image.fromarray(np.ascontiguousarray(array), mode=mode)
-
-
-def decode_rgb(data: bytes) -> np.ndarray:
-    """One of our own written images back as an RGB array (what VITON-HD's loaders will see)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-# ---------------------------------------------------------------------------------------------------
 # The ingest stage (declared in tasks/stages/registry.py): source bytes -> the 768x1024 image as written
 # ---------------------------------------------------------------------------------------------------
+
+
+class IngestSettings(Config):
+    """The ingest stage's fields of `PreprocessConfig` (the run's `max_pixels` is read too)."""
+
+    fit: Literal["pad", "crop"] = Field(
+        "pad", description="How other aspect ratios reach 768x1024: pad with the background, or crop around the person"
+    )
+
+
+def ingest_params(config, weights: ModelFile | None, *, person: bool) -> dict[str, Any]:
+    """The fingerprint parameters: garments are always padded."""
+    return {"fit": config.fit if person else "pad", "max_pixels": config.max_pixels, "jpeg": JPEG_QUALITY}
 
 
 @dataclass(frozen=True)
@@ -523,6 +492,12 @@ class Ingested:
     jpeg: bytes | None = None  # None when loaded back from an earlier run's file
 
 
+def prepare_ingest(env) -> None:
+    """Builds the person locator ahead of the first item when persons are cropped around it."""
+    if env.config.fit == "crop":
+        person_locator(env)
+
+
 def ingest(env, item, *, person: bool) -> Ingested:
     """Decode the source, fit it onto the canvas (crop: around the person the pose model finds), encode."""
     image = decode_image(item.source, max_pixels=env.config.max_pixels)
@@ -530,9 +505,7 @@ def ingest(env, item, *, person: bool) -> Ingested:
     method = env.config.fit if person else "pad"
     box = None
     if method == "crop":
-        from tasks.stages.pose import _locator
-
-        box = _locator(env).person_box(array)
+        box = person_locator(env).person_box(array)
     canvas, fit = fit_to_canvas(array, method=method, person_box=box)
     jpeg = encode_jpeg(canvas, quality=JPEG_QUALITY)
     return Ingested(decode_rgb(jpeg), fit, jpeg)

@@ -24,6 +24,7 @@ Decisions (peers.md §3 lists the choices the MediaPipe -> BODY_25 converters di
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import math
@@ -33,8 +34,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from pydantic import Field
 
-from tasks.records.config import DEFAULT_TORSO_VISIBILITY_THRESHOLD, DEFAULT_VISIBILITY_THRESHOLD
+from tasks.records.config import Config
+from tasks.stages.image_codec import encode_png
+from tasks.stages.model_cache import ModelFile
 from vitonhd_models.agnostic import TORSO_HIP_ELLIPSE_HALF_HEIGHT_R, VITONHD_R
 from vitonhd_models.contract import (
     AGNOSTIC_REQUIRED_KEYPOINTS,
@@ -46,6 +50,13 @@ from vitonhd_models.contract import (
 )
 from vitonhd_models.errors import NO_PERSON, ItemError
 from vitonhd_models.openpose import check_body25
+
+DEFAULT_VISIBILITY_THRESHOLD = 0.5  # joints MediaPipe sees less surely than this are OpenPose's 0, 0, 0
+# The joints the agnostic masks are anchored on (contract §0 item 7; the neck is their midpoint) are kept down to
+# this visibility: OpenPose keeps them with a low confidence too (0.38-0.49 for the hips of every photo in
+# groundtruth/vitonhd), and without them the item is lost. On crops of the sample photos MediaPipe gives a hip at
+# the lower edge 0.25-0.6, one up to 100 px past it 0.03-0.4, the hips of a head-and-shoulders crop 0.00-0.01.
+DEFAULT_TORSO_VISIBILITY_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -839,13 +850,41 @@ def pose_from_npz_bytes(data: bytes) -> PoseResult:
 # ---------------------------------------------------------------------------------------------------
 
 
+class PoseSettings(Config):
+    """The pose stage's fields of `PreprocessConfig`."""
+
+    pose_model: str | None = Field(None, description="URL of a MediaPipe Tasks .task pose model; None = bundled")
+    visibility_threshold: float = Field(
+        DEFAULT_VISIBILITY_THRESHOLD, ge=0.0, le=1.0, description="Joints below it are written as 0,0,0 (shoulders and hips: see the torso one)"
+    )
+    torso_visibility_threshold: float = Field(
+        DEFAULT_TORSO_VISIBILITY_THRESHOLD, ge=0.0, le=1.0, description="Shoulders and hips (what the agnostic needs) are kept down to this "
+        "visibility, with it as their confidence, as OpenPose keeps them; below it they are missing (missing_keypoints)"
+    )
+
+
+def pose_weights_url(config) -> str | None:
+    return config.pose_model
+
+
+def mediapipe_id() -> str:
+    """The installed MediaPipe, for fingerprints (read from its metadata: a no-op run never imports it)."""
+    return f"mediapipe-{importlib.metadata.version('mediapipe')}"
+
+
+def pose_params(config, weights: ModelFile | None) -> dict:
+    model = weights.sha256 if weights else "pose_landmark_full"
+    return {"model": f"{mediapipe_id()}/{model}", "visibility": config.visibility_threshold,
+            "torso_visibility": config.torso_visibility_threshold}
+
+
 def pose_sidecar_name(stem: str) -> str:
     """The pose model's outputs for the parse stage, under `_work/<split>/pose/`."""
     return f"{stem}.npz"
 
 
 def _estimator(env) -> PoseEstimator:
-    weights, config = env.weights.pose, env.config
+    weights, config = env.weights.of("pose"), env.config
     thresholds = (config.visibility_threshold, config.torso_visibility_threshold)
     key = ("pose", weights.sha256 if weights else "bundled", *thresholds)
     return env.model(key, lambda: PoseEstimator(task_model_path=weights.path if weights else None,
@@ -853,7 +892,7 @@ def _estimator(env) -> PoseEstimator:
                                                 torso_visibility_threshold=thresholds[1]))
 
 
-def _locator(env) -> PoseEstimator:
+def person_locator(env) -> PoseEstimator:
     """The person finder of `fit=crop` (ingest): the bundled model at its default thresholds (the estimator
     itself when the configuration keeps them: one model, not two)."""
     key = ("pose", "bundled", DEFAULT_VISIBILITY_THRESHOLD, DEFAULT_TORSO_VISIBILITY_THRESHOLD)
@@ -863,11 +902,6 @@ def _locator(env) -> PoseEstimator:
 def prepare_pose(env) -> None:
     if env.config.pose_model is None:
         _estimator(env)
-
-
-def prepare_locator(env) -> None:
-    if env.config.fit == "crop":
-        _locator(env)
 
 
 def as_stored(result: PoseResult) -> PoseResult:
@@ -893,8 +927,6 @@ def estimate_pose(env, item) -> PoseResult:
 
 
 def encode_pose(result: PoseResult) -> tuple[bytes, ...]:
-    from tasks.stages.normalize import encode_png
-
     keypoints = result.keypoints_body25
     return (json.dumps(openpose_json(keypoints)).encode("utf-8"), encode_png(render_body25(keypoints)),
             pose_to_npz_bytes(result))
@@ -915,6 +947,22 @@ def load_pose(work, files: tuple[bytes, ...]) -> PoseResult:
 # ---------------------------------------------------------------------------------------------------
 # The pose gate (declared in tasks/stages/registry.py): photos that are no VITON-HD material
 # ---------------------------------------------------------------------------------------------------
+
+
+class PoseGateSettings(Config):
+    """The pose gate's fields of `PreprocessConfig`."""
+
+    max_torso_tilt_deg: float = Field(
+        45.0, ge=0.0, le=180.0, description="Persons whose torso leans further from upright are refused (not_upright)"
+    )
+    max_other_person_scale: float = Field(
+        0.5, ge=0.0, description="Photos where another person is at least this size (box area) of the chosen one "
+        "are refused (several_persons)"
+    )
+
+
+def gate_params(config, weights: ModelFile | None) -> dict:
+    return {"max_torso_tilt_deg": config.max_torso_tilt_deg, "max_other_person_scale": config.max_other_person_scale}
 
 
 def torso_tilt_deg(keypoints_body25: np.ndarray) -> float | None:

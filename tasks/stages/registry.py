@@ -7,16 +7,22 @@ run that reruns only a downstream stage reads what this one wrote, never the sou
 what its files decode to (`load(encode(result)) == result`), so a partial rerun sees exactly what a
 full run saw.
 
-Everything else derives from `STAGES`: the manifest's stage lists, the planner's dependency rules
-and fingerprints, the output paths, the removal of a failed item's outputs, and the shard engine's
-order of work (`tasks.engine.shard`). Adding a stage means writing its functions in its own module and
-adding one entry here.
+A stage's module also declares what it needs from the run: its settings (a `Config` mixin: its fields
+of `PreprocessConfig`, with their defaults, descriptions and validators), the URL of its weights file
+(a function of the configuration) and its fingerprint parameters (a function of the configuration and
+its own resolved weights file).
+
+Everything else derives from `STAGES`: `PreprocessConfig` (the run's own fields and every stage's
+settings, so the CLI's options and the deployments' parameter schemas), the weights resolved and
+hashed once per run, the manifest's stage lists, the planner's dependency rules and fingerprints, the
+output paths, the removal of a failed item's outputs, and the shard engine's order of work
+(`tasks.engine.shard`). Adding a stage means writing its module and adding one entry here
+(ARCHITECTURE.md, "Adding a stage").
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
@@ -25,9 +31,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tasks.records.catalog import GARMENT, PERSON
-from tasks.records.config import PreprocessConfig
+from tasks.records.config import Config, RunConfig
 from tasks.stages import agnostic, cloth_mask, normalize, parse, pose
-from tasks.stages.model_cache import Weights, cached
+from tasks.stages.model_cache import ModelFile, Weights, cached, resolve_model_file
 from vitonhd_models import contract, errors
 from vitonhd_models.errors import ItemError
 
@@ -86,7 +92,10 @@ class Stage:
     run: BatchFunction
     encode: Callable[[Any], tuple[bytes, ...]]  # one file's bytes per output
     fields: Callable[[StageEnv, Any], dict[str, Any]]  # manifest fields of a result ("model", details)
-    params: Callable[[PreprocessConfig, Weights], dict[str, Any]]  # all besides the input that decides the output
+    # All besides the input that decides the output, from the configuration and the stage's own weights file
+    # (None: its bundled default), whose sha256 it must name. tests/test_engine.py pins the fingerprints they
+    # make: a change reruns the stage on every existing dataset.
+    params: Callable[[PreprocessConfig, ModelFile | None], dict[str, Any]]
     load: Callable[[WorkItem, tuple[bytes, ...]], Any] | None = None  # the result back from its files
     loads_from: tuple[int, ...] = ()  # which of `outputs` `load` reads
     # None: the stage runs per item in the worker processes. Else it runs over batches of this many
@@ -94,6 +103,9 @@ class Stage:
     batch_size: Callable[[PreprocessConfig], int] | None = None
     active: Callable[[PreprocessConfig], bool] = lambda config: True  # which variant of a stage a run uses
     prepare: Callable[[StageEnv], None] | None = None  # builds the bundled models ahead of the first item
+    settings: type[Config] | None = None  # its fields of PreprocessConfig (variants of a stage share them)
+    weights: Callable[[PreprocessConfig], str | None] | None = None  # its weights file's URL; None: bundled default
+    check_weights: Callable[[PreprocessConfig, ModelFile], None] | None = None  # refuses a file before the run
 
     def paths(self, split: str, stem: str) -> list[str]:
         return [output.path(split, stem) for output in self.outputs]
@@ -123,52 +135,6 @@ def per_item(function: Callable[[StageEnv, StageInput], Any]) -> BatchFunction:
     return run
 
 
-# ---------------------------------------------------------------------------------------------
-# Fingerprint parameters (unchanged since v1 of each stage: existing datasets keep their fingerprints)
-
-
-def _mediapipe_id() -> str:
-    return f"mediapipe-{importlib.metadata.version('mediapipe')}"  # no import: a no-op run stays quick
-
-
-def _ingest_params(method: Callable[[PreprocessConfig], str], config: PreprocessConfig, weights: Weights) -> dict:
-    return {"fit": method(config), "max_pixels": config.max_pixels, "jpeg": contract.JPEG_QUALITY}
-
-
-def _pose_params(config: PreprocessConfig, weights: Weights) -> dict:
-    model = weights.pose.sha256 if weights.pose else "pose_landmark_full"
-    return {"model": f"{_mediapipe_id()}/{model}", "visibility": config.visibility_threshold,
-            "torso_visibility": config.torso_visibility_threshold}
-
-
-def _geometric_params(config: PreprocessConfig, weights: Weights) -> dict:
-    return {"parser": f"{parse.GeometricParser.parser_id}:{_mediapipe_id()}"}
-
-
-def _yolo_params(config: PreprocessConfig, weights: Weights) -> dict:
-    return {"parser": f"yolo:{weights.parser.sha256}"}
-
-
-def _gate_params(config: PreprocessConfig, weights: Weights) -> dict:
-    return {"max_torso_tilt_deg": config.max_torso_tilt_deg, "max_other_person_scale": config.max_other_person_scale}
-
-
-def _agnostic_params(config: PreprocessConfig, weights: Weights) -> dict:
-    return {"recipe": config.agnostic_recipe}
-
-
-def _cloth_mask_params(config: PreprocessConfig, weights: Weights) -> dict:
-    return {"model": weights.cloth_mask.sha256 if weights.cloth_mask else cloth_mask.CLASSICAL_MODEL_ID}
-
-
-def _geometric(config: PreprocessConfig) -> bool:
-    return config.parser_backend == "geometric"
-
-
-def _yolo(config: PreprocessConfig) -> bool:
-    return config.parser_backend == "yolo"
-
-
 # Files a person gets from another item once every item's stages have run (`tasks.engine.paired_cloth`): HR-VITON
 # reads a person's paired cloth and its mask under the person's own name (contract §0 item 8, §2.1).
 PAIRED_CLOTH_STAGE = "paired_cloth"
@@ -180,64 +146,80 @@ PARSE = Output(contract.DIR_PARSE, contract.parse_name)
 
 STAGES: tuple[Stage, ...] = (
     Stage(
-        name="ingest", kind=PERSON, version=1, reads=(),
+        name="ingest", kind=PERSON, version=1, reads=(), settings=normalize.IngestSettings,
         outputs=(PERSON_IMAGE,),
-        run=per_item(partial(normalize.ingest, person=True)), prepare=pose.prepare_locator,
+        run=per_item(partial(normalize.ingest, person=True)), prepare=normalize.prepare_ingest,
         encode=normalize.encode_ingested, fields=normalize.ingested_fields, load=normalize.load_ingested,
-        loads_from=(0,), params=partial(_ingest_params, lambda config: config.fit),
+        loads_from=(0,), params=partial(normalize.ingest_params, person=True),
     ),
     Stage(
-        name="pose", kind=PERSON, version=1, reads=("ingest",),
+        name="pose", kind=PERSON, version=1, reads=("ingest",), settings=pose.PoseSettings,
+        weights=pose.pose_weights_url,
         outputs=(
             Output(contract.DIR_POSE_JSON, contract.keypoints_json_name),
             Output(contract.DIR_POSE_IMG, contract.rendered_pose_name),
             Output("pose", pose.pose_sidecar_name, internal=True),
         ),
         run=per_item(pose.estimate_pose), prepare=pose.prepare_pose, encode=pose.encode_pose, fields=pose.pose_fields,
-        load=pose.load_pose, loads_from=(2,), params=_pose_params,
+        load=pose.load_pose, loads_from=(2,), params=pose.pose_params,
     ),
     Stage(
-        name="pose_gate", kind=PERSON, version=1, reads=("pose",),
+        name="pose_gate", kind=PERSON, version=1, reads=("pose",), settings=pose.PoseGateSettings,
         outputs=(), run=per_item(pose.gate_pose), encode=lambda seen: (), fields=pose.gate_fields,
-        params=_gate_params,
+        params=pose.gate_params,
     ),
     Stage(
-        name="parse", kind=PERSON, version=1, reads=("ingest", "pose"), active=_geometric,
+        name="parse", kind=PERSON, version=1, reads=("ingest", "pose"), active=parse.is_geometric,
+        settings=parse.ParseSettings,
         outputs=(PARSE,),
         run=per_item(parse.parse_geometric), prepare=parse.prepare_geometric,
         encode=parse.encode_parse, fields=parse.parse_fields,
-        load=parse.load_parse, loads_from=(0,), params=_geometric_params,
+        load=parse.load_parse, loads_from=(0,), params=parse.geometric_params,
     ),
     Stage(
-        name="parse", kind=PERSON, version=1, reads=("ingest",), active=_yolo,
+        name="parse", kind=PERSON, version=1, reads=("ingest",), active=parse.is_yolo,
+        settings=parse.ParseSettings, weights=parse.yolo_weights_url, check_weights=parse.check_yolo_weights,
         outputs=(PARSE,),
-        run=parse.parse_yolo_batch, batch_size=lambda config: config.parse_batch_size,
+        run=parse.parse_yolo_batch, batch_size=parse.yolo_batch_size,
         encode=parse.encode_parse, fields=parse.parse_fields,
-        load=parse.load_parse, loads_from=(0,), params=_yolo_params,
+        load=parse.load_parse, loads_from=(0,), params=parse.yolo_params,
     ),
     Stage(
-        name="agnostic", kind=PERSON, version=1, reads=("ingest", "pose", "parse"),
+        name="agnostic", kind=PERSON, version=1, reads=("ingest", "pose", "parse"), settings=agnostic.AgnosticSettings,
         outputs=(
             Output(contract.DIR_PARSE_AGNOSTIC, contract.parse_agnostic_name),
             Output(contract.DIR_AGNOSTIC, contract.agnostic_name),
         ),
         run=per_item(agnostic.make_agnostic), encode=agnostic.encode_agnostic, fields=agnostic.agnostic_fields,
-        params=_agnostic_params,
+        params=agnostic.agnostic_params,
     ),
     Stage(
-        name="ingest", kind=GARMENT, version=1, reads=(),
+        name="ingest", kind=GARMENT, version=1, reads=(), settings=normalize.IngestSettings,
         outputs=(Output(contract.DIR_CLOTH, contract.cloth_image_name),),
         run=per_item(partial(normalize.ingest, person=False)),
         encode=normalize.encode_ingested, fields=normalize.ingested_fields, load=normalize.load_ingested,
-        loads_from=(0,), params=partial(_ingest_params, lambda config: "pad"),
+        loads_from=(0,), params=partial(normalize.ingest_params, person=False),
     ),
     Stage(
-        name="cloth_mask", kind=GARMENT, version=1, reads=("ingest",),
+        name="cloth_mask", kind=GARMENT, version=1, reads=("ingest",), settings=cloth_mask.ClothMaskSettings,
+        weights=cloth_mask.mask_weights_url,
         outputs=(Output(contract.DIR_CLOTH_MASK, contract.cloth_mask_name),),
         run=per_item(cloth_mask.mask_cloth), encode=cloth_mask.encode_mask, fields=cloth_mask.mask_fields,
-        params=_cloth_mask_params,
+        params=cloth_mask.mask_params,
     ),
 )
+
+
+def settings_of(stages: Sequence[Stage]) -> tuple[type[Config], ...]:
+    """Each stage's settings once, in the registry's order."""
+    return tuple(dict.fromkeys(stage.settings for stage in stages if stage.settings is not None))
+
+
+# The flows' parameter and the CLI's options. pydantic orders the fields from the last base to the first: the
+# run's own, then each stage's in the registry's order.
+class PreprocessConfig(*reversed(settings_of(STAGES)), RunConfig):
+    """Everything a preprocess run needs. Defaults run offline on the bundled models."""
+
 
 KINDS = (PERSON, GARMENT)
 
@@ -272,19 +254,52 @@ def output_paths(split: str, kind: str, stem: str) -> list[str]:
     return paths
 
 
+def resolve_weights(config: PreprocessConfig) -> Weights:
+    """The weights file of every stage the run uses that names one, local, with its sha256 (one download and one
+    hash each): stage name -> file. The flow resolves them once per run; every shard gets the result."""
+    files: dict[str, ModelFile] = {}
+    for kind in KINDS:
+        for entry in active_stages(config, kind):
+            url = entry.weights(config) if entry.weights else None
+            if url and entry.name not in files:
+                files[entry.name] = resolve_model_file(url, config.storage_options)
+    return Weights(files)
+
+
+def check_weights(config: PreprocessConfig, weights: Weights) -> None:
+    """Each stage's check of its weights file (a YOLO checkpoint that would run code when loaded): raises before
+    the run processes anything."""
+    for kind in KINDS:
+        for entry in active_stages(config, kind):
+            file = weights.of(entry.name)
+            if entry.check_weights is not None and file is not None:
+                entry.check_weights(config, file)
+
+
 def stage_fingerprints(config: PreprocessConfig, weights: Weights) -> dict[str, dict[str, str]]:
     """kind -> stage -> a short hash of everything besides the input that decides the stage's output."""
     fingerprints: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
     for kind in KINDS:
-        for stage in active_stages(config, kind):
-            text = json.dumps({"stage": stage.name, "version": stage.version, **stage.params(config, weights)},
+        for entry in active_stages(config, kind):
+            file = weights.of(entry.name)
+            text = json.dumps({"stage": entry.name, "version": entry.version, **entry.params(config, file)},
                               sort_keys=True)
-            fingerprints[kind][stage.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+            if file is not None and file.sha256 not in text:
+                raise ValueError(f"{kind} stage {entry.name}: its fingerprint parameters do not name its weights' "
+                                 "sha256, so new weights would not rerun it")
+            fingerprints[kind][entry.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return fingerprints
 
 
 def _check(stages: Sequence[Stage]) -> None:
-    """Each stage reads only stages declared before it for its kind, and loads only what it writes."""
+    """Each stage reads only stages declared before it for its kind, and loads only what it writes; no two
+    stages' settings (nor a stage's and the run's) declare the same field."""
+    owners = dict.fromkeys(RunConfig.model_fields, "the run")
+    for settings in settings_of(stages):
+        for name in settings.model_fields:
+            if name in owners:
+                raise ValueError(f"{settings.__name__} declares {name}, a field of {owners[name]} too")
+            owners[name] = settings.__name__
     for stage in stages:
         earlier = stages_for(stage.kind)[: stages_for(stage.kind).index(stage.name)]
         unknown = [name for name in stage.reads if name not in earlier]
