@@ -21,17 +21,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import chain, fanout
 from flows.report import announce_run, log_failed_items, publish, run_parameter
 from flows.runs import collect_shards, new_run_id
-from tasks.engine.paired_cloth import PairingWork, apply_pairings, plan_pairings
-from tasks.engine.pairs import pairs_of, write_pairs
-from tasks.engine.plan import (
-    OutputListing,
-    apply_refusals,
-    index_current,
-    plan_catalog,
-    read_work_list,
-    refuse_collisions,
-    split_work,
-)
+from tasks.engine.paired_cloth import apply_pairings
+from tasks.engine.pairs import write_pairs
+from tasks.engine.plan import apply_refusals, index_current, plan_catalog, read_work_list, split_work
+from tasks.engine.run_plan import CatalogRun, Plan, open_catalog, pairing_work, plan_run
 from tasks.engine.run_summary import failure_reason, ok_listed, shards_failure, summarise
 from tasks.engine.shard import ShardRun
 from tasks.engine.shard_task import shard_task
@@ -40,22 +33,9 @@ from tasks.infra.lease import DatasetLease
 from tasks.infra.redaction import redact
 from tasks.infra.runtime import SHARDS_IN_FLIGHT, use_storage_secret
 from tasks.infra.store import Store
-from tasks.records.catalog import (
-    GARMENT,
-    PERSON,
-    CatalogLayout,
-    WorkItem,
-    detect_catalog_layout,
-    list_items,
-    plan_shards,
-    read_worn_pairs,
-)
-from tasks.records.config import (
-    RunPolicy,
-    Selection,
-)
+from tasks.records.catalog import GARMENT, PERSON, WorkItem, plan_shards
+from tasks.records.config import RunPolicy, Selection
 from tasks.records.manifest import read_current, write_summary
-from tasks.stages.model_cache import Weights
 from tasks.stages.registry import PreprocessConfig, check_weights, resolve_weights, stage_fingerprints
 
 
@@ -124,65 +104,17 @@ def preprocess_part(config: PreprocessConfig, work_list: str, full_refresh: bool
         return Failed(message=f"Failed: {failure}", data=failure)
 
 
-@dataclass(frozen=True)
-class Run:
-    """What a full run plans from: its id, the catalog (its layout and worn pairs) and the selection over
-    it, the dataset and split it writes, and the weights and stage fingerprints its stages run with."""
-
-    run_id: str
-    catalog: Store
-    layout: CatalogLayout
-    worn_pairs: list[tuple[str, str]]
-    selection: Selection
-    out: Store
-    split: str
-    weights: Weights
-    fingerprints: dict[str, dict[str, str]]
-
-
-@dataclass
-class Plan:
-    """What a run found to do: the current view, its index, every listed key's stem, the work items."""
-
-    current: Any
-    index: dict
-    listed: dict[str, dict[str, str]]
-    works: dict[str, list[WorkItem]]
-
-    @property
-    def planned(self) -> int:
-        return len(self.works[PERSON]) + len(self.works[GARMENT])
-
-
-def plan_run(run: Run) -> Plan:
-    """List the catalog and the dataset's output folders, diff them against the manifest's current view."""
-    current = read_current(run.out, run.split)
-    index = index_current(current)
-    outputs = OutputListing(run.out, run.split) if not run.selection.full_refresh else None
-    listed, works = plan_catalog(
-        {kind: list_items(run.catalog, run.layout, kind) for kind in (PERSON, GARMENT)}, index, run.fingerprints,
-        run.selection, outputs=outputs,
-    )
-    return Plan(current, index, listed, refuse_collisions(listed, works, index))
-
-
 def run_preprocess(config: PreprocessConfig, selection: Selection, policy: RunPolicy) -> dict[str, Any]:
     """The flow's body: list, diff against the manifest, process (here or in child runs), summarise, chain.
 
     A run with work holds the dataset's lease from before its first write to after its last
-    (`tasks.infra.lease`); a run with nothing to do writes nothing, the lease included.
+    (`tasks.infra.lease`); a run with nothing to do takes no lease and writes nothing (it only removes
+    temporary files no live run can own: `DatasetLease.remove_orphaned_temporaries`).
     """
     logger = get_run_logger()
     announce_run()
     started = time.perf_counter()
-    catalog = Store(config.catalog, config.storage_options)
-    layout = detect_catalog_layout(catalog)
-    weights = resolve_weights(config)
-    check_weights(config, weights)
-    run = Run(run_id=new_run_id(), catalog=catalog, layout=layout,
-              worn_pairs=read_worn_pairs(catalog, layout),  # a broken pairs file fails the run before any image
-              selection=selection, out=Store(config.out, config.storage_options), split=config.split,
-              weights=weights, fingerprints=stage_fingerprints(config, weights))
+    run = open_catalog(config, selection, new_run_id())
     plan = plan_run(run)
     # With no item to process, the paired cloth may still be due (a dataset made before it existed):
     # worked out here once, and kept for the finish unless processing changes the current view.
@@ -210,7 +142,7 @@ class Processed:
     failed_shards: list[dict[str, str]] = field(default_factory=list)
 
 
-def process_plan(config: PreprocessConfig, policy: RunPolicy, run: Run, plan: Plan, logger: Any) -> Processed:
+def process_plan(config: PreprocessConfig, policy: RunPolicy, run: CatalogRun, plan: Plan, logger: Any) -> Processed:
     """The plan's items: one task run per shard here or, from a deployment with more than
     `policy.items_per_child_run` of them, child runs of the shard-range deployment (`flows.fanout`)."""
     listed, works, planned = plan.listed, plan.works, plan.planned
@@ -238,7 +170,7 @@ def process_plan(config: PreprocessConfig, policy: RunPolicy, run: Run, plan: Pl
 
 
 def finish_run(
-    config: PreprocessConfig, policy: RunPolicy, run: Run, plan: Plan, done: Processed, started: float, logger: Any,
+    config: PreprocessConfig, policy: RunPolicy, run: CatalogRun, plan: Plan, done: Processed, started: float, logger: Any,
     pairing: tuple | None = None,
 ) -> dict[str, Any]:
     """After processing: the pairs and the paired cloth, the summary and its verdict, the chained runs,
@@ -336,11 +268,3 @@ def process(
     futures = shard_task.map(unmapped(config), unmapped(run), [name for name, _ in shards],
                              [shard for _, shard in shards])
     return collect_shards(dict(zip(futures, (name for name, _ in shards))), logger)
-
-
-def pairing_work(run: Run, current, listed: dict[str, dict[str, str]]) -> tuple[PairingWork, dict, list]:
-    """The paired cloth each usable person should have (`tasks.engine.paired_cloth`), against what the dataset holds."""
-    ok = ok_listed(current, listed)
-    worn, pairs = pairs_of(run.split, run.layout, run.worn_pairs, ok)
-    pairing = plan_pairings(run.out, run.split, current, ok, worn, pairs, listed[GARMENT])
-    return pairing, ok, pairs

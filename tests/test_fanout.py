@@ -161,7 +161,8 @@ def test_a_deployment_run_over_the_limit_hands_its_items_to_child_runs(monkeypat
     from types import SimpleNamespace
 
     from flows import fanout
-    from flows.preprocess import Plan, Processed, Run, process_plan
+    from flows.preprocess import Processed, process_plan
+    from tasks.engine.run_plan import CatalogRun, Plan
     from tasks.records.config import RunPolicy, Selection
     from tasks.stages.registry import PreprocessConfig
 
@@ -176,7 +177,7 @@ def test_a_deployment_run_over_the_limit_hands_its_items_to_child_runs(monkeypat
     monkeypatch.setattr(fanout, "wait_for_children",
                         lambda children, logger: {"flow-run-1": "Completed", "flow-run-2": "Crashed"})
     monkeypatch.setattr(fanout, "children_rows", lambda config, children: [{"key": "a child's row"}])
-    run = Run(run_id="r", catalog=None, layout=SimpleNamespace(name="catalog"), worn_pairs=[], selection=Selection(),
+    run = CatalogRun(run_id="r", catalog=None, layout=SimpleNamespace(name="catalog"), worn_pairs=[], selection=Selection(),
               out=None, split="test", weights=None, fingerprints={})
     plan = Plan(current=None, index={}, listed={PERSON: {}, GARMENT: {}}, works=works(3, 1))
     done = process_plan(PreprocessConfig(catalog="/catalog", out="/dataset"), RunPolicy(items_per_child_run=2), run,
