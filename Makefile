@@ -8,7 +8,7 @@ export YOLO_AUTOINSTALL := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint bench bench-accuracy bench-tryon bench-parser bench-orchestration install lock clean
+.PHONY: demo test lint bench bench-accuracy bench-tryon bench-parser bench-orchestration bench-gpu install lock clean
 
 # The versions of $(LOCK), so CI and every new machine get the same set.
 $(STAMP): pyproject.toml $(LOCK)
@@ -58,6 +58,11 @@ bench-parser: $(STAMP)
 # Prefect's orchestration overhead per task run, shard, image and child flow run (starts its own API server).
 bench-orchestration: $(STAMP)
 	$(VENV)/bin/python bench/orchestration.py $(BENCH_ORCHESTRATION_ARGS)
+
+# One prepared GPU run, one table: shard pass with the YOLO parser, batched U-Net cloth mask, try-on, training.
+# No $(STAMP): bench/gpu.sh installs when it can and otherwise runs what the machine's python3 can (a bare GPU box).
+bench-gpu:
+	bash bench/gpu.sh $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf demo-output bench-output .pytest_cache

@@ -379,3 +379,124 @@ def test_unet_rejects_a_checkpoint_that_is_not_a_state_dict(tmp_path):
     path = _save_state(tmp_path, [torch.zeros(3)])
     with pytest.raises(CheckpointError, match="not a ClothUNet state dict"):
         UNetClothMasker(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The U-Net over batches (`mask_cloth_batch`, the model thread's path): the per-item masks, bit for bit
+# ---------------------------------------------------------------------------------------------------
+
+
+def _unet_straddling_half(photos: list[np.ndarray], path: Path) -> Path:
+    """A ClothUNet with random (seeded) weights whose head's bias puts the median pixel of `photos` at 0.5:
+    masks of all shapes, and many pixels near the threshold, where a sum rounded differently would flip one."""
+    torch.manual_seed(0)
+    model = ClothUNet().eval()
+    normalise = torch.tensor(cloth_mask.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(cloth_mask.IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        model.head.bias.zero_()
+        small = np.stack([cv2.resize(photo, (240, 320), interpolation=cv2.INTER_AREA) for photo in photos])
+        x = (torch.from_numpy(small).permute(0, 3, 1, 2).float() / 255.0 - normalise[0]) / normalise[1]
+        model.head.bias.fill_(-float(torch.logit(model(x).clamp(1e-6, 1 - 1e-6)).median()))
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _unet_env(checkpoint: Path):
+    from tasks.stages.registry import PreprocessConfig, StageEnv, resolve_weights
+
+    config = PreprocessConfig(catalog="-", out="-", cloth_mask_model=str(checkpoint))
+    return StageEnv(config, resolve_weights(config))
+
+
+def _garment(image: np.ndarray):
+    from tasks.stages.normalize import Ingested
+    from tasks.stages.registry import StageInput
+
+    return StageInput(None, {"ingest": Ingested(image, None)})
+
+
+@pytest.fixture(scope="module")
+def garment_photos(samples_dir) -> list[np.ndarray]:
+    """The real product photos (768x1024, as ingest leaves every garment) and a painted 240x320 shirt."""
+    photos = [np.asarray(Image.open(path).convert("RGB")) for path in sorted((samples_dir / "cloth").glob("*.jpg"))]
+    assert photos, f"no cloth photos under {samples_dir / 'cloth'}"
+    return photos + [_paint_shirt((255, 255, 255), (200, 40, 60))]
+
+
+@pytest.fixture(scope="module")
+def unet_env(garment_photos, tmp_path_factory):
+    return _unet_env(_unet_straddling_half(garment_photos, tmp_path_factory.mktemp("unet") / "cloth_unet.pt"))
+
+
+def _one_at_a_time(env, items) -> list:
+    from tasks.stages.registry import per_item
+
+    return per_item(cloth_mask.mask_cloth)(env, items)
+
+
+def _assert_same_results(batched: list, single: list) -> None:
+    assert len(batched) == len(single)
+    for index, (got, want) in enumerate(zip(batched, single)):
+        if isinstance(want, ItemError):
+            assert isinstance(got, ItemError), f"item {index}: a mask where one at a time failed ({want.message})"
+            assert (got.code, got.message) == (want.code, want.message), f"item {index}"
+        else:
+            assert isinstance(got, np.ndarray), f"item {index}: {got!r} where one at a time gave a mask"
+            assert got.dtype == want.dtype and np.array_equal(got, want), f"item {index}: the masks differ"
+
+
+def test_the_batched_unet_gives_the_per_item_probabilities_bit_for_bit(unet_env, garment_photos):
+    masker = cloth_mask._batch_masker(unet_env)
+    probabilities = cloth_mask.unet_forward(masker, [cloth_mask.unet_input(masker, photo) for photo in garment_photos])
+    for index, photo in enumerate(garment_photos):
+        height, width = photo.shape[:2]
+        full = cv2.resize(probabilities[index], (width, height), interpolation=cv2.INTER_LINEAR)
+        assert np.array_equal(full, masker.predict(photo)), f"garment {index}: the probabilities differ"
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 6], ids=["batch1", "batch2", "batch-larger-than-the-items"])
+def test_batched_unet_masks_are_the_per_item_masks_bit_for_bit(unet_env, garment_photos, batch_size):
+    items = [_garment(photo) for photo in garment_photos]
+    assert batch_size == 6 or batch_size < len(items)
+    single = _one_at_a_time(unet_env, items)
+    assert sum(isinstance(result, np.ndarray) for result in single) >= 3, \
+        f"too few masks pass the coverage check to compare: {single}"
+    batched = []
+    for start in range(0, len(items), batch_size):
+        batched += cloth_mask.mask_cloth_batch(unet_env, items[start : start + batch_size])
+    _assert_same_results(batched, single)
+
+
+def test_a_garment_that_cannot_be_prepared_fails_alone_in_its_batch(unet_env, garment_photos):
+    grey = np.zeros((1024, 768), dtype=np.uint8)  # no colour channels
+    floats = garment_photos[0].astype(np.float32)  # not uint8
+    items = [_garment(garment_photos[0]), _garment(grey), _garment(garment_photos[1]), _garment(floats),
+             _garment(garment_photos[2])]
+    batched = cloth_mask.mask_cloth_batch(unet_env, items)
+    _assert_same_results(batched, _one_at_a_time(unet_env, items))
+    assert [isinstance(result, ItemError) for result in batched][1::2] == [True, True]
+    assert {batched[1].code, batched[3].code} == {errors.STAGE_ERROR}
+    assert "RGB" in batched[1].message and "uint8" in batched[3].message
+
+
+def test_a_mask_that_fails_its_coverage_check_is_that_items_error_in_a_batch(garment_photos, tmp_path):
+    model = ClothUNet()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(10.0)  # sigmoid(10): garment everywhere
+    env = _unet_env(Path(_save_state(tmp_path, model.state_dict())))
+    items = [_garment(photo) for photo in garment_photos[:2]]
+    batched = cloth_mask.mask_cloth_batch(env, items)
+    _assert_same_results(batched, _one_at_a_time(env, items))
+    assert [result.code for result in batched] == [errors.NO_GARMENT] * 2
+
+
+def test_the_masker_s_twin_on_another_device_masks_alike_and_leaves_the_original(unet_env, garment_photos):
+    """`masker_on` is how the batched path takes the run's U-Net to the GPU; on the CPU its twin must give the
+    same bits, with a network of its own."""
+    masker = cloth_mask._masker(unet_env)
+    twin = cloth_mask.masker_on(masker, "cpu")
+    assert twin.model is not masker.model and twin.model_id == masker.model_id
+    assert twin.input_size == masker.input_size and not twin.model.training
+    inputs = [cloth_mask.unet_input(twin, photo) for photo in garment_photos[:2]]
+    assert np.array_equal(cloth_mask.unet_forward(twin, inputs), cloth_mask.unet_forward(masker, inputs))

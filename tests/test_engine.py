@@ -88,7 +88,8 @@ def test_the_default_fingerprints_are_the_ones_existing_datasets_hold():
 
 def test_runtime_settings_are_not_part_of_any_fingerprint():
     base = PreprocessConfig(catalog="c", out="o")
-    tuned = base.model_copy(update={"workers": 7, "parse_batch_size": 32, "shard_size": 3, "max_source_bytes": 10})
+    tuned = base.model_copy(update={"workers": 7, "parse_batch_size": 32, "shard_size": 3, "max_source_bytes": 10,
+                                     "cloth_mask_batch_size": 5})
     assert stage_fingerprints(base, Weights()) == stage_fingerprints(tuned, Weights())
 
 
@@ -104,6 +105,13 @@ def test_the_yolo_parser_runs_over_batches_between_the_per_item_stages():
         (("ingest", "pose", "pose_gate"), None), (("parse",), 16), (("agnostic",), None)]
     [parse] = [stage for stage in active_stages(config, PERSON) if stage.name == "parse"]
     assert parse.reads == ("ingest",), "YOLO reads no pose"
+
+
+def test_the_unet_cloth_mask_runs_over_batches_after_ingest_and_the_classical_one_per_item():
+    unet = PreprocessConfig(catalog="c", out="o", cloth_mask_model="/cloth_unet.pt", cloth_mask_batch_size=4)
+    assert [(s.names, s.batch_size) for s in segments_of(unet, GARMENT)] == [(("ingest",), None), (("cloth_mask",), 4)]
+    classical = PreprocessConfig(catalog="c", out="o")
+    assert [(s.names, s.batch_size) for s in segments_of(classical, GARMENT)] == [(("ingest", "cloth_mask"), None)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,7 +534,7 @@ def darkness_unet(path: Path) -> Path:
     return path
 
 
-def test_the_unet_cloth_mask_option_runs_in_the_worker_processes(hostile_catalog, tmp_path, samples_dir):
+def test_the_unet_cloth_mask_runs_batched_and_writes_its_masks(hostile_catalog, tmp_path, samples_dir):
     weights = darkness_unet(tmp_path / "cloth_unet.pt")
     config = PreprocessConfig(catalog=str(hostile_catalog), out=str(tmp_path / "out"), workers=2,
                               cloth_mask_model=str(weights))
@@ -536,6 +544,8 @@ def test_the_unet_cloth_mask_option_runs_in_the_worker_processes(hostile_catalog
     assert row["status"] == "ok", row["error_message"]
     assert row["model"].startswith("cloth_unet.pt@sha256:" + run.weights.of("cloth_mask").sha256[:12])
     assert 0.05 < row["cloth_mask_coverage"] < 0.9, row["cloth_mask_coverage"]
+    written = tmp_path / "out" / "test" / "cloth-mask" / "04469_00.jpg"
+    assert written.is_file(), "a batched stage that runs last still has its result encoded and written"
 
 
 @pytest.fixture(scope="module")

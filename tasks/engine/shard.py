@@ -331,11 +331,14 @@ class ShardPass:
                 self.waiting[item.segment].append(item)
                 return 0
             item.segment += 1
+        if item.unencoded and not item.failed:  # a batched stage ran last (the U-Net cloth mask): a worker encodes it
+            self.ready.append(item)
+            return 0
         return self._finish(item)
 
     def _job(self, item: ItemRun) -> Job:
-        segment = self.segments[item.segment]
-        return Job(work=item.work, stages=tuple(n for n in segment.names if n in item.schedule),
+        names = self.segments[item.segment].names if item.segment < len(self.segments) else ()  # (): encode only
+        return Job(work=item.work, stages=tuple(n for n in names if n in item.schedule),
                    encode=tuple(item.unencoded), values=item.values, files=item.files_in,
                    keep=self._needed_later(item, item.segment))
 
@@ -367,7 +370,8 @@ class ShardPass:
                 "little memory, a broken installation, or a script that runs the flow without an "
                 "`if __name__ == \"__main__\":` guard (worker processes are spawned and import the main module)")
         if item.crashes >= MAX_CRASHES:
-            name = next((n for n in self.segments[item.segment].names if n in item.schedule), self.source_stage)
+            names = self.segments[item.segment].names if item.segment < len(self.segments) else tuple(item.unencoded)
+            name = next((n for n in names if n in item.schedule), self.source_stage)
             item.fields[name] = {"error_code": errors.WORKER_CRASHED, "error_message": (
                 f"the worker process died {item.crashes} times while running {name} on this item "
                 "(a crash in native code, or killed for memory)")}

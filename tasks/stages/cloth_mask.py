@@ -42,9 +42,13 @@ from collections.abc import Mapping
 
 import cv2
 import numpy as np
+from pydantic import Field
 
+from tasks.records.config import Config
 from tasks.stages.binary_masks import fill_holes, largest_component
-from tasks.stages.normalize import border_pixels, border_strip_width, encode_jpeg
+from tasks.stages.image_codec import encode_jpeg
+from tasks.stages.model_cache import ModelFile
+from tasks.stages.normalize import border_pixels, border_strip_width
 from vitonhd_models.errors import NO_GARMENT, ItemError
 
 # ---------------------------------------------------------------------------------------------------
@@ -442,14 +446,44 @@ class UNetClothMasker:
 CLASSICAL_MODEL_ID = "classical-v2"  # v2: background pockets left out (step 5); a new id reruns the stage
 
 
+# Garments per U-Net call: its 320x240 inputs make 16 a small GPU batch; the resize back to 768x1024 and the
+# post-processing run per garment on the CPU whatever the batch.
+DEFAULT_CLOTH_MASK_BATCH_SIZE = 16
+
+
+class ClothMaskSettings(Config):
+    """The cloth mask stage's fields of `PreprocessConfig`."""
+
+    cloth_mask_model: str | None = Field(None, description="URL of a ClothUNet checkpoint; None = classical")
+    cloth_mask_batch_size: int = Field(
+        DEFAULT_CLOTH_MASK_BATCH_SIZE, ge=1, description="Garments per U-Net cloth mask call (with cloth_mask_model)"
+    )
+
+
+def mask_weights_url(config) -> str | None:
+    return config.cloth_mask_model
+
+
+def is_classical(config) -> bool:
+    return config.cloth_mask_model is None
+
+
+def is_unet(config) -> bool:
+    return config.cloth_mask_model is not None
+
+
+def mask_params(config, weights: ModelFile | None) -> dict:
+    return {"model": weights.sha256 if weights else CLASSICAL_MODEL_ID}
+
+
 def _masker(env) -> UNetClothMasker:
-    weights = env.weights.cloth_mask
+    weights = env.weights.of("cloth_mask")
     return env.model(("cloth-unet", weights.sha256), lambda: UNetClothMasker(weights.path, sha256=weights.sha256))
 
 
 def mask_cloth(env, item) -> np.ndarray:
     cloth = item.values["ingest"].image
-    if env.weights.cloth_mask is None:
+    if env.weights.of("cloth_mask") is None:
         return cloth_mask_classical(cloth)
     return _masker(env).mask(cloth)
 
@@ -459,5 +493,109 @@ def encode_mask(mask: np.ndarray) -> tuple[bytes, ...]:
 
 
 def mask_fields(env, mask: np.ndarray) -> dict:
-    model = CLASSICAL_MODEL_ID if env.weights.cloth_mask is None else _masker(env).model_id
+    model = CLASSICAL_MODEL_ID if env.weights.of("cloth_mask") is None else _masker(env).model_id
     return {"model": model, "cloth_mask_coverage": float((mask > 0).mean())}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The U-Net over batches (the batched cloth_mask variant: the model thread, on the GPU when there is one)
+# ---------------------------------------------------------------------------------------------------
+# The same steps as `UNetClothMasker.mask` on one garment (tests/test_cloth_mask.py holds the two to the
+# same bits): each garment is resized to the network's input size on its own, so garments of any size
+# stack into one (N, 3, in_h, in_w) batch without padding; one forward; each probability map goes back
+# to its own garment's size and through the same threshold, post-processing and coverage check.
+
+
+def unet_device() -> str:
+    """Where the batched U-Net runs: CUDA when this process sees one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def unet_input(masker: UNetClothMasker, cloth_rgb: np.ndarray) -> np.ndarray:
+    """One garment as the network sees it: (in_h, in_w, 3) uint8, resized as `UNetClothMasker.predict` does."""
+    _check_rgb(cloth_rgb)
+    height, width = cloth_rgb.shape[:2]
+    in_h, in_w = masker.input_size
+    interpolation = cv2.INTER_AREA if in_h < height or in_w < width else cv2.INTER_LINEAR
+    return cv2.resize(cloth_rgb, (in_w, in_h), interpolation=interpolation)
+
+
+def unet_forward(masker: UNetClothMasker, inputs: list[np.ndarray]) -> np.ndarray:
+    """One forward over `unet_input`s: (N, in_h, in_w) float32 garment probabilities, on the host."""
+    import torch
+
+    # Contiguous NCHW, as the convolutions take `predict`'s one-image tensor: a batch left channels-last (what the
+    # permute gives) runs other convolution kernels, whose sums round differently.
+    batch = torch.from_numpy(np.stack(inputs)).to(masker.device).permute(0, 3, 1, 2).contiguous().float() / 255.0
+    batch = (batch - masker._mean) / masker._std
+    with torch.inference_mode():
+        return masker.model(batch)[:, 0].float().cpu().numpy()
+
+
+def unet_mask_of(probability: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A network-size probability map -> the garment's (H, W) 0/255 mask, coverage checked (NO_GARMENT)."""
+    height, width = shape
+    full = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+    mask = postprocess_probability(full, UNET_THRESHOLD)
+    check_coverage(mask)
+    return mask
+
+
+def _as_item_error(error: Exception) -> ItemError:
+    """An item's exception as `registry.per_item` records it."""
+    from vitonhd_models.errors import STAGE_ERROR
+
+    return error if isinstance(error, ItemError) else ItemError(STAGE_ERROR, f"{type(error).__name__}: {error}")
+
+
+def masker_on(masker: UNetClothMasker, device: str) -> UNetClothMasker:
+    """A twin of `masker` whose network and normalisation constants live on `device` (model id and input size
+    kept; the original is left where it is)."""
+    import copy
+
+    import torch
+
+    twin = copy.copy(masker)
+    twin.device = torch.device(device)
+    twin.model = copy.deepcopy(masker.model).to(twin.device).eval()
+    twin._mean, twin._std = masker._mean.to(twin.device), masker._std.to(twin.device)
+    return twin
+
+
+def _batch_masker(env) -> UNetClothMasker:
+    """The run's U-Net on `unet_device()`: the per-item path's masker (built from the run's weights), or its twin
+    on the GPU, built once per thread."""
+    masker = _masker(env)
+    device = unet_device()
+    if masker.device.type == device:
+        return masker
+    return env.model(("cloth-unet", masker.model_id, device), lambda: masker_on(masker, device))
+
+
+def mask_cloth_batch(env, batch) -> list:
+    """The U-Net cloth mask over a batch (the engine sizes batches): one mask, or one ItemError, per item.
+
+    A garment whose input cannot be prepared, or whose mask fails its coverage check, is that item's
+    ItemError; the others are masked as `mask_cloth` masks them one at a time. A failure of the forward
+    itself raises (the engine then tries the items one at a time, and a GPU out of memory fails the shard).
+    """
+    masker = _batch_masker(env)
+    results: list = [None] * len(batch)
+    ready: list[tuple[int, tuple[int, int]]] = []
+    inputs: list[np.ndarray] = []
+    for index, item in enumerate(batch):
+        try:
+            cloth = item.values["ingest"].image
+            inputs.append(unet_input(masker, cloth))
+            ready.append((index, cloth.shape[:2]))
+        except Exception as error:  # noqa: BLE001 - one bad garment must never fail its batch
+            results[index] = _as_item_error(error)
+    if inputs:
+        for (index, shape), probability in zip(ready, unet_forward(masker, inputs)):
+            try:
+                results[index] = unet_mask_of(probability, shape)
+            except Exception as error:  # noqa: BLE001
+                results[index] = _as_item_error(error)
+    return results

@@ -143,6 +143,7 @@ PAIRED_CLOTH = (Output(contract.DIR_CLOTH, contract.cloth_image_name),
 
 PERSON_IMAGE = Output(contract.DIR_IMAGE, contract.person_image_name)
 PARSE = Output(contract.DIR_PARSE, contract.parse_name)
+CLOTH_MASK = Output(contract.DIR_CLOTH_MASK, contract.cloth_mask_name)
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -201,11 +202,18 @@ STAGES: tuple[Stage, ...] = (
         loads_from=(0,), params=partial(normalize.ingest_params, person=False),
     ),
     Stage(
-        name="cloth_mask", kind=GARMENT, version=1, reads=("ingest",), settings=cloth_mask.ClothMaskSettings,
-        weights=cloth_mask.mask_weights_url,
-        outputs=(Output(contract.DIR_CLOTH_MASK, contract.cloth_mask_name),),
+        name="cloth_mask", kind=GARMENT, version=1, reads=("ingest",), active=cloth_mask.is_classical,
+        settings=cloth_mask.ClothMaskSettings, weights=cloth_mask.mask_weights_url,
+        outputs=(CLOTH_MASK,),
         run=per_item(cloth_mask.mask_cloth), encode=cloth_mask.encode_mask, fields=cloth_mask.mask_fields,
         params=cloth_mask.mask_params,
+    ),
+    Stage(  # the same fingerprint: switching between the variants reruns nothing
+        name="cloth_mask", kind=GARMENT, version=1, reads=("ingest",), active=cloth_mask.is_unet,
+        settings=cloth_mask.ClothMaskSettings, weights=cloth_mask.mask_weights_url,
+        outputs=(CLOTH_MASK,),
+        run=cloth_mask.mask_cloth_batch, batch_size=lambda config: config.cloth_mask_batch_size,
+        encode=cloth_mask.encode_mask, fields=cloth_mask.mask_fields, params=cloth_mask.mask_params,
     ),
 )
 
