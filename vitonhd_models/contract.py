@@ -246,3 +246,52 @@ def colourise_parse(labels: np.ndarray) -> np.ndarray:
     """A CIHP label map (H, W) as RGB (H, W, 3) uint8 with the CIHP palette."""
     palette = np.asarray(CIHP_PALETTE, dtype=np.uint8)
     return palette[np.clip(labels, 0, len(CIHP_PALETTE) - 1)]
+
+
+class DensePosePart(IntEnum):
+    """DensePose's 24 body parts (the index I of its IUV output; 0 is no body). Left and right are the
+    person's own. HR-VITON's `image-densepose/` renders I (see `DENSEPOSE_COLOUR_SCALE`)."""
+
+    BACKGROUND = 0
+    TORSO_BACK = 1
+    TORSO_FRONT = 2
+    RIGHT_HAND = 3
+    LEFT_HAND = 4
+    LEFT_FOOT = 5
+    RIGHT_FOOT = 6
+    RIGHT_UPPER_LEG_BACK = 7
+    LEFT_UPPER_LEG_BACK = 8
+    RIGHT_UPPER_LEG_FRONT = 9
+    LEFT_UPPER_LEG_FRONT = 10
+    RIGHT_LOWER_LEG_BACK = 11
+    LEFT_LOWER_LEG_BACK = 12
+    RIGHT_LOWER_LEG_FRONT = 13
+    LEFT_LOWER_LEG_FRONT = 14
+    LEFT_UPPER_ARM_INSIDE = 15
+    RIGHT_UPPER_ARM_INSIDE = 16
+    LEFT_UPPER_ARM_OUTSIDE = 17
+    RIGHT_UPPER_ARM_OUTSIDE = 18
+    LEFT_LOWER_ARM_INSIDE = 19
+    RIGHT_LOWER_ARM_INSIDE = 20
+    LEFT_LOWER_ARM_OUTSIDE = 21
+    RIGHT_LOWER_ARM_OUTSIDE = 22
+    RIGHT_HEAD = 23
+    LEFT_HEAD = 24
+
+
+DENSEPOSE_NUM_PARTS = 24
+# The dataset's image-densepose/ files: OpenCV's COLORMAP_PARULA of I * 255 / 24 (a uint8), black where I = 0,
+# at full opacity (detectron2 apply_net.py `show ... dp_segm` with alpha 1 on a black canvas); measured on
+# groundtruth/vitonhd/image-densepose/00006_00.jpg.
+DENSEPOSE_COLOUR_SCALE = 255.0 / DENSEPOSE_NUM_PARTS
+# Coarse groups of the parts, for measuring agreement (front and back, inside and outside, left and right merged).
+DENSEPOSE_GROUPS = {
+    "head": (23, 24),
+    "torso": (1, 2),
+    "upper_arms": (15, 16, 17, 18),
+    "lower_arms": (19, 20, 21, 22),
+    "hands": (3, 4),
+    "upper_legs": (7, 8, 9, 10),
+    "lower_legs": (11, 12, 13, 14),
+    "feet": (5, 6),
+}
