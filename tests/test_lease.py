@@ -348,3 +348,39 @@ def test_an_unchanged_rerun_removes_old_orphans_and_takes_no_lease(samples_dir, 
     summary = preprocess(config)
     assert summary["persons"]["ok"] == 0 and not leftover.exists(), (summary["persons"], leftover.exists())
     assert not (tmp_path / "dataset" / LEASE_PATH).exists(), "a run with nothing to do took the lease"
+
+
+@pytest.mark.slow
+def test_two_cli_runs_started_together_on_one_dataset_end_clean_and_leave_it_whole(samples_dir, tmp_path, prefect_server):
+    """Two nightly jobs started at the same moment: each either does the work or is refused with the
+    holder's name (never a storage error), and the dataset they leave validates with no partial file."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    catalog = tmp_path / "catalog"
+    for folder in ("image", "cloth"):  # enough work (16 of each) for the two runs to overlap
+        (catalog / folder).mkdir(parents=True)
+        for copy in range(4):
+            for photo in sorted((samples_dir / folder).glob("*.jpg")):
+                (catalog / folder / f"{copy}{photo.name}").write_bytes(photo.read_bytes())
+    out = tmp_path / "dataset"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "YOLO_OFFLINE": "1", "PREFECT_API_URL": PREFECT_API_URL.value()}
+    command = [sys.executable, "-m", "flows.cli", "preprocess", "--catalog", str(catalog), "--out", str(out),
+               "--no-progress", "--workers", "0"]
+    runs = [subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(run.wait(timeout=900), *run.communicate()) for run in runs]
+    for code, _, stderr in results:
+        assert "StorageNotFoundError" not in stderr and "does not exist" not in stderr, stderr[-3000:]
+        assert code == 0 or "in use by run" in stderr, f"exit {code}:\n{stderr[-3000:]}"
+    assert any(code == 0 for code, _, _ in results), "neither run did the work"
+    leftovers = [path.name for path in out.rglob("*") if TEMPORARY_NAME.fullmatch(path.name)]
+    assert not leftovers, f"partial files left: {leftovers}"
+    assert not (out / LEASE_PATH).exists(), "the lease outlived both runs"
+    checked = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(out), "--target", "vitonhd",
+                              "--no-progress"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
