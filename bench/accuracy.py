@@ -1,11 +1,11 @@
-"""Accuracy: our parse, pose, parse-agnostic and cloth masks against the VITON-HD dataset's own files.
+"""Accuracy: our parse, pose, parse-agnostic, DensePose and cloth masks against the VITON-HD dataset's own files.
 
     .venv/bin/python bench/accuracy.py [--groundtruth ../shared/groundtruth/vitonhd] [--out bench-output/accuracy]
         [--dataset DIR] [--json]
 
 The ground-truth folder is laid out like the released dataset: `image/` and `cloth/` (the photos), and
 what the dataset's authors made from them: `image-parse-v3/` (or the first release's `image-parse/`),
-`openpose_json/`, `cloth-mask/`. The bench copies the photos into a VITON-HD catalog, runs
+`openpose_json/`, `cloth-mask/`, `image-densepose/` (where it has one). The bench copies the photos into a VITON-HD catalog, runs
 `vitonprep preprocess` on it as the CLI does (the flow, a temporary Prefect API, the bundled models;
 `--dataset` reuses a split folder made before instead), and compares, on the same pixels:
 
@@ -15,10 +15,15 @@ what the dataset's authors made from them: `image-parse-v3/` (or the first relea
   (`image-parse-agnostic-v3.2/`), IoU over the same groups;
 - pose: each body joint's distance (0..14) in torso lengths (their neck to their mid-hip), PCK at
   0.05, 0.1 and 0.2 over the joints both sides found, and the joints only one side found;
+- DensePose: their render and ours (`image-densepose/`) decoded into part indices the same way (each pixel's
+  nearest of the 25 colours, black = no body; the pixels JPEG blended along the parts' edges, near none of
+  them, left out), IoU per part, per coarse group (`DENSEPOSE_GROUPS`: front and back, left and right merged)
+  and of the body as a whole, and the mean over the groups either side has;
 - cloth mask: IoU per garment (theirs thresholded at 128), and the garments we gave no mask.
 
 "Overall" figures pool the pixels of every item (intersection over union of the sums). It writes
-`contact_sheet.png` under `--out` (photo | ours | theirs | where they disagree) to look at.
+`contact_sheet.png` under `--out` (photo | ours | theirs | where they disagree, then our DensePose render and
+theirs where the dataset has one) to look at.
 """
 
 from __future__ import annotations
@@ -40,7 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.machine import log  # noqa: E402
-from vitonhd_models.contract import CIHP_TO_GROUP13, MASK_THRESHOLD, Body25, Cihp  # noqa: E402
+from vitonhd_models.contract import (  # noqa: E402
+    CIHP_TO_GROUP13,
+    DENSEPOSE_GROUPS,
+    DENSEPOSE_NUM_PARTS,
+    MASK_THRESHOLD,
+    Body25,
+    Cihp,
+    DensePosePart,
+)
 
 DEFAULT_GROUNDTRUTH = Path(__file__).resolve().parent.parent.parent / "shared" / "groundtruth" / "vitonhd"
 GROUP_NAMES = ("background", "hair", "face", "upper", "bottom", "left_arm", "right_arm", "left_leg",
@@ -48,6 +61,14 @@ GROUP_NAMES = ("background", "hair", "face", "upper", "bottom", "left_arm", "rig
 HEADLINE_GROUPS = tuple(range(7))  # background .. right_arm: what the VITON-HD generator sees most
 BODY_JOINTS = tuple(range(15))  # BODY_25 0..14: nose to left ankle (no eyes, ears, feet)
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)  # in torso lengths
+DENSEPOSE_PART_NAMES = tuple(part.name.lower() for part in DensePosePart)  # 0 = background
+DENSEPOSE_GROUP_NAMES = ("background", *DENSEPOSE_GROUPS)  # group 0: no body
+# A render's pixel counts as its nearest colour's part only within this RGB distance of it: half the smallest
+# distance between two of the 25 colours (12.2), so never nearer another. The rest are JPEG's blends along the
+# parts' edges (2-3% of the dataset's render; its own colours sit within 4 of 90% of its body pixels): decoded as
+# DENSEPOSE_UNSURE and left out of the comparison, else a few blended pixels would make up parts nobody drew.
+DENSEPOSE_SURE_DISTANCE = 6.0
+DENSEPOSE_UNSURE = 255
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -80,6 +101,18 @@ def read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+def read_densepose(path: Path) -> np.ndarray:
+    """A DensePose render (theirs or ours) as (H, W) part indices: each pixel's nearest colour, black = 0, and
+    DENSEPOSE_UNSURE where that colour is farther than DENSEPOSE_SURE_DISTANCE."""
+    from tasks.stages.densepose import decode_densepose, palette
+
+    rgb = read_rgb(path)
+    parts = decode_densepose(rgb)
+    error = np.sqrt(((rgb.astype(np.int32) - palette()[parts].astype(np.int32)) ** 2).sum(axis=2))
+    parts[error > DENSEPOSE_SURE_DISTANCE] = DENSEPOSE_UNSURE
+    return parts
 
 
 def their_parse_path(root: Path, stem: str) -> Path | None:
@@ -129,6 +162,15 @@ class Overlap:
         self.pixels += ours.size
         return self
 
+    def merge(self, other: Overlap) -> Overlap:
+        """Pools another item's counts into these."""
+        self.intersection += other.intersection
+        self.ours += other.ours
+        self.theirs += other.theirs
+        self.agree += other.agree
+        self.pixels += other.pixels
+        return self
+
     def iou(self) -> np.ndarray:
         """Per class; NaN where neither side has the class."""
         union = self.ours + self.theirs - self.intersection
@@ -146,6 +188,30 @@ class Overlap:
     def mean_iou(self, classes) -> float:
         values = [v for v in self.iou()[list(classes)] if not math.isnan(v)]
         return float(np.mean(values)) if values else float("nan")
+
+
+def densepose_group_map(parts: np.ndarray) -> np.ndarray:
+    """DensePose part indices -> the coarse groups: 0 no body, then DENSEPOSE_GROUPS in order from 1."""
+    table = np.zeros(256, dtype=np.uint8)
+    for group, ids in enumerate(DENSEPOSE_GROUPS.values(), start=1):
+        table[list(ids)] = group
+    return table[np.asarray(parts, dtype=np.uint8)]
+
+
+def densepose_overlaps(ours: np.ndarray, theirs: np.ndarray) -> tuple[Overlap, Overlap, Overlap]:
+    """Per part, per coarse group, and body against no body, of two part-index maps, on the pixels both
+    decoded surely."""
+    sure = (ours != DENSEPOSE_UNSURE) & (theirs != DENSEPOSE_UNSURE)
+    ours, theirs = ours[sure], theirs[sure]
+    parts = Overlap(DENSEPOSE_NUM_PARTS + 1).add(ours, theirs)
+    groups = Overlap(len(DENSEPOSE_GROUP_NAMES)).add(densepose_group_map(ours), densepose_group_map(theirs))
+    body = Overlap(2).add((ours > 0).astype(np.uint8), (theirs > 0).astype(np.uint8))
+    return parts, groups, body
+
+
+def body_groups(overlap: Overlap) -> float:
+    """The mean IoU over the coarse body groups either side has (no body left out)."""
+    return overlap.mean_iou(range(1, len(DENSEPOSE_GROUP_NAMES)))
 
 
 def torso_length(keypoints: np.ndarray) -> float | None:
@@ -231,6 +297,7 @@ def compare(groundtruth: Path, split: Path, failed: dict[tuple[str, str], str] |
 
     parse_all, agnostic_all = Overlap(20), Overlap(13)
     parse_groups = Overlap(13)
+    densepose_parts, densepose_groups, densepose_body = densepose_overlaps(np.zeros(0, np.uint8), np.zeros(0, np.uint8))
     pose = PoseComparison()
     persons, garments, sheet = [], [], []
     for image_path in sorted((groundtruth / "image").glob("*.jpg")):
@@ -240,7 +307,10 @@ def compare(groundtruth: Path, split: Path, failed: dict[tuple[str, str], str] |
         our_parse_file = split / "image-parse-v3" / f"{stem}.png"
         our_pose_file = split / "openpose_json" / f"{stem}_keypoints.json"
         our_agnostic_file = split / "image-parse-agnostic-v3.2" / f"{stem}.png"
+        their_densepose_file = groundtruth / "image-densepose" / f"{stem}.jpg"
+        our_densepose_file = split / "image-densepose" / f"{stem}.jpg"
         row: dict = {"item": stem}
+        densepose_tiles: list[np.ndarray] = []  # on the item's sheet row, after its parse
         if ("person", stem) in failed:
             row["missing"] = failed["person", stem]
             persons.append(row)
@@ -261,7 +331,21 @@ def compare(groundtruth: Path, split: Path, failed: dict[tuple[str, str], str] |
             row["parse_pixel_accuracy"] = item_labels.pixel_accuracy()
             row["parse_group_iou"] = _named(item_groups.iou(), GROUP_NAMES)
             row["parse_label_iou"] = _named(item_labels.iou(), [label.name.lower() for label in Cihp])
-            sheet.append((stem, read_rgb(image_path), ours, theirs))
+            sheet.append((stem, read_rgb(image_path), ours, theirs, densepose_tiles))
+        if their_densepose_file.is_file():
+            if our_densepose_file.is_file():
+                dp_parts, dp_groups, dp_body = densepose_overlaps(read_densepose(our_densepose_file),
+                                                                   read_densepose(their_densepose_file))
+                densepose_parts.merge(dp_parts)
+                densepose_groups.merge(dp_groups)
+                densepose_body.merge(dp_body)
+                row["densepose_mean_group_iou"] = body_groups(dp_groups)
+                row["densepose_body_iou"] = float(dp_body.iou()[1])
+                row["densepose_group_iou"] = _named(dp_groups.iou(), DENSEPOSE_GROUP_NAMES)
+                row["densepose_part_iou"] = _named(dp_parts.iou(), DENSEPOSE_PART_NAMES)
+                densepose_tiles += [read_rgb(our_densepose_file), read_rgb(their_densepose_file)]
+            else:
+                row["densepose_missing"] = "no DensePose render from us"
         if their_pose_file.is_file():
             their_keypoints = read_keypoints(their_pose_file)
             if their_keypoints is not None:
@@ -284,7 +368,7 @@ def compare(groundtruth: Path, split: Path, failed: dict[tuple[str, str], str] |
             continue
         ours, theirs = read_mask(our_mask_file), read_mask(their_mask_file)
         garments.append({"item": stem, "mask_iou": mask_iou(ours, theirs)})
-        sheet.append((stem, read_rgb(cloth_path), ours, theirs))
+        sheet.append((stem, read_rgb(cloth_path), ours, theirs, []))
 
     mask_ious = [g["mask_iou"] for g in garments if "mask_iou" in g]
     distances = {Body25(j).name.lower(): pose.distances[j] for j in BODY_JOINTS}
@@ -302,6 +386,11 @@ def compare(groundtruth: Path, split: Path, failed: dict[tuple[str, str], str] |
         "pose_max_distance": {name: float(np.max(d)) for name, d in distances.items() if d},
         "joints_only_ours": {Body25(j).name.lower(): n for j, n in pose.only_ours.items() if n},
         "joints_only_theirs": {Body25(j).name.lower(): n for j, n in pose.only_theirs.items() if n},
+        "densepose_items": sum("densepose_mean_group_iou" in p for p in persons),
+        "densepose_mean_group_iou": body_groups(densepose_groups),
+        "densepose_body_iou": float(densepose_body.iou()[1]),
+        "densepose_group_iou": _named(densepose_groups.iou(), DENSEPOSE_GROUP_NAMES),
+        "densepose_part_iou": _named(densepose_parts.iou(), DENSEPOSE_PART_NAMES),
         "mask_mean_iou": float(np.mean(mask_ious)) if mask_ious else float("nan"),
         "mask_min_iou": float(np.min(mask_ious)) if mask_ious else float("nan"),
         "masks_missing": [g["item"] for g in garments if "missing" in g],
@@ -341,9 +430,9 @@ def write_sheet(sheet: list, path: Path) -> None:
             return np.repeat((value * 255).astype(np.uint8)[..., None], 3, axis=2)
         return colourise_parse(value)
 
-    rows = [(f"{name}: photo | ours | theirs | where they disagree", [photo, shown(ours), shown(theirs),
-                                                                        disagreement(photo, ours, theirs)])
-            for name, photo, ours, theirs in sheet]
+    rows = [(f"{name}: photo | ours | theirs | where they disagree" + (" | DensePose: ours | theirs" if extra else ""),
+             [photo, shown(ours), shown(theirs), disagreement(photo, ours, theirs), *extra])
+            for name, photo, ours, theirs, extra in sheet]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_png(contact_sheet(rows)))
 
@@ -376,6 +465,24 @@ def print_tables(result: dict) -> None:
         if "agnostic_mean_iou7" in row:
             print(f"| {row['item']} | {_fmt(row['agnostic_mean_iou7'])} |")
     print(f"| **overall** | **{_fmt(overall['agnostic_mean_iou7'])}** |")
+
+    print("\n## DensePose (their render and ours decoded into parts by colour)\n")
+    group_names = DENSEPOSE_GROUP_NAMES[1:]
+    print("| item | mean IoU, groups present | body | " + " | ".join(group_names) + " |")
+    print("|---|---:|---:|" + "---:|" * len(group_names))
+    for row in result["persons"]:
+        if "densepose_mean_group_iou" in row:
+            groups = row["densepose_group_iou"]
+            print(f"| {row['item']} | {_fmt(row['densepose_mean_group_iou'])} | {_fmt(row['densepose_body_iou'])} | "
+                  + " | ".join(_fmt(groups.get(name)) for name in group_names) + " |")
+        elif "densepose_missing" in row:
+            print(f"| {row['item']} | {row['densepose_missing']} |")
+    groups = overall["densepose_group_iou"]
+    print(f"| **overall** ({overall['densepose_items']} items) | **{_fmt(overall['densepose_mean_group_iou'])}** | "
+          f"{_fmt(overall['densepose_body_iou'])} | " + " | ".join(_fmt(groups.get(name)) for name in group_names) + " |")
+    print("\n| DensePose part | IoU |\n|---|---:|")
+    for name, value in overall["densepose_part_iou"].items():
+        print(f"| {name} | {_fmt(value)} |")
 
     print("\n## Pose (BODY_25 0..14, distance in their torso lengths)\n")
     print("| joint | median | max | only ours | only theirs |\n|---|---:|---:|---:|---:|")

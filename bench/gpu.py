@@ -457,7 +457,7 @@ def shard_rows(config: BenchConfig, budget: Budget, work: Path, rows: list[Row])
                 errors = sorted({row["error_code"] for row in manifest if row["status"] == "error"})
                 rate = len(items) / seconds
                 stage_ms = {}
-                for name in ("ingest", "pose", "pose_gate", "parse", "agnostic"):
+                for name in ("ingest", "pose", "pose_gate", "parse", "agnostic", "densepose"):
                     values = [row["ms"] for row in manifest if row["stage"] == name and row["ms"] is not None]
                     stage_ms[name] = sum(values) / len(values) if values else None
                 parse_s = sum(row["ms"] or 0.0 for row in manifest if row["stage"] == "parse") / 1000

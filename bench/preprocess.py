@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import cpu_model, log  # noqa: E402
 
 DEFAULT_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "vitonhd"
-FLOOR_STAGES = ("ingest", "pose", "pose_gate", "parse", "agnostic", "cloth_mask")
+FLOOR_STAGES = ("ingest", "pose", "pose_gate", "parse", "agnostic", "densepose", "cloth_mask")
 
 
 def build_catalog(samples: Path, root: Path, repeat: int) -> tuple[list[Path], list[Path]]:

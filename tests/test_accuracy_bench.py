@@ -1,4 +1,4 @@
-"""bench/accuracy.py's measures, on hand-checked fixtures: what the parse, pose and mask figures mean."""
+"""bench/accuracy.py's measures, on hand-checked fixtures: what the parse, pose, DensePose and mask figures mean."""
 
 from __future__ import annotations
 
@@ -9,16 +9,22 @@ import numpy as np
 import pytest
 
 from tests.conftest import PROJECT_ROOT
-from vitonhd_models.contract import Body25, Cihp
+from vitonhd_models.contract import Body25, Cihp, DensePosePart
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 from accuracy import (  # noqa: E402
+    DENSEPOSE_GROUP_NAMES,
+    DENSEPOSE_UNSURE,
     HEADLINE_GROUPS,
     Overlap,
     PoseComparison,
+    body_groups,
+    densepose_group_map,
+    densepose_overlaps,
     disagreement,
     group_map,
     mask_iou,
+    read_densepose,
     torso_length,
 )
 
@@ -79,3 +85,48 @@ def test_mask_iou_and_the_disagreement_colours():
     assert mask_iou(ours, theirs) == 1 / 3
     shown = disagreement(np.zeros((1, 3, 3), np.uint8), ours, theirs)
     assert shown[0, 1].tolist() == [0, 200, 0] and shown[0, 2].tolist() == [255, 0, 0], "green: only ours, red: only theirs"
+
+
+def test_a_densepose_render_decodes_to_the_nearest_of_the_25_colours(tmp_path):
+    from PIL import Image
+
+    # By hand, COLORMAP_PARULA in RGB: I = 2 (torso front) is (20, 80, 194), I = 24 (left head) (249, 251, 14).
+    pixels = np.array([[[0, 0, 0], [20, 80, 194], [249, 251, 14]],
+                       [[3, 2, 4], [22, 78, 196], [246, 252, 17]],  # JPEG-like noise: within 6 of a colour
+                       [[134, 165, 104], [10, 40, 97], [0, 0, 0]]], np.uint8)  # blends of 2 and 24, of 2 and black
+    path = tmp_path / "render.png"
+    Image.fromarray(pixels).save(path)
+    unsure = DENSEPOSE_UNSURE
+    assert read_densepose(path).tolist() == [[0, 2, 24], [0, 2, 24], [unsure, unsure, 0]], \
+        "black is no body, noise goes to the nearest colour, a blend near none is left unsure"
+
+
+def test_densepose_groups_merge_front_and_back_and_left_and_right():
+    parts = np.array([[DensePosePart.TORSO_BACK, DensePosePart.TORSO_FRONT, DensePosePart.LEFT_UPPER_ARM_OUTSIDE,
+                       DensePosePart.RIGHT_HAND, DensePosePart.RIGHT_HEAD, DensePosePart.BACKGROUND]], np.uint8)
+    names = [DENSEPOSE_GROUP_NAMES[group] for group in densepose_group_map(parts)[0]]
+    assert names == ["torso", "torso", "upper_arms", "hands", "head", "background"]
+
+
+def test_densepose_iou_per_part_and_group_and_the_mean_over_the_groups_either_side_has():
+    ours = np.array([[DensePosePart.TORSO_FRONT, DensePosePart.TORSO_BACK, DensePosePart.LEFT_UPPER_ARM_INSIDE, 0]],
+                    np.uint8)
+    theirs = np.array([[DensePosePart.TORSO_BACK, DensePosePart.TORSO_BACK, DensePosePart.LEFT_UPPER_ARM_OUTSIDE,
+                        DensePosePart.LEFT_HEAD]], np.uint8)
+    parts, groups, body = densepose_overlaps(ours, theirs)
+    # parts: torso back ours {1}, theirs {0, 1}: 1/2; torso front and the two upper arm sides on one side only: 0
+    assert parts.iou()[DensePosePart.TORSO_BACK] == 0.5
+    assert parts.iou()[DensePosePart.TORSO_FRONT] == parts.iou()[DensePosePart.LEFT_UPPER_ARM_INSIDE] == 0.0
+    iou = dict(zip(DENSEPOSE_GROUP_NAMES, groups.iou()))
+    # groups: torso {0, 1} both: 1; upper arms {2} both: 1; head only theirs: 0; the legs nobody has: left out
+    assert (iou["torso"], iou["upper_arms"], iou["head"]) == (1.0, 1.0, 0.0) and math.isnan(iou["feet"])
+    assert body_groups(groups) == 2 / 3, "the mean over torso, upper arms and head; background left out"
+    assert body.iou()[1] == 3 / 4, "body: ours 3 pixels, theirs 4"
+
+
+def test_pixels_either_side_decoded_unsure_are_left_out():
+    ours = np.array([[DensePosePart.TORSO_FRONT, DENSEPOSE_UNSURE, 0]], np.uint8)
+    theirs = np.array([[DensePosePart.TORSO_FRONT, DensePosePart.LEFT_FOOT, DENSEPOSE_UNSURE]], np.uint8)
+    parts, groups, body = densepose_overlaps(ours, theirs)
+    assert parts.pixels == 1 and math.isnan(dict(zip(DENSEPOSE_GROUP_NAMES, groups.iou()))["feet"])
+    assert body_groups(groups) == 1.0

@@ -36,7 +36,7 @@ from tasks.stages.registry import (
     STAGES,
     PreprocessConfig,
     active_stages,
-    output_paths,
+    outputs_of,
     resolve_weights,
     stage_fingerprints,
     stages_for,
@@ -49,7 +49,7 @@ from vitonhd_models.errors import ItemError
 
 
 def test_the_manifest_stage_lists_come_from_the_registry():
-    assert stages_for(PERSON) == ("ingest", "pose", "pose_gate", "parse", "agnostic")
+    assert stages_for(PERSON) == ("ingest", "pose", "pose_gate", "parse", "agnostic", "densepose")
     assert stages_for(GARMENT) == ("ingest", "cloth_mask")
 
 
@@ -60,7 +60,7 @@ def test_every_stage_reads_only_stages_declared_before_it_for_its_kind():
 
 
 def test_output_paths_are_every_file_the_stages_declare():
-    assert output_paths("train", PERSON, "s") == [
+    assert list(outputs_of("train", PERSON, "s")) == [
         "train/image/s.jpg",
         "train/openpose_json/s_keypoints.json",
         "train/openpose_img/s_rendered.png",
@@ -68,8 +68,9 @@ def test_output_paths_are_every_file_the_stages_declare():
         "train/image-parse-v3/s.png",
         "train/image-parse-agnostic-v3.2/s.png",
         "train/agnostic-v3.2/s.jpg",
+        "train/image-densepose/s.jpg",
     ]
-    assert output_paths("test", GARMENT, "g") == ["test/cloth/g.jpg", "test/cloth-mask/g.jpg"]
+    assert list(outputs_of("test", GARMENT, "g")) == ["test/cloth/g.jpg", "test/cloth-mask/g.jpg"]
 
 
 def test_the_default_fingerprints_are_the_ones_existing_datasets_hold():
@@ -77,11 +78,12 @@ def test_the_default_fingerprints_are_the_ones_existing_datasets_hold():
     registry must not rerun anything after it (the pose gate is new: it runs once, from the pose sidecars;
     the geometric parser's v2, with skirts, and v3, closer to the dataset's own maps, rerun parse and
     agnostic once; the pose's torso visibility threshold reruns pose and what follows once, so the photos
-    it refused for their hips are tried again; the classical cloth mask v2 reruns the cloth masks once)."""
+    it refused for their hips are tried again; the classical cloth mask v2 reruns the cloth masks once; the
+    densepose stage is new: it runs once for every person, from the files earlier runs wrote)."""
     fingerprints = stage_fingerprints(PreprocessConfig(catalog="c", out="o"), Weights())
     assert fingerprints == {
         PERSON: {"ingest": "18c7943c8482b5dd", "pose": "bb73ff87e709ec7b", "pose_gate": "86304020dfacdaac",
-                 "parse": "55d7f76477a9d4b3", "agnostic": "1f994aa8060e8244"},
+                 "parse": "55d7f76477a9d4b3", "agnostic": "1f994aa8060e8244", "densepose": "e41a5cb413e6de03"},
         GARMENT: {"ingest": "18c7943c8482b5dd", "cloth_mask": "6a0d21abffd2f22e"},
     }
 
@@ -95,14 +97,15 @@ def test_runtime_settings_are_not_part_of_any_fingerprint():
 
 def test_the_geometric_parser_runs_per_item_with_the_other_cpu_stages():
     segments = segments_of(PreprocessConfig(catalog="c", out="o"), PERSON)
-    assert [(s.names, s.batch_size) for s in segments] == [(("ingest", "pose", "pose_gate", "parse", "agnostic"), None)]
+    assert [(s.names, s.batch_size) for s in segments] == [
+        (("ingest", "pose", "pose_gate", "parse", "agnostic", "densepose"), None)]
 
 
 def test_the_yolo_parser_runs_over_batches_between_the_per_item_stages():
     config = PreprocessConfig(catalog="c", out="o", parser="yolo:/w.pt", parse_batch_size=16)
     segments = segments_of(config, PERSON)
     assert [(s.names, s.batch_size) for s in segments] == [
-        (("ingest", "pose", "pose_gate"), None), (("parse",), 16), (("agnostic",), None)]
+        (("ingest", "pose", "pose_gate"), None), (("parse",), 16), (("agnostic", "densepose"), None)]
     [parse] = [stage for stage in active_stages(config, PERSON) if stage.name == "parse"]
     assert parse.reads == ("ingest",), "YOLO reads no pose"
 
@@ -118,22 +121,23 @@ def test_the_unet_cloth_mask_runs_over_batches_after_ingest_and_the_classical_on
 # Which stages run for an item
 
 PERSON_STAGES = active_stages(PreprocessConfig(catalog="c", out="o"), PERSON)
-ALL = ("ingest", "pose", "pose_gate", "parse", "agnostic")
+ALL = ("ingest", "pose", "pose_gate", "parse", "agnostic", "densepose")
 
 
 @pytest.mark.parametrize(
     ("planned", "source_runs", "expected"),
     [
-        ({"ingest", "pose", "pose_gate", "parse", "agnostic"}, True, ALL),
-        ({"parse"}, False, ("parse", "agnostic")),  # a new parser
-        ({"pose"}, False, ("pose", "pose_gate", "parse", "agnostic")),  # a new visibility threshold
+        ({"ingest", "pose", "pose_gate", "parse", "agnostic", "densepose"}, True, ALL),
+        ({"parse"}, False, ("parse", "agnostic", "densepose")),  # a new parser
+        ({"pose"}, False, ("pose", "pose_gate", "parse", "agnostic", "densepose")),  # a new visibility threshold
         ({"pose_gate"}, False, ("pose_gate",)),  # new gate thresholds: no pose, parse or agnostic again
         ({"agnostic"}, False, ("agnostic",)),  # a new agnostic recipe
+        ({"densepose"}, False, ("densepose",)),  # a new DensePose method: that stage alone
         (set(), True, ALL),  # touched, and the bytes changed
         (set(), False, ()),  # touched, the bytes did not change: nothing reruns
         ({"parse"}, True, ALL),  # new parser and new bytes
     ],
-    ids=["new", "parser", "pose", "gate", "recipe", "bytes-changed", "bytes-same", "both"],
+    ids=["new", "parser", "pose", "gate", "recipe", "densepose", "bytes-changed", "bytes-same", "both"],
 )
 def test_a_stage_runs_when_planned_or_when_a_stage_it_reads_runs(planned, source_runs, expected):
     assert schedule_of(PERSON_STAGES, frozenset(planned), source_runs) == expected
@@ -310,7 +314,7 @@ def test_every_loadable_stage_result_is_what_its_written_files_load_back_to(samp
 def test_a_job_writes_every_declared_output_of_every_stage(sample_results):
     config, results = sample_results
     for kind, (work, result) in results.items():
-        assert sorted(result.files) == sorted(output_paths(config.split, kind, work.stem))
+        assert sorted(result.files) == sorted(outputs_of(config.split, kind, work.stem))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,8 +419,8 @@ def test_a_pass_writes_every_output_of_good_items_and_none_of_failed_ones(hostil
     config, out, _, works, rows = hostile_pass
     for work in works[PERSON] + works[GARMENT]:
         failed = any(row["status"] == "error" for (key, _), row in rows.items() if key == work.item.key)
-        present = [path for path in output_paths(config.split, work.kind, work.stem) if out.exists(path)]
-        expected = [] if failed else output_paths(config.split, work.kind, work.stem)
+        present = [path for path in outputs_of(config.split, work.kind, work.stem) if out.exists(path)]
+        expected = [] if failed else list(outputs_of(config.split, work.kind, work.stem))
         assert present == expected, f"{work.item.key}: {present}"
 
 
@@ -431,7 +435,7 @@ def test_the_stages_run_in_the_worker_processes_as_they_do_inline(hostile_pass, 
     good = [work for work in works[PERSON] if work.item.key == "00034_00.jpg"]
     inline = config.model_copy(update={"workers": 0, "out": str(tmp_path)})
     run_pass(inline, run, "person-00000", good)
-    for path in output_paths(config.split, PERSON, good[0].stem):
+    for path in outputs_of(config.split, PERSON, good[0].stem):
         assert Store(str(tmp_path)).read_bytes(path) == out.read_bytes(path), path
 
 
@@ -439,7 +443,7 @@ def test_a_missing_earlier_output_makes_the_item_run_from_its_source(hostile_pas
     config, out, run, works, _ = hostile_pass
     good = next(work for work in works[PERSON] if work.item.key == "00121_00.jpg")
     copy = Store(str(tmp_path))
-    for path in output_paths(config.split, PERSON, good.stem):
+    for path in outputs_of(config.split, PERSON, good.stem):
         copy.write_bytes(path, out.read_bytes(path))
     copy.remove(f"{config.split}/{contract.DIR_IMAGE}/{good.stem}.jpg")  # someone deleted it
     new_parser = WorkItem(good.item, frozenset({"parse"}), previous_sha256="-", previous_fit=None)
@@ -503,7 +507,7 @@ def test_batch_size_changes_nothing_in_the_yolo_parser_outputs(hostile_catalog, 
         rows = run_pass(config, run, "person-00000", good)
         assert {row["status"] for row in rows.values()} == {"ok"}, [r["error_message"] for r in rows.values()]
         results[batch] = {path: Store(str(out)).read_bytes(path) for work in good
-                          for path in output_paths(config.split, PERSON, work.stem)}
+                          for path in outputs_of(config.split, PERSON, work.stem)}
     assert results[1] == results[3]
 
 

@@ -178,7 +178,7 @@ def test_a_deployment_run_over_the_limit_hands_its_items_to_child_runs(monkeypat
                         lambda children, logger: {"flow-run-1": "Completed", "flow-run-2": "Crashed"})
     monkeypatch.setattr(fanout, "children_rows", lambda config, children: [{"key": "a child's row"}])
     run = CatalogRun(run_id="r", catalog=None, layout=SimpleNamespace(name="catalog"), worn_pairs=[], selection=Selection(),
-              out=None, split="test", weights=None, fingerprints={})
+              out=None, split="test", weights=None, fingerprints={}, stages=())
     plan = Plan(current=None, index={}, listed={PERSON: {}, GARMENT: {}}, works=works(3, 1))
     done = process_plan(PreprocessConfig(catalog="/catalog", out="/dataset"), RunPolicy(items_per_child_run=2), run,
                         plan, logging.getLogger("test"))

@@ -96,8 +96,8 @@ def test_a_new_parser_reads_the_written_image_and_pose_never_the_source(copy, yo
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     summary = run(catalog, out, parser=f"yolo:{yolo_weights}")
     assert summary["persons"] == {"total": 2, "ok": 2, "error": 0}, summary["failed"]
-    assert stages_run(out, summary) == {("person", "00034_00.jpg"): {"parse", "agnostic"},
-                                        ("person", "00121_00.jpg"): {"parse", "agnostic"}}
+    assert stages_run(out, summary) == {("person", "00034_00.jpg"): {"parse", "agnostic", "densepose"},
+                                        ("person", "00121_00.jpg"): {"parse", "agnostic", "densepose"}}
 
 
 def test_new_garments_are_processed_and_nothing_else(copy, samples_dir):
@@ -117,23 +117,24 @@ def test_new_garments_are_processed_and_nothing_else(copy, samples_dir):
     assert summary["dataset"]["garments"] == 4
 
 
-def test_a_new_parser_reruns_parse_and_agnostic_for_every_person_only(copy, yolo_weights):
+def test_a_new_parser_reruns_parse_and_what_reads_it_for_every_person_only(copy, yolo_weights):
     catalog, out, _ = copy
     summary = run(catalog, out, parser=f"yolo:{yolo_weights}")
     ran = stages_run(out, summary)
     assert ran == {
-        ("person", "00034_00.jpg"): {"parse", "agnostic"},
-        ("person", "00121_00.jpg"): {"parse", "agnostic"},
+        ("person", "00034_00.jpg"): {"parse", "agnostic", "densepose"},
+        ("person", "00121_00.jpg"): {"parse", "agnostic", "densepose"},
     }, "the failed item stays failed: its failure (at ingest) does not depend on the parser"
 
 
-def test_a_new_version_of_the_geometric_parser_reruns_parse_and_agnostic_only(copy, monkeypatch):
+def test_a_new_version_of_the_geometric_parser_reruns_parse_and_what_reads_it_only(copy, monkeypatch):
     from tasks.stages.parse_geometric import GeometricParser
 
     catalog, out, _ = copy
     monkeypatch.setattr(GeometricParser, "parser_id", "geometric-v99")  # what a release bumping it does
     ran = stages_run(out, run(catalog, out))
-    assert ran == {("person", "00034_00.jpg"): {"parse", "agnostic"}, ("person", "00121_00.jpg"): {"parse", "agnostic"}}
+    assert ran == {("person", "00034_00.jpg"): {"parse", "agnostic", "densepose"},
+                   ("person", "00121_00.jpg"): {"parse", "agnostic", "densepose"}}
 
 
 def test_a_touched_but_unchanged_source_is_only_rehashed(copy):
@@ -147,7 +148,8 @@ def test_a_changed_source_reruns_every_stage_of_that_item(copy, samples_dir):
     catalog, out, _ = copy
     shutil.copy(samples_dir / "image" / "01992_00.jpg", catalog / "persons" / "00034_00.jpg")
     summary = run(catalog, out)
-    assert stages_run(out, summary) == {("person", "00034_00.jpg"): {"ingest", "pose", "pose_gate", "parse", "agnostic"}}
+    assert stages_run(out, summary) == {
+        ("person", "00034_00.jpg"): {"ingest", "pose", "pose_gate", "parse", "agnostic", "densepose"}}
 
 
 def test_a_failed_item_is_retried_once_its_source_is_replaced(copy, samples_dir):
@@ -157,7 +159,8 @@ def test_a_failed_item_is_retried_once_its_source_is_replaced(copy, samples_dir)
     summary = run(catalog, out)
     ran = stages_run(out, summary)
     # Now usable, it gets its test pair's garment as its paired cloth; others whose pair it took may too.
-    assert ran.pop(("person", "broken.jpg")) == {"ingest", "pose", "pose_gate", "parse", "agnostic", "paired_cloth"}
+    assert ran.pop(("person", "broken.jpg")) == {"ingest", "pose", "pose_gate", "parse", "agnostic", "densepose",
+                                                 "paired_cloth"}
     assert all(stages == {"paired_cloth"} for stages in ran.values()), ran
     assert summary["dataset"]["persons"] == 3
 
@@ -202,7 +205,7 @@ def test_outputs_deleted_behind_the_manifests_back_are_made_again(copy):
     (out / "test" / "cloth-mask" / "04469_00.jpg").unlink()
     summary = run(catalog, out)
     assert stages_run(out, summary) == {
-        ("person", "00034_00.jpg"): {"parse", "agnostic"},  # agnostic reads the parse it had lost
+        ("person", "00034_00.jpg"): {"parse", "agnostic", "densepose"},  # they read the parse it had lost
         ("garment", "04469_00.jpg"): {"cloth_mask"},
     }
     assert (out / "test" / "image-parse-v3" / "00034_00.png").exists()

@@ -91,12 +91,12 @@ def test_in_test_a_person_gets_the_garment_of_their_test_pair(samples_dir, tmp_p
         stem, garment_stem = person[: -len(".jpg")], garment[: -len(".jpg")]
         assert rows[person]["details"]["paired"] == "test_pair" and rows[person]["details"]["garment_stem"] == garment_stem
         assert same_file(out, "test", "cloth", stem, garment_stem) and same_file(out, "test", "cloth-mask", stem, garment_stem)
-    # What HR-VITON's loaders open is there, but for the DensePose renderings only a user can add.
+    # What HR-VITON's loaders open is there, the DensePose renderings included: both targets pass as written.
     from tasks.tools.validate import validate_dataset
 
     report = validate_dataset(Store(str(out)), workers=2)
     assert report.verdicts()["vitonhd"]["ok"], report.format_text()
-    assert report.verdicts()["hrviton"]["codes"] == {"densepose_missing": 1}, report.format_text()
+    assert report.verdicts()["hrviton"]["ok"], report.format_text()
 
 
 def test_the_vitonhd_naming_needs_no_copy(samples_dir, tmp_path, prefect_server):

@@ -15,7 +15,7 @@ import pytest
 
 from tasks.infra.store import Store
 from tasks.records.manifest import read_all, read_current
-from tasks.stages.registry import PreprocessConfig, output_paths, stages_for
+from tasks.stages.registry import PreprocessConfig, outputs_of, stages_for
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -91,5 +91,5 @@ def test_a_killed_run_is_finished_by_the_next_one_without_redoing_work(catalog, 
     assert set(current["status"].to_pylist()) == {"ok"}
     config = PreprocessConfig(catalog=str(catalog), out=str(out))
     for kind, stem in set(zip(current["kind"].to_pylist(), current["stem"].to_pylist())):
-        missing = [rel for rel in output_paths(config.split, kind, stem) if not store.exists(rel)]
+        missing = [rel for rel in outputs_of(config.split, kind, stem) if not store.exists(rel)]
         assert not missing, f"{kind} {stem}: missing {missing}"

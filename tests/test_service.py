@@ -221,7 +221,7 @@ def test_the_run_publishes_progress_a_keyed_stage_table_and_a_contact_sheet(stac
     assert [a.data for a in by_type["progress"]] == [100.0]
     table = next(a for a in by_type["table"] if a.key == "preprocess-catalog-stages")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    assert {row["stage"] for row in rows} == {"ingest", "pose", "pose_gate", "parse", "agnostic", "cloth_mask"}
+    assert {row["stage"] for row in rows} == {"ingest", "pose", "pose_gate", "parse", "agnostic", "densepose", "cloth_mask"}
     assert sum(row["ok"] for row in rows if row["stage"] == "ingest") == 8
     report = next(a for a in by_type["markdown"] if a.key == "preprocess-catalog-summary")
     assert "data:image/jpeg;base64," in report.data and "started tryon/bulk" in report.data

@@ -25,7 +25,7 @@ from tasks.infra.store import Store
 from tasks.records.catalog import GARMENT, CatalogItem, Refusal, WorkItem, stem_for_key
 from tasks.records.manifest import manifest_part_path, read_run
 from tasks.stages.model_cache import Weights
-from tasks.stages.registry import PreprocessConfig, output_paths, stage_fingerprints, stages_for
+from tasks.stages.registry import PreprocessConfig, outputs_of, stage_fingerprints, stages_for
 from vitonhd_models import errors
 
 RUN_ID = "20261201T000000Z-finish"
@@ -106,7 +106,7 @@ class Shard:
         return WorkItem(item, frozenset(stages_for(GARMENT)), refusal=refusal)
 
     def outputs(self, work: WorkItem) -> list[str]:
-        return output_paths(SPLIT, GARMENT, work.stem)
+        return list(outputs_of(SPLIT, GARMENT, work.stem))
 
     def seed_earlier_outputs(self, work: WorkItem) -> None:
         for path in self.outputs(work):

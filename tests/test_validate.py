@@ -648,8 +648,17 @@ def test_a_dataset_without_densepose_breaks_hrviton_only(tmp_path):
     report = validate(root)
     assert_only(report, "densepose_missing", "test/image-densepose/")
     assert len(report.problems) == 1 and report.problems[0].targets == ("hrviton",)
-    assert "README" in report.problems[0].message
+    message = report.problems[0].message
+    assert "--densepose geometric" in message and "apply_net.py show" in message and "dp_segm" in message, \
+        "the problem says what to add: our renders, or detectron2's and how"
     assert validate(root, targets=["vitonhd"]).ok
+
+
+def test_a_person_without_a_densepose_rendering_is_told_what_to_add(dataset):
+    (dataset / "test/image-densepose/00001_00.jpg").unlink()  # a --densepose none rerun removed ours
+    [problem] = validate(dataset, targets=["hrviton"]).problems
+    assert problem.code == "densepose_missing" and problem.path == "test/image-densepose/00001_00.jpg"
+    assert "--densepose geometric" in problem.message and "dp_segm" in problem.message
 
 
 def test_densepose_renderings_are_checked_by_name_and_size(dataset):
@@ -659,6 +668,15 @@ def test_densepose_renderings_are_checked_by_name_and_size(dataset):
     assert codes_of(report.problems) == {"densepose_missing", "image_size"}, report.format_text()
     assert {p.path for p in report.problems} == {"test/image-densepose/00001_00.jpg", "test/image-densepose/00002_00.jpg"}
     assert validate(dataset, targets=["vitonhd"]).ok
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_a_densepose_rendering_that_is_not_rgb_breaks_hrviton(dataset, mode):
+    """HR-VITON normalises the rendering with 3 means: a grey or RGBA one (alpha kept) breaks its loader."""
+    image = Image.new("RGB", (W, H), (30, 60, 160)).convert(mode)
+    put(dataset / "test/image-densepose/00001_00.jpg", encode(image, "PNG"))  # a PNG under the .jpg name opens too
+    report = validate(dataset, targets=["hrviton"])
+    assert [(p.code, p.path) for p in report.problems] == [("image_mode", "test/image-densepose/00001_00.jpg")]
 
 
 def test_the_report_gives_a_verdict_per_target(tmp_path):

@@ -76,7 +76,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_preprocess_commands(commands: argparse._SubParsersAction) -> None:
     pre = commands.add_parser("preprocess", help="turn a catalog into a VITON-HD dataset", description=(
-        "Run the preprocess flow locally: pose, parsing, cloth masks and agnostic images for every photo."
+        "Run the preprocess flow locally: pose, parsing, agnostic images and DensePose renders for every person "
+        "photo, cloth masks for every garment."
     ))
     add_preprocess_arguments(pre)
     pre.set_defaults(func=cmd_preprocess)

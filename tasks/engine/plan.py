@@ -23,7 +23,7 @@ import pyarrow as pa
 from tasks.infra.store import Store, unsafe_relative_reason
 from tasks.records.catalog import GARMENT, PERSON, CatalogItem, Refusal, WorkItem, stem_collisions
 from tasks.records.config import Selection
-from tasks.stages.registry import stages_for
+from tasks.stages.registry import Stage, stages_for
 from vitonhd_models import contract, errors
 
 
@@ -115,17 +115,16 @@ def plan_item(
 
 
 class OutputListing:
-    """The files the dataset holds in the stages' output folders, from one listing per folder.
+    """The files the dataset holds in the output folders of the stages a run uses (`stages`: one variant per
+    name, `active_stages`: `--densepose none` writes none), from one listing per folder.
 
     Internal caches (the pose sidecars under `_work/`) are not looked at: a missing one costs the one
     item that needs it a run from its source (`tasks.engine.shard`), not a rerun of every item.
     """
 
-    def __init__(self, store: Store, split: str):
-        from tasks.stages.registry import STAGES
-
+    def __init__(self, store: Store, split: str, stages: Iterable[Stage]):
         self.split = split
-        self.outputs = {(stage.kind, stage.name): [o for o in stage.outputs if not o.internal] for stage in STAGES}
+        self.outputs = {(stage.kind, stage.name): [o for o in stage.outputs if not o.internal] for stage in stages}
         folders = {posixpath.dirname(output.path(split, "-")) for outputs in self.outputs.values() for output in outputs}
         self.files = {folder: {info.key for info in store.list_files(folder)} for folder in sorted(folders)}
 

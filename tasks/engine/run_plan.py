@@ -28,13 +28,21 @@ from tasks.records.catalog import (
 from tasks.records.config import Selection
 from tasks.records.manifest import read_current
 from tasks.stages.model_cache import Weights
-from tasks.stages.registry import PreprocessConfig, check_weights, resolve_weights, stage_fingerprints
+from tasks.stages.registry import (
+    KINDS,
+    PreprocessConfig,
+    Stage,
+    active_stages,
+    check_weights,
+    resolve_weights,
+    stage_fingerprints,
+)
 
 
 @dataclass(frozen=True)
 class CatalogRun:
     """A run's catalog (its layout and worn pairs) and the selection over it, the dataset and split it
-    writes, and the weights and stage fingerprints its stages run with."""
+    writes, and the stages (one variant per name and kind), weights and stage fingerprints it runs with."""
 
     run_id: str
     catalog: Store
@@ -45,6 +53,7 @@ class CatalogRun:
     split: str
     weights: Weights
     fingerprints: dict[str, dict[str, str]]
+    stages: tuple[Stage, ...]
 
 
 def open_catalog(config: PreprocessConfig, selection: Selection, run_id: str) -> CatalogRun:
@@ -56,7 +65,8 @@ def open_catalog(config: PreprocessConfig, selection: Selection, run_id: str) ->
     check_weights(config, weights)
     return CatalogRun(run_id=run_id, catalog=catalog, layout=layout, worn_pairs=read_worn_pairs(catalog, layout),
                       selection=selection, out=Store(config.out, config.storage_options), split=config.split,
-                      weights=weights, fingerprints=stage_fingerprints(config, weights))
+                      weights=weights, fingerprints=stage_fingerprints(config, weights),
+                      stages=tuple(stage for kind in KINDS for stage in active_stages(config, kind)))
 
 
 @dataclass
@@ -77,7 +87,7 @@ def plan_run(run: CatalogRun) -> Plan:
     """List the catalog and the dataset's output folders, diff them against the manifest's current view."""
     current = read_current(run.out, run.split)
     index = index_current(current)
-    outputs = OutputListing(run.out, run.split) if not run.selection.full_refresh else None
+    outputs = OutputListing(run.out, run.split, run.stages) if not run.selection.full_refresh else None
     listed, works = plan_catalog(
         {kind: list_items(run.catalog, run.layout, kind) for kind in (PERSON, GARMENT)}, index, run.fingerprints,
         run.selection, outputs=outputs,

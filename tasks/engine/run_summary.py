@@ -69,6 +69,7 @@ def summarise(
         "split": config.split,
         "parser": config.parser,
         "agnostic_recipe": config.agnostic_recipe,
+        "densepose": config.densepose,
         "selection": selection.model_dump(mode="json"),
         "listed": {"persons": len(listed[PERSON]), "garments": len(listed[GARMENT])},
         "planned": {"persons": len(works[PERSON]), "garments": len(works[GARMENT])},

@@ -13,7 +13,8 @@ catalog), each through three steps that overlap across items:
    machine's GPU slot. Results stay in memory between stages; every output is encoded once, in a
    worker process.
 3. write, on I/O threads: an item's outputs, once all its stages ran; a failed item's outputs, of
-   this and earlier runs, are removed instead.
+   this and earlier runs, are removed instead. A file at an output's path that the output's `ours` does
+   not claim (a user's own DensePose render) is never written over nor removed: the stage keeps it.
 The shard's manifest part is written last.
 
 A problem of one item (an unreadable source, a broken image, no person, a worker process that died
@@ -59,7 +60,16 @@ from tasks.infra.weight_cache import sha256_hex
 from tasks.records.catalog import WorkItem
 from tasks.records.manifest import manifest_part_path, write_part
 from tasks.stages.model_cache import Weights
-from tasks.stages.registry import PreprocessConfig, Stage, StageEnv, StageInput, active_stages, output_paths, stages_for
+from tasks.stages.registry import (
+    Output,
+    PreprocessConfig,
+    Stage,
+    StageEnv,
+    StageInput,
+    active_stages,
+    outputs_of,
+    stages_for,
+)
 from vitonhd_models import errors
 from vitonhd_models.errors import ItemError
 
@@ -69,6 +79,8 @@ MAX_CRASHES = 2  # a worker process that dies twice on the same item: that item 
 ROW_FIELDS = ("error_code", "error_message", "outputs", "ms", "model", "fit", "persons_detected",
               "keypoint_confidences", "cloth_mask_coverage")  # fmt: skip
 ITEM_FIELDS = ("source_width", "source_height")  # stage fields that describe the item, on every row
+USER_PROVIDED = "user-provided"  # the model of a stage that found a user's own file where it writes (Output.ours)
+MAX_OWN_BYTES = 16 << 20  # more than any file a stage writes: a larger file at its path is not ours
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,7 @@ class ItemRun:
     crashes: int = 0
     reloaded: bool = False  # planned afresh from its source once already
     remove_outputs: bool = True  # when it fails: not when its outputs are another item's
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)  # stages that found a user's file: their rows
     writes: int = 0  # outstanding writes or removals
 
 
@@ -278,6 +291,7 @@ class ShardPass:
             else:  # only the listing changed: the bytes are the ones the current outputs came from
                 item.fields[first] = self._unchanged_source(work, (time.perf_counter() - started) * 1000.0)
         item.schedule = schedule_of(self.stages, work.stages, source_stage_runs)
+        self._keep_users_files(item)
         split, stem = self.config.split, work.stem
         for name in item.schedule:
             for read in self.by_name[name].reads:
@@ -292,6 +306,37 @@ class ShardPass:
                         log.warning("%s %s: %s is missing; running it from its source", work.kind, work.item.key, path)
                         self._from_source(item)
                         return self._read(item)
+
+    def _keep_users_files(self, item: ItemRun) -> None:
+        """A stage due to write where a file it did not write lies (a user's own DensePose render, `Output.ours`)
+        keeps that file, writes nothing and records so: on a first run, a rerun and a full refresh alike."""
+        split, stem = self.config.split, item.work.stem
+        item.kept = {}
+        for name in item.schedule:
+            started = time.perf_counter()
+            kept = [output.path(split, stem) for output in self.by_name[name].outputs
+                    if output.ours is not None and self._users_file(output, output.path(split, stem))]
+            if kept:
+                item.schedule = tuple(other for other in item.schedule if other != name)
+                item.kept[name] = {"model": USER_PROVIDED, "outputs": [], "kept": kept,
+                                   "ms": (time.perf_counter() - started) * 1000.0}
+
+    def _users_file(self, output: Output, path: str) -> bool:
+        """Whether a file lies at `path` that `output.ours` does not claim: someone else's, never written over nor
+        removed. Storage being away raises, as for any read of the run's."""
+        try:
+            data = self.out.read_bounded(path, MAX_OWN_BYTES)
+        except StorageNotFoundError:
+            return False
+        except StorageUnavailableError:
+            raise
+        except StorageError:  # something there we cannot read (a FIFO, a link out of the root): not ours to touch
+            return True
+        return len(data) > MAX_OWN_BYTES or not output.ours(data)
+
+    def _remove_ours(self, path: str, output: Output) -> None:
+        if output.ours is None or not self._users_file(output, path):
+            self.out.remove(path)
 
     def _unchanged_source(self, work: WorkItem, ms: float) -> dict[str, Any]:
         """The ingest row of a source whose listing changed but whose bytes did not: nothing reruns."""
@@ -452,19 +497,24 @@ class ShardPass:
 
     # -- writing -------------------------------------------------------------------------------
     def _finish(self, item: ItemRun) -> int:
-        """Write the item's outputs (or remove every output of a failed item); 1 if nothing to wait for."""
+        """Write the item's outputs (or remove every output of a failed item); 1 if nothing to wait for. A file
+        of another variant of a stage that ran (a render of ours before `--densepose none`) is removed; a user's
+        file (`Output.ours`) never is."""
         item.values, item.files_in = {}, {}
+        split, kind, stem = self.config.split, item.work.kind, item.work.stem
         if item.failed:
-            paths = output_paths(self.config.split, item.work.kind, item.work.stem) if item.remove_outputs else []
-            for path in paths:
-                self._submit_io("write", lambda subject, path=path: self.out.remove(path), item)
-            item.writes = len(paths)
-            item.files_out = {}
+            files, item.files_out = {}, {}
+            gone = outputs_of(split, kind, stem) if item.remove_outputs else {}
         else:
             files, item.files_out = item.files_out, {}
-            for path, data in files.items():
-                self._submit_io("write", lambda subject, path=path, data=data: self.out.write_bytes(path, data), item)
-            item.writes = len(files)
+            item.fields.update(item.kept)  # rows of an item that failed say where it failed, nothing more
+            gone = {path: output for path, output in outputs_of(split, kind, stem, item.schedule).items()
+                    if path not in files}
+        for path, data in files.items():
+            self._submit_io("write", lambda subject, path=path, data=data: self.out.write_bytes(path, data), item)
+        for path, output in gone.items():
+            self._submit_io("write", lambda subject, path=path, output=output: self._remove_ours(path, output), item)
+        item.writes = len(files) + len(gone)
         return 1 if item.writes == 0 else 0
 
     def _rows(self) -> list[dict[str, Any]]:

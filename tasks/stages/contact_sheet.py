@@ -67,7 +67,8 @@ def read_array(store: Store, rel: str | None) -> np.ndarray | None:
 
 
 def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndarray:
-    """Person rows: photo, skeleton, parse overlay, agnostic. Garment rows: garment, mask.
+    """Person rows: photo, skeleton, parse overlay, agnostic, DensePose render (where we drew one). Garment rows:
+    garment, mask.
 
     `rows` are items as `tasks.records.manifest.item_view` gives them.
     """
@@ -84,6 +85,8 @@ def dataset_contact_sheet(dataset: Store, rows: list[dict[str, Any]]) -> np.ndar
             parse_tile = overlay_parse(image, labels) if image is not None and labels is not None else None
             skeleton = read_array(dataset, row["pose_outputs"][1])
             tiles = [image, skeleton, parse_tile, read_array(dataset, row["agnostic_outputs"][1])]
+            if row.get("densepose_outputs"):  # none with --densepose none, a user's own render, older datasets
+                tiles.append(read_array(dataset, row["densepose_outputs"][0]))
         else:
             tiles = [read_array(dataset, row["ingest_outputs"][0]), read_array(dataset, row["cloth_mask_outputs"][0])]
         sheet_rows.append((caption, tiles))

@@ -1,10 +1,12 @@
 """Image files as the dataset holds them: deterministic JPEG and PNG encoding (no timestamps, no EXIF, no ICC;
-the same array gives the same bytes), and our own files decoded back. Every stage that writes an image uses it."""
+the same array gives the same bytes), our own files decoded back, and signed JPEGs (files a user may replace with
+their own, told apart by their bytes). Every stage that writes an image uses it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -54,3 +56,47 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """One of our own written images back as an RGB array (what VITON-HD's loaders will see)."""
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Signed files: a file a user may put in place of ours (a DensePose render of their own) carries a JPEG
+# comment naming the stage that wrote it and the SHA-256 of the file without the comment. Any change to the
+# file (another tool's render in its place, an edit, a re-save, which keeps the comment) breaks the
+# signature, so the engine tells our file from anyone else's by its bytes alone, whatever the manifest says.
+# ---------------------------------------------------------------------------------------------------
+
+SIGNATURE_PREFIX = b"vitonprep "
+_SOI, _APP0, _COM, _SOS, _EOI = b"\xff\xd8", 0xE0, 0xFE, 0xDA, 0xD9
+
+
+def _signature(writer: str, unsigned: bytes) -> bytes:
+    return SIGNATURE_PREFIX + writer.encode() + b" sha256=" + hashlib.sha256(unsigned).hexdigest().encode()
+
+
+def _segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each header segment of a JPEG, up to the scan; stops at anything unexpected."""
+    position = len(_SOI)
+    while position + 4 <= len(data) and data[position] == 0xFF and data[position + 1] not in (_SOS, _EOI):
+        end = position + 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        yield data[position + 1], position, end
+        position = end
+
+
+def sign_jpeg(data: bytes, writer: str) -> bytes:
+    """A JPEG `encode_jpeg` made, signed by `writer` (a stage's name): a comment segment after the JFIF header."""
+    if not data.startswith(_SOI):
+        raise ValueError("not a JPEG")
+    first = next(_segments(data), None)
+    at = first[2] if first is not None and first[0] == _APP0 else len(_SOI)
+    payload = _signature(writer, data)
+    return data[:at] + b"\xff" + bytes([_COM]) + (len(payload) + 2).to_bytes(2, "big") + payload + data[at:]
+
+
+def signed_by(data: bytes, writer: str) -> bool:
+    """Whether `data` is a file `sign_jpeg(..., writer)` made, unchanged since."""
+    if not data.startswith(_SOI):
+        return False
+    for marker, start, end in _segments(data):
+        if marker == _COM and data[start + 4:end].startswith(SIGNATURE_PREFIX):
+            return data[start + 4:end] == _signature(writer, data[:start] + data[end:])
+    return False

@@ -15,9 +15,9 @@ its own resolved weights file).
 Everything else derives from `STAGES`: `PreprocessConfig` (the run's own fields and every stage's
 settings, so the CLI's options and the deployments' parameter schemas), the weights resolved and
 hashed once per run, the manifest's stage lists, the planner's dependency rules and fingerprints, the
-output paths, the removal of a failed item's outputs, and the shard engine's order of work
-(`tasks.engine.shard`). Adding a stage means writing its module and adding one entry here
-(ARCHITECTURE.md, "Adding a stage").
+output paths, the removal of a failed item's outputs (never a file a user put there: `Output.ours`), and
+the shard engine's order of work (`tasks.engine.shard`). Adding a stage means writing its module and adding
+one entry here (ARCHITECTURE.md, "Adding a stage").
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tasks.records.catalog import GARMENT, PERSON
 from tasks.records.config import Config, RunConfig
-from tasks.stages import agnostic, cloth_mask, normalize, parse, pose
+from tasks.stages import agnostic, cloth_mask, densepose, normalize, parse, pose
 from tasks.stages.model_cache import ModelFile, Weights, cached, resolve_model_file
 from vitonhd_models import contract, errors
 from vitonhd_models.errors import ItemError
@@ -49,6 +49,10 @@ class Output:
     folder: str
     name: Callable[[str], str]
     internal: bool = False
+    # Set for a file users may bring their own of (DensePose renders): `ours(data)` says whether a file found
+    # at the path is one this stage wrote. No run writes over or removes any other (the shard engine): the
+    # stage keeps it, writes nothing and records `model: user-provided`.
+    ours: Callable[[bytes], bool] | None = None
 
     def path(self, split: str, stem: str) -> str:
         if self.internal:
@@ -142,6 +146,8 @@ PAIRED_CLOTH = (Output(contract.DIR_CLOTH, contract.cloth_image_name),
                 Output(contract.DIR_CLOTH_MASK, contract.cloth_mask_name))
 
 PERSON_IMAGE = Output(contract.DIR_IMAGE, contract.person_image_name)
+# HR-VITON opens image-densepose/<the person's file name> (contract §2.1); a user's own render there is kept.
+DENSEPOSE = Output(contract.DIR_DENSEPOSE, contract.person_image_name, ours=densepose.is_ours)
 PARSE = Output(contract.DIR_PARSE, contract.parse_name)
 CLOTH_MASK = Output(contract.DIR_CLOTH_MASK, contract.cloth_mask_name)
 
@@ -193,6 +199,20 @@ STAGES: tuple[Stage, ...] = (
         ),
         run=per_item(agnostic.make_agnostic), encode=agnostic.encode_agnostic, fields=agnostic.agnostic_fields,
         params=agnostic.agnostic_params,
+    ),
+    Stage(
+        name="densepose", kind=PERSON, version=1, reads=("ingest", "pose", "parse"), active=densepose.is_geometric,
+        settings=densepose.DensePoseSettings,
+        outputs=(DENSEPOSE,),
+        run=per_item(densepose.make_densepose), encode=densepose.encode_densepose, fields=densepose.densepose_fields,
+        params=densepose.geometric_params,
+    ),
+    Stage(  # writes nothing; runs when the geometric one would, so a render of ours from before is removed
+        name="densepose", kind=PERSON, version=1, reads=("ingest", "pose", "parse"), active=densepose.is_none,
+        settings=densepose.DensePoseSettings,
+        outputs=(),
+        run=per_item(densepose.skip_densepose), encode=lambda value: (), fields=densepose.none_fields,
+        params=densepose.none_params,
     ),
     Stage(
         name="ingest", kind=GARMENT, version=1, reads=(), settings=normalize.IngestSettings,
@@ -253,13 +273,15 @@ def active_stages(config: PreprocessConfig, kind: str) -> tuple[Stage, ...]:
     return chosen
 
 
-def output_paths(split: str, kind: str, stem: str) -> list[str]:
-    """Every file any stage (any variant) writes for one item."""
-    paths: list[str] = []
+def outputs_of(split: str, kind: str, stem: str, names: Iterable[str] | None = None) -> dict[str, Output]:
+    """Every file any variant of the named stages (None: every stage) writes for one item: path -> its Output."""
+    wanted = None if names is None else set(names)
+    found: dict[str, Output] = {}
     for stage in STAGES:
-        if stage.kind == kind:
-            paths += [path for path in stage.paths(split, stem) if path not in paths]
-    return paths
+        if stage.kind == kind and (wanted is None or stage.name in wanted):
+            for output in stage.outputs:
+                found.setdefault(output.path(split, stem), output)
+    return found
 
 
 def resolve_weights(config: PreprocessConfig) -> Weights:
@@ -319,6 +341,8 @@ def _check(stages: Sequence[Stage]) -> None:
             read = [s for s in stages if s.kind == stage.kind and s.name == name]
             if any(s.load is None for s in read):
                 raise ValueError(f"{stage.kind} stage {stage.name} reads {name}, which cannot be loaded back")
+            if any(output.ours is not None for s in read for output in s.outputs):
+                raise ValueError(f"{stage.kind} stage {stage.name} reads {name}, whose files may be a user's")
 
 
 _check(STAGES)

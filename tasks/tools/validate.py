@@ -131,8 +131,9 @@ CODES: dict[str, str] = {
     "name_whitespace": "the file name holds whitespace: pairs lines are split on whitespace (§1.1)",
     "paired_cloth_missing": "HR-VITON opens cloth/<person>.jpg and cloth-mask/<person>.jpg for every person "
     "of the pairs file (its 'paired' cloth), in test too: FileNotFoundError (§0 item 8; HR-VITON #14, #71, #101)",
-    "densepose_missing": "HR-VITON reads image-densepose/<person>.jpg, a 768x1024 RGB DensePose rendering "
-    "(detectron2), for every person; vitonprep does not make it (§2.1; HR-VITON #8, #15, #61, #81, #89)",
+    "densepose_missing": "HR-VITON reads image-densepose/<person>.jpg, a 768x1024 RGB DensePose rendering, for "
+    "every person: `vitonprep preprocess` draws them unless run with `--densepose none` (§2.1; HR-VITON #8, #15, "
+    "#61, #81, #89)",
     "hrviton_folder_names": "HR-VITON reads image-parse-v3/, openpose_json/ and openpose_img/; this split has "
     "only VITON-HD's names (§0 item 2, §2.1)",
 }
@@ -150,6 +151,11 @@ REQUIRED_DIRS = (contract.DIR_IMAGE, contract.DIR_CLOTH, contract.DIR_CLOTH_MASK
 OPTIONAL_DIRS = (contract.DIR_PARSE_AGNOSTIC, contract.DIR_AGNOSTIC, contract.DIR_DENSEPOSE)  # checked where present
 HRVITON_DIRS = (contract.DIR_PARSE_AGNOSTIC, contract.DIR_DENSEPOSE)  # HR-VITON reads them from disk (§2.1)
 DEFAULT_SPLITS = ("train", "test")
+# What to add where HR-VITON's DensePose renders are missing (README, "Who reads what").
+DENSEPOSE_HOW = ("run `vitonprep preprocess` with `--densepose geometric` (the default: drawn from the pose and "
+                 "the parse), or add detectron2's renders: `apply_net.py show <densepose_rcnn_R_50_FPN_s1x config> "
+                 "<weights> <image> dp_segm` with alpha 1 on a black canvas, one 768x1024 RGB JPEG under each "
+                 "person's file name (`vitonprep preprocess` never overwrites them)")
 
 # ---------------------------------------------------------------------------------------------------
 # Heuristic thresholds
@@ -769,8 +775,8 @@ def list_split(store: Store, name: str, prefix: str, pairs_file: str | None) -> 
     if contract.DIR_DENSEPOSE not in files:
         problems.append(Problem("densepose_missing", layout.rel(contract.DIR_DENSEPOSE) + "/",
                                 f"{contract.DIR_DENSEPOSE}/ is missing: HR-VITON reads "
-                                f"{contract.DIR_DENSEPOSE}/<person>{JPG} for every "
-                                "person (see the README: HR-VITON needs DensePose)", (HRVITON,)))
+                                f"{contract.DIR_DENSEPOSE}/<person>{JPG} for every person; {DENSEPOSE_HOW}",
+                                (HRVITON,)))
     return layout, problems
 
 
@@ -795,7 +801,7 @@ class _Checker:
         rel = self.layout.rel(folder, name)
         if name not in self.layout.files.get(folder, ()):
             if folder == contract.DIR_DENSEPOSE:
-                return [Problem("densepose_missing", rel, f"missing; HR-VITON reads it for {owner}")], 0
+                return [Problem("densepose_missing", rel, f"missing; HR-VITON reads it for {owner}: {DENSEPOSE_HOW}")], 0
             return [Problem("missing_file", rel, f"missing; needed for {owner}")], 0
         try:
             data = self.store.read_bytes(rel)
