@@ -180,15 +180,16 @@ def run_variant(name: str, endpoint: str, shard_size: int, page_size: int) -> tu
     original = store.list_files
     store.list_files = lambda folder="", page_size_=page_size: original(folder, page_size=page_size_)  # type: ignore[method-assign]
     if name == "plan":
-        from tasks.engine.plan import plan_catalog, stage_fingerprints
+        from tasks.engine.plan import plan_catalog, refuse_collisions
         from tasks.records.config import Selection
-        from tasks.stages.registry import PreprocessConfig
+        from tasks.stages.model_cache import Weights
+        from tasks.stages.registry import PreprocessConfig, stage_fingerprints
 
-        fingerprints = stage_fingerprints(PreprocessConfig(catalog=CATALOG, out=f"s3://{BUCKET}/dataset"))
+        fingerprints = stage_fingerprints(PreprocessConfig(catalog=CATALOG, out=f"s3://{BUCKET}/dataset"), Weights())
         listed, works = plan_catalog(
             {cat.PERSON: cat.list_items(store, layout, cat.PERSON)}, {}, fingerprints, Selection()
         )
-        cat.check_unique_stems(cat.PERSON, listed[cat.PERSON])
+        works = refuse_collisions(listed, works, {})
         return len(works[cat.PERSON]), len(cat.plan_shards(works[cat.PERSON], shard_size))
     if name == "list":
         items = list(cat.list_items(store, layout, cat.PERSON))
