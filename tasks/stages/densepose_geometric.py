@@ -70,10 +70,12 @@ def _along(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.n
 def densepose_parts(image_rgb: np.ndarray, landmarks_px: np.ndarray, parse: np.ndarray) -> np.ndarray:
     """(H, W) uint8 DensePose part indices (0: no body) of one person.
 
-    image_rgb: (H, W, 3) the ingested photo (its size only); landmarks_px: (33, >=2) MediaPipe pose
+    image_rgb: (H, W, 3) the ingested photo (only its size is used); landmarks_px: (33, >=2) MediaPipe pose
     landmarks in its pixels; parse: (H, W) CIHP labels of the same photo.
     """
     height, width = parse.shape
+    if image_rgb.shape[:2] != parse.shape:
+        raise ValueError(f"the photo is {image_rgb.shape[:2]} and its parse {parse.shape}: they must be one size")
     small_h, small_w = max(1, round(height * WORK_SCALE)), max(1, round(width * WORK_SCALE))
     ys = (np.arange(small_h) + 0.5) * height / small_h - 0.5
     xs = (np.arange(small_w) + 0.5) * width / small_w - 0.5
