@@ -12,12 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
+from tasks.stages.densepose import decode_densepose
 from tasks.stages.densepose_geometric import densepose_parts
 from tasks.stages.normalize import decode_image, fit_to_canvas
 from tasks.stages.parse_geometric import GeometricParser
 from tasks.stages.pose import PoseEstimator, as_stored
 from tests.conftest import PROJECT_ROOT
-from vitonhd_models.contract import DENSEPOSE_COLOUR_SCALE, DENSEPOSE_GROUPS, DENSEPOSE_NUM_PARTS, Cihp
+from vitonhd_models.contract import DENSEPOSE_GROUPS, DENSEPOSE_NUM_PARTS, Cihp
 from vitonhd_models.contract import DensePosePart as Part
 
 GROUNDTRUTH = PROJECT_ROOT.parent / "shared" / "groundtruth" / "vitonhd"
@@ -33,15 +34,9 @@ MIRRORED_LANDMARKS = [0, 4, 5, 6, 1, 2, 3, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15, 
 
 
 def their_parts(path) -> np.ndarray:
-    """The part index of a dataset render: the nearest of the 24 colours (black: no body), JPEG's
-    blends along the edges settled by a 5x5 median."""
-    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_PARULA)[:, 0, ::-1]
-    colours = np.zeros((DENSEPOSE_NUM_PARTS + 1, 3), np.int32)
-    for part in range(1, DENSEPOSE_NUM_PARTS + 1):
-        colours[part] = lut[int(part * DENSEPOSE_COLOUR_SCALE)]
-    render = np.asarray(decode_image(path.read_bytes()), np.int32)
-    distance = ((render[:, :, None, :] - colours[None, None]) ** 2).sum(-1)
-    return cv2.medianBlur(distance.argmin(-1).astype(np.uint8), 5)
+    """The part index of a dataset render (the nearest of the 25 colours), JPEG's blends along the edges
+    settled by a 5x5 median."""
+    return cv2.medianBlur(decode_densepose(np.asarray(decode_image(path.read_bytes()))), 5)
 
 
 @pytest.fixture(scope="module")
