@@ -98,7 +98,7 @@ def run_tryon(config: TryOnConfig) -> dict[str, Any]:
     run_id = new_run_id()
     dataset = Store(config.dataset, config.storage_options)
     out = Store(config.out, config.storage_options)
-    leftovers = out.remove_temporaries(RESULTS_DIR, min_age_s=STALE_TEMPORARY_S)
+    leftovers = out.remove_temporaries(RESULTS_DIR, modified_before=time.time() - STALE_TEMPORARY_S)
     if leftovers:
         logger.info("removed %d partial files left by an interrupted run", leftovers)
     split_store = dataset.child(config.split)

@@ -70,7 +70,7 @@ def unsafe_relative_reason(rel: str) -> str | None:
     return None
 
 
-TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what `Store.write_bytes` writes before renaming
+TEMPORARY_NAME = re.compile(r"\.(.+)\.[0-9a-f]{32}\.tmp")  # what `Store.write_bytes` writes before renaming
 TEMPORARY_PREFIX = 200  # of the target's name in its temporary name: 200 + 38 stays under NAME_MAX 255
 COMMIT_ATTEMPTS = 3  # a local write whose temporary vanished before its rename (swept) writes it again
 CONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})  # S3: another won
@@ -422,26 +422,25 @@ class Store:
         except FileNotFoundError:
             pass
 
-    def remove_temporaries(self, folder: str = "", min_age_s: float = 0.0, modified_before: float | None = None,
-                           spare: str | None = None) -> int:
+    def remove_temporaries(self, folder: str = "", modified_before: float | None = None, spare: str | None = None) -> int:
         """Delete the temporary files interrupted local writes left below `folder`; returns how many.
 
-        Only our own names (`.<name>.<32 hex>.tmp`) older than `min_age_s` seconds, and last modified
-        before the epoch time `modified_before` when given, are touched; never those of the file `spare`
-        (relative to the root). Object stores have none: a PUT is atomic and leaves nothing behind, so
-        nothing is listed there.
+        Only our own names (`.<name>.<32 hex>.tmp`) are touched: those last modified before the epoch time
+        `modified_before` (None: all), never those of the file `spare` (relative to the root). Object stores
+        have none: a PUT is atomic and leaves nothing behind, so nothing is listed there.
         """
         if not self.is_local:
             return 0
         base = self.path(folder) if folder else self.root
-        removed, now = 0, time.time()
-        cutoff = now - min_age_s if modified_before is None else min(now - min_age_s, modified_before)
+        cutoff = time.time() if modified_before is None else modified_before
         spared = posixpath.split(self.path(spare)) if spare else None
+        removed = 0
         for dirpath, _, names in os.walk(base):
             for name in names:
-                if not TEMPORARY_NAME.fullmatch(name):
+                match = TEMPORARY_NAME.fullmatch(name)
+                if match is None:
                     continue
-                if spared and dirpath == spared[0] and name[1:-37] == spared[1][:TEMPORARY_PREFIX]:
+                if spared and dirpath == spared[0] and match.group(1) == spared[1][:TEMPORARY_PREFIX]:
                     continue
                 path = os.path.join(dirpath, name)
                 try:

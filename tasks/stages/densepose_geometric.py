@@ -58,13 +58,39 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / (float(np.linalg.norm(vector)) or 1.0)
 
 
-def _along(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _along(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each point: how far along start->end it projects (0 at start, 1 at end) and its distance to the segment."""
     direction = end - start
     length = float(np.linalg.norm(direction)) or 1e-6
     t = ((points - start) @ direction) / length**2
     nearest = start + np.clip(t, 0.0, 1.0)[:, None] * direction
-    return t, np.linalg.norm(points - nearest, axis=1), length
+    return t, np.linalg.norm(points - nearest, axis=1)
+
+
+def _off_bone(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Each point's offset from the line through start and end, at right angles to it."""
+    relative = points - start
+    direction = _unit(end - start)
+    return relative - np.outer(relative @ direction, direction)
+
+
+# Per side: (shoulder, elbow, wrist), (hand, upper arm inside, outside, forearm inside, outside).
+ARMS = {
+    "left": ((L_SHOULDER, L_ELBOW, L_WRIST), (Part.LEFT_HAND, Part.LEFT_UPPER_ARM_INSIDE, Part.LEFT_UPPER_ARM_OUTSIDE,
+                                              Part.LEFT_LOWER_ARM_INSIDE, Part.LEFT_LOWER_ARM_OUTSIDE)),
+    "right": ((R_SHOULDER, R_ELBOW, R_WRIST), (Part.RIGHT_HAND, Part.RIGHT_UPPER_ARM_INSIDE,
+                                               Part.RIGHT_UPPER_ARM_OUTSIDE, Part.RIGHT_LOWER_ARM_INSIDE,
+                                               Part.RIGHT_LOWER_ARM_OUTSIDE)),
+}
+# Per side and facing: (hip, knee, ankle), (thigh, shin, foot).
+LEGS = {
+    ("left", "front"): ((L_HIP, L_KNEE, L_ANKLE), (Part.LEFT_UPPER_LEG_FRONT, Part.LEFT_LOWER_LEG_FRONT, Part.LEFT_FOOT)),
+    ("left", "back"): ((L_HIP, L_KNEE, L_ANKLE), (Part.LEFT_UPPER_LEG_BACK, Part.LEFT_LOWER_LEG_BACK, Part.LEFT_FOOT)),
+    ("right", "front"): ((R_HIP, R_KNEE, R_ANKLE), (Part.RIGHT_UPPER_LEG_FRONT, Part.RIGHT_LOWER_LEG_FRONT,
+                                                    Part.RIGHT_FOOT)),
+    ("right", "back"): ((R_HIP, R_KNEE, R_ANKLE), (Part.RIGHT_UPPER_LEG_BACK, Part.RIGHT_LOWER_LEG_BACK,
+                                                   Part.RIGHT_FOOT)),
+}
 
 
 def densepose_parts(image_rgb: np.ndarray, landmarks_px: np.ndarray, parse: np.ndarray) -> np.ndarray:
@@ -130,33 +156,26 @@ def _parts(points: np.ndarray, labels: np.ndarray, joint: np.ndarray) -> np.ndar
         sign = np.sign(top) or 1.0
         edge = (abs(top) - TORSO_INSET_W * shoulder_width) * (1 - depth) + (abs(bottom) + HIP_OUTSET * hip_width) * depth
         outside_frame |= (sideways * sign) > edge
-    arms = {}
-    for name, shoulder, elbow, wrist in (("left", L_SHOULDER, L_ELBOW, L_WRIST), ("right", R_SHOULDER, R_ELBOW, R_WRIST)):
-        t_upper, d_upper, _ = _along(points, joint[shoulder], joint[elbow])
-        t_lower, d_lower, _ = _along(points, joint[elbow], joint[wrist])
-        arms[name] = (np.minimum(d_upper, d_lower), t_upper, t_lower, shoulder, elbow, wrist)
-    nearest_left = arms["left"][0] <= arms["right"][0]
-    bone_distance = np.minimum(arms["left"][0], arms["right"][0])
+    bones = {}  # per side: distance to the arm's bones, how far along the upper arm and the forearm
+    for side, ((shoulder, elbow, wrist), _) in ARMS.items():
+        t_upper, d_upper = _along(points, joint[shoulder], joint[elbow])
+        t_lower, d_lower = _along(points, joint[elbow], joint[wrist])
+        bones[side] = (np.minimum(d_upper, d_lower), t_upper, t_lower)
+    nearest_left = bones["left"][0] <= bones["right"][0]
+    bone_distance = np.minimum(bones["left"][0], bones["right"][0])
     garment = rest & ~np.isin(labels, ARM_LABELS) & ~np.isin(labels, SHOE_LABELS)
     sleeve = garment & outside_frame & (bone_distance < ARM_REACH_W * shoulder_width) & (height_above_shoulders < 0.1 * torso_length)
     arm = rest & (np.isin(labels, ARM_LABELS) | sleeve)
-    for name, hand, upper_in, upper_out, lower_in, lower_out in (
-        ("left", Part.LEFT_HAND, Part.LEFT_UPPER_ARM_INSIDE, Part.LEFT_UPPER_ARM_OUTSIDE,
-         Part.LEFT_LOWER_ARM_INSIDE, Part.LEFT_LOWER_ARM_OUTSIDE),
-        ("right", Part.RIGHT_HAND, Part.RIGHT_UPPER_ARM_INSIDE, Part.RIGHT_UPPER_ARM_OUTSIDE,
-         Part.RIGHT_LOWER_ARM_INSIDE, Part.RIGHT_LOWER_ARM_OUTSIDE),
-    ):
-        _, t_upper, t_lower, shoulder, elbow, wrist = arms[name]
-        mine = arm & (nearest_left if name == "left" else ~nearest_left)
+    for side, ((shoulder, elbow, wrist), (hand, upper_in, upper_out, lower_in, lower_out)) in ARMS.items():
+        _, t_upper, t_lower = bones[side]
+        mine = arm & (nearest_left if side == "left" else ~nearest_left)
         inward = _unit(shoulder_mid - joint[shoulder]) @ across * across  # towards the body's middle
-        in_upper = (points - joint[shoulder]) - np.outer(((points - joint[shoulder]) @ _unit(joint[elbow] - joint[shoulder])),
-                                                          _unit(joint[elbow] - joint[shoulder]))
-        in_lower = (points - joint[elbow]) - np.outer(((points - joint[elbow]) @ _unit(joint[wrist] - joint[elbow])),
-                                                       _unit(joint[wrist] - joint[elbow]))
         upper = mine & (t_upper < 1 - ELBOW_CUT)
         lower = mine & ~upper & (t_lower < 1 - WRIST_CUT)
-        parts[upper] = np.where(in_upper[upper] @ inward > -UPPER_ARM_OUTSIDE_W * shoulder_width, upper_in, upper_out)
-        parts[lower] = np.where(in_lower[lower] @ inward > LOWER_ARM_INSIDE_W * shoulder_width, lower_in, lower_out)
+        off_upper = _off_bone(points[upper], joint[shoulder], joint[elbow]) @ inward
+        off_lower = _off_bone(points[lower], joint[elbow], joint[wrist]) @ inward
+        parts[upper] = np.where(off_upper > -UPPER_ARM_OUTSIDE_W * shoulder_width, upper_in, upper_out)
+        parts[lower] = np.where(off_lower > LOWER_ARM_INSIDE_W * shoulder_width, lower_in, lower_out)
         parts[mine & ~upper & ~lower] = hand
     rest &= ~arm
 
@@ -170,20 +189,13 @@ def _parts(points: np.ndarray, labels: np.ndarray, joint: np.ndarray) -> np.ndar
     parts[torso] = Part.TORSO_BACK if facing_away else Part.TORSO_FRONT
 
     right_leg = (points - hip_mid) @ toward_right > 0
-    for is_right, hip, knee, ankle in ((False, L_HIP, L_KNEE, L_ANKLE), (True, R_HIP, R_KNEE, R_ANKLE)):
-        mine = legs & (right_leg if is_right else ~right_leg)
-        t_thigh, _, _ = _along(points, joint[hip], joint[knee])
-        t_shin, _, _ = _along(points, joint[knee], joint[ankle])
-        thigh = mine & (t_thigh < 1)
-        foot = mine & ~thigh & ((t_shin > 1) | np.isin(labels, SHOE_LABELS))
-        shin = mine & ~thigh & ~foot
-        front = not facing_away
-        if is_right:
-            parts[thigh] = Part.RIGHT_UPPER_LEG_FRONT if front else Part.RIGHT_UPPER_LEG_BACK
-            parts[shin] = Part.RIGHT_LOWER_LEG_FRONT if front else Part.RIGHT_LOWER_LEG_BACK
-            parts[foot] = Part.RIGHT_FOOT
-        else:
-            parts[thigh] = Part.LEFT_UPPER_LEG_FRONT if front else Part.LEFT_UPPER_LEG_BACK
-            parts[shin] = Part.LEFT_LOWER_LEG_FRONT if front else Part.LEFT_LOWER_LEG_BACK
-            parts[foot] = Part.LEFT_FOOT
+    facing = "back" if facing_away else "front"
+    for side in ("left", "right"):
+        (hip, knee, ankle), (thigh_part, shin_part, foot_part) = LEGS[side, facing]
+        mine = legs & (right_leg if side == "right" else ~right_leg)
+        thigh = mine & (_along(points, joint[hip], joint[knee])[0] < 1)
+        foot = mine & ~thigh & ((_along(points, joint[knee], joint[ankle])[0] > 1) | np.isin(labels, SHOE_LABELS))
+        parts[thigh] = thigh_part
+        parts[mine & ~thigh & ~foot] = shin_part
+        parts[foot] = foot_part
     return parts
